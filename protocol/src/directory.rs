@@ -1,0 +1,221 @@
+//! Member records and the member directory: the public halves of every member.
+//!
+//! Serialized form (JSON or YAML, field names camelCase), documented in docs/directory.md:
+//! ```yaml
+//! cluster: default/store
+//! members:
+//!   - name: store-0
+//!     nodeId: 3f…(40 or 64 hex digits)
+//!     sk: "-----BEGIN PUBLIC KEY-----…"
+//!     ck: "-----BEGIN PUBLIC KEY-----…"
+//!     clusterEndpoint: 10.0.0.5:7000
+//!     clientEndpoint: 10.0.0.5:8000
+//!     attributes: [ephemeral]
+//! ```
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{identity::Identity, keys::KeyError, NodeId, PublicKey};
+
+/// Flags a member may carry (the historical XLattice member attributes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attribute {
+    Ephemeral,
+    Admin,
+    Solo,
+}
+
+/// One member's public record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemberRecord {
+    /// The member's name (its pod name under the operator).
+    pub name: String,
+    pub node_id: NodeId,
+    /// Public signing key, SPKI PEM.
+    pub sk: String,
+    /// Public encryption key, SPKI PEM.
+    pub ck: String,
+    /// host:port of the private cluster port, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_endpoint: Option<String>,
+    /// host:port of the public client port, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attributes: Vec<Attribute>,
+}
+
+/// All members of one cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemberDirectory {
+    /// `namespace/name` of the cluster.
+    pub cluster: String,
+    pub members: Vec<MemberRecord>,
+}
+
+/// A member whose keys have been parsed and checked.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub record: MemberRecord,
+    pub sk: PublicKey,
+    pub ck: PublicKey,
+}
+
+/// A directory ready for lookups: keys parsed once, NodeIDs and names unique.
+#[derive(Clone, Debug, Default)]
+pub struct DirectoryIndex {
+    cluster: String,
+    by_node_id: HashMap<NodeId, Arc<Member>>,
+    by_name: HashMap<String, Arc<Member>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("member directory is not valid JSON or YAML: {0}")]
+    Syntax(String),
+    #[error("member {name:?}: {field}: {source}")]
+    Key { name: String, field: &'static str, source: KeyError },
+    #[error("NodeID {0} appears twice")]
+    DuplicateNodeId(NodeId),
+    #[error("member name {0:?} appears twice")]
+    DuplicateName(String),
+}
+
+// === impl MemberRecord ===
+
+impl MemberRecord {
+    pub fn for_identity(name: impl Into<String>, identity: &Identity) -> Self {
+        Self {
+            name: name.into(),
+            node_id: identity.node_id,
+            sk: identity.sk_public().to_pem(),
+            ck: identity.ck_public().to_pem(),
+            cluster_endpoint: None,
+            client_endpoint: None,
+            attributes: Vec::new(),
+        }
+    }
+
+    pub fn parse(&self) -> Result<Member, DirectoryError> {
+        let key = |field, pem: &str| {
+            PublicKey::from_pem(pem).map_err(|source| DirectoryError::Key {
+                name: self.name.clone(),
+                field,
+                source,
+            })
+        };
+        Ok(Member { sk: key("sk", &self.sk)?, ck: key("ck", &self.ck)?, record: self.clone() })
+    }
+}
+
+// === impl MemberDirectory ===
+
+impl MemberDirectory {
+    /// Parses JSON or YAML (JSON is YAML, so one parser serves both).
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, DirectoryError> {
+        serde_yaml::from_slice(bytes).map_err(|e| DirectoryError::Syntax(e.to_string()))
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("directory serializes")
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("directory serializes")
+    }
+
+    pub fn index(&self) -> Result<DirectoryIndex, DirectoryError> {
+        let mut index = DirectoryIndex { cluster: self.cluster.clone(), ..Default::default() };
+        for record in &self.members {
+            let member = Arc::new(record.parse()?);
+            if index.by_node_id.insert(record.node_id, member.clone()).is_some() {
+                return Err(DirectoryError::DuplicateNodeId(record.node_id));
+            }
+            if index.by_name.insert(record.name.clone(), member).is_some() {
+                return Err(DirectoryError::DuplicateName(record.name.clone()));
+            }
+        }
+        Ok(index)
+    }
+}
+
+// === impl DirectoryIndex ===
+
+impl DirectoryIndex {
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    pub fn by_node_id(&self, id: &NodeId) -> Option<&Arc<Member>> {
+        self.by_node_id.get(id)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Member>> {
+        self.by_name.get(name)
+    }
+
+    /// By NodeID (hex) or by name.
+    pub fn lookup(&self, key: &str) -> Option<&Arc<Member>> {
+        key.parse::<NodeId>().ok().and_then(|id| self.by_node_id(&id)).or_else(|| self.by_name(key))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_node_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_node_id.is_empty()
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Arc<Member>> {
+        self.by_node_id.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NodeIdBits, RsaBits};
+
+    fn two_members() -> MemberDirectory {
+        let a = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
+        let b = Identity::generate(NodeIdBits::B160, RsaBits::B2048).unwrap();
+        let mut ra = MemberRecord::for_identity("a", &a);
+        ra.cluster_endpoint = Some("127.0.0.1:7000".into());
+        ra.attributes = vec![Attribute::Ephemeral];
+        MemberDirectory { cluster: "ns/c".into(), members: vec![ra, MemberRecord::for_identity("b", &b)] }
+    }
+
+    #[test]
+    fn json_and_yaml_round_trip_and_lookup() {
+        let dir = two_members();
+        assert_eq!(MemberDirectory::from_slice(dir.to_json().as_bytes()).unwrap(), dir);
+        assert_eq!(MemberDirectory::from_slice(dir.to_yaml().as_bytes()).unwrap(), dir);
+        let index = dir.index().unwrap();
+        assert_eq!(index.len(), 2);
+        let b = &dir.members[1];
+        assert_eq!(index.lookup(&b.node_id.to_string()).unwrap().record.name, "b");
+        assert_eq!(index.lookup("a").unwrap().record.node_id, dir.members[0].node_id);
+        assert!(index.lookup("c").is_none());
+    }
+
+    #[test]
+    fn bad_directories_are_refused_with_the_reason() {
+        let mut dir = two_members();
+        dir.members[1].node_id = dir.members[0].node_id;
+        assert!(matches!(dir.index(), Err(DirectoryError::DuplicateNodeId(_))));
+
+        let mut dir = two_members();
+        dir.members[1].ck = "garbage".into();
+        let err = dir.index().unwrap_err().to_string();
+        assert!(err.starts_with("member \"b\": ck: "), "{err}");
+
+        let err = MemberDirectory::from_slice(b"cluster: x\nmembers: []\nextra: 1\n").unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
+    }
+}

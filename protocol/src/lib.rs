@@ -1,0 +1,29 @@
+//! XLattice cluster identities and the hardened XLattice handshake.
+//!
+//! This crate knows nothing of Kubernetes. It holds:
+//! - [`NodeId`], the RSA keys ([`SigningKey`] skPriv, [`DecryptionKey`] ckPriv,
+//!   [`PublicKey`]) and the [`Identity`] that bundles them;
+//! - [`MemberRecord`] and [`MemberDirectory`], the public halves of a cluster;
+//! - the handshake ([`handshake`]), the record layer ([`record`]) and
+//!   [`SecureStream`], with [`connect`] and [`accept`] to run them over a socket.
+//!
+//! The wire format is specified in docs/protocol.md.
+
+pub mod directory;
+pub mod handshake;
+pub mod identity;
+pub mod keys;
+pub mod node_id;
+pub mod record;
+pub mod replay;
+mod session;
+mod stream;
+
+pub use directory::{Attribute, DirectoryError, DirectoryIndex, Member, MemberDirectory, MemberRecord};
+pub use handshake::{HandshakeError, PortKind, ServerContext};
+pub use identity::{Identity, IdentityError};
+pub use keys::{DecryptionKey, KeyError, PublicKey, RsaBits, SigningKey};
+pub use node_id::{NodeId, NodeIdBits, NodeIdError};
+pub use replay::ReplayGuard;
+pub use session::{accept, connect};
+pub use stream::{Role, SecureStream};

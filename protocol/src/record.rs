@@ -1,0 +1,202 @@
+//! The record layer: length-prefixed AES-256-GCM records, one key and one sequence
+//! number per direction, the sequence number as the nonce.
+//!
+//! Wire: `len: u16 BE | ciphertext[len]`, where ciphertext = AES-256-GCM(payload || type)
+//! with nonce = 0x00000000 || seq (u64 BE) and AAD = the two length bytes.
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+
+pub const RECORD_HEADER_LEN: usize = 2;
+pub const TAG_LEN: usize = 16;
+/// Largest payload one record carries.
+pub const MAX_PAYLOAD: usize = 16 * 1024;
+pub const MAX_CIPHERTEXT: usize = MAX_PAYLOAD + 1 + TAG_LEN;
+pub const MIN_CIPHERTEXT: usize = 1 + TAG_LEN;
+/// Largest record on the wire, header included.
+pub const MAX_RECORD: usize = RECORD_HEADER_LEN + MAX_CIPHERTEXT;
+
+/// What a record carries; the byte after the payload, inside the encryption.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ContentType {
+    Data = 0,
+    /// Orderly end of this direction; anything after it is an error. A TCP close
+    /// without it is a truncation.
+    Close = 1,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("record of {0} bytes exceeds the maximum of {MAX_CIPHERTEXT}")]
+    TooLarge(usize),
+    #[error("record of {0} bytes is shorter than the minimum of {MIN_CIPHERTEXT}")]
+    TooShort(usize),
+    #[error("record failed authentication (tampered, replayed, reordered or wrong key)")]
+    Forged,
+    #[error("record has unknown content type {0}")]
+    UnknownType(u8),
+    #[error("sequence numbers exhausted")]
+    SequenceExhausted,
+    #[error("payload of {0} bytes exceeds the maximum of {MAX_PAYLOAD}")]
+    PayloadTooLarge(usize),
+}
+
+fn nonce(seq: u64) -> Nonce {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&seq.to_be_bytes());
+    Nonce::assume_unique_for_key(bytes)
+}
+
+fn key(bytes: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("32-byte AES-256 key"))
+}
+
+fn next(seq: &mut u64) -> Result<u64, RecordError> {
+    let current = *seq;
+    *seq = seq.checked_add(1).ok_or(RecordError::SequenceExhausted)?;
+    Ok(current)
+}
+
+/// Seals outgoing records for one direction.
+pub struct RecordSealer {
+    key: LessSafeKey,
+    seq: u64,
+}
+
+impl RecordSealer {
+    pub fn new(key_bytes: &[u8; 32]) -> Self {
+        Self { key: key(key_bytes), seq: 0 }
+    }
+
+    /// Appends one record carrying `payload` to `out`.
+    pub fn seal(&mut self, kind: ContentType, payload: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(RecordError::PayloadTooLarge(payload.len()));
+        }
+        let seq = next(&mut self.seq)?;
+        let ct_len = payload.len() + 1 + TAG_LEN;
+        let header = (ct_len as u16).to_be_bytes();
+        let start = out.len();
+        out.reserve(RECORD_HEADER_LEN + ct_len);
+        out.extend_from_slice(&header);
+        out.extend_from_slice(payload);
+        out.push(kind as u8);
+        let body = start + RECORD_HEADER_LEN;
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce(seq), Aad::from(header), &mut out[body..])
+            .expect("AES-GCM sealing of a bounded record");
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+}
+
+/// Opens incoming records for one direction, in order.
+pub struct RecordOpener {
+    key: LessSafeKey,
+    seq: u64,
+}
+
+impl RecordOpener {
+    pub fn new(key_bytes: &[u8; 32]) -> Self {
+        Self { key: key(key_bytes), seq: 0 }
+    }
+
+    /// The ciphertext length a record header announces, checked against the bounds
+    /// before anything is read or allocated for it.
+    pub fn ciphertext_len(header: [u8; RECORD_HEADER_LEN]) -> Result<usize, RecordError> {
+        let len = u16::from_be_bytes(header) as usize;
+        if len > MAX_CIPHERTEXT {
+            Err(RecordError::TooLarge(len))
+        } else if len < MIN_CIPHERTEXT {
+            Err(RecordError::TooShort(len))
+        } else {
+            Ok(len)
+        }
+    }
+
+    /// Decrypts `ciphertext` (exactly the announced length) in place.
+    pub fn open<'a>(
+        &mut self,
+        header: [u8; RECORD_HEADER_LEN],
+        ciphertext: &'a mut [u8],
+    ) -> Result<(ContentType, &'a [u8]), RecordError> {
+        let seq = next(&mut self.seq)?;
+        let plain = self
+            .key
+            .open_in_place(nonce(seq), Aad::from(header), ciphertext)
+            .map_err(|_| RecordError::Forged)?;
+        let (kind, payload) = plain.split_last().expect("MIN_CIPHERTEXT leaves a type byte");
+        let kind = match *kind {
+            0 => ContentType::Data,
+            1 if payload.is_empty() => ContentType::Close,
+            other => return Err(RecordError::UnknownType(other)),
+        };
+        Ok((kind, payload))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_all(opener: &mut RecordOpener, wire: &mut [u8]) -> Result<Vec<(ContentType, Vec<u8>)>, RecordError> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let header = [wire[at], wire[at + 1]];
+            let len = RecordOpener::ciphertext_len(header)?;
+            let (kind, payload) = opener.open(header, &mut wire[at + 2..at + 2 + len])?;
+            out.push((kind, payload.to_vec()));
+            at += 2 + len;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn records_round_trip_in_order() {
+        let key = [7u8; 32];
+        let mut sealer = RecordSealer::new(&key);
+        let mut wire = Vec::new();
+        sealer.seal(ContentType::Data, b"one", &mut wire).unwrap();
+        sealer.seal(ContentType::Data, &[0xaa; MAX_PAYLOAD], &mut wire).unwrap();
+        sealer.seal(ContentType::Close, b"", &mut wire).unwrap();
+        let got = open_all(&mut RecordOpener::new(&key), &mut wire).unwrap();
+        assert_eq!(got[0], (ContentType::Data, b"one".to_vec()));
+        assert_eq!(got[1].1.len(), MAX_PAYLOAD);
+        assert_eq!(got[2], (ContentType::Close, vec![]));
+    }
+
+    #[test]
+    fn tampering_replay_and_reordering_fail() {
+        let key = [1u8; 32];
+        let mut sealer = RecordSealer::new(&key);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        sealer.seal(ContentType::Data, b"first", &mut a).unwrap();
+        sealer.seal(ContentType::Data, b"second", &mut b).unwrap();
+
+        let mut flipped = a.clone();
+        flipped[4] ^= 1;
+        assert_eq!(open_all(&mut RecordOpener::new(&key), &mut flipped), Err(RecordError::Forged));
+
+        let mut reordered = [b.clone(), a.clone()].concat();
+        assert_eq!(open_all(&mut RecordOpener::new(&key), &mut reordered), Err(RecordError::Forged));
+
+        let mut replayed = [a.clone(), a.clone()].concat();
+        assert_eq!(open_all(&mut RecordOpener::new(&key), &mut replayed), Err(RecordError::Forged));
+
+        let mut wrong_key = a.clone();
+        assert_eq!(open_all(&mut RecordOpener::new(&[2u8; 32]), &mut wrong_key), Err(RecordError::Forged));
+    }
+
+    #[test]
+    fn lengths_are_bounded_before_reading() {
+        assert_eq!(RecordOpener::ciphertext_len([0xff, 0xff]), Err(RecordError::TooLarge(65535)));
+        assert_eq!(RecordOpener::ciphertext_len([0, 3]), Err(RecordError::TooShort(3)));
+        let mut sealer = RecordSealer::new(&[0; 32]);
+        assert_eq!(
+            sealer.seal(ContentType::Data, &vec![0; MAX_PAYLOAD + 1], &mut Vec::new()),
+            Err(RecordError::PayloadTooLarge(MAX_PAYLOAD + 1))
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! `SecureStream`: an established session as an `AsyncRead + AsyncWrite` byte stream,
+//! so callers can use it like a `TcpStream` (tokio::io::copy_bidirectional and friends).
+//!
+//! Buffers are bounded by one record each way and released while idle, so an open,
+//! quiet session costs little memory.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::{
+    handshake::SessionKeys,
+    record::{ContentType, RecordError, RecordOpener, RecordSealer, MAX_PAYLOAD, MAX_RECORD, RECORD_HEADER_LEN},
+    NodeId,
+};
+
+/// Which end of the handshake this stream is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+pub struct SecureStream<S> {
+    io: S,
+    sealer: RecordSealer,
+    opener: RecordOpener,
+    peer: Option<NodeId>,
+    read: ReadState,
+    write: WriteState,
+}
+
+#[derive(Default)]
+struct ReadState {
+    /// Raw bytes from the wire; allocated while a record is in flight.
+    buf: Vec<u8>,
+    filled: usize,
+    /// The decrypted payload of the current record, inside `buf`.
+    plain: std::ops::Range<usize>,
+    /// Bytes of `buf` the current record occupies.
+    record_end: usize,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct WriteState {
+    buf: Vec<u8>,
+    sent: usize,
+    closed: bool,
+}
+
+fn invalid(e: RecordError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+// === impl SecureStream ===
+
+impl<S> std::fmt::Debug for SecureStream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureStream").field("peer", &self.peer).finish_non_exhaustive()
+    }
+}
+
+impl<S> SecureStream<S> {
+    pub fn new(io: S, keys: &SessionKeys, role: Role, peer: Option<NodeId>) -> Self {
+        let (send, recv) = match role {
+            Role::Client => (&keys.client_to_server, &keys.server_to_client),
+            Role::Server => (&keys.server_to_client, &keys.client_to_server),
+        };
+        Self {
+            io,
+            sealer: RecordSealer::new(send),
+            opener: RecordOpener::new(recv),
+            peer,
+            read: ReadState::default(),
+            write: WriteState::default(),
+        }
+    }
+
+    /// The member proven on the cluster port, if any.
+    pub fn peer(&self) -> Option<NodeId> {
+        self.peer
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+}
+
+impl<S: AsyncWrite + Unpin> SecureStream<S> {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let w = &mut self.write;
+        while w.sent < w.buf.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &w.buf[w.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            w.sent += n;
+        }
+        w.buf = Vec::new();
+        w.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> SecureStream<S> {
+    /// Reads until one whole record is in `buf`, then opens it.
+    fn poll_next_record(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = &mut self.read;
+        // Drop the consumed record, keep any bytes of the next one.
+        if r.record_end > 0 {
+            r.buf.copy_within(r.record_end..r.filled, 0);
+            r.filled -= r.record_end;
+            r.record_end = 0;
+        }
+        loop {
+            if r.filled >= RECORD_HEADER_LEN {
+                let header = [r.buf[0], r.buf[1]];
+                let len = RecordOpener::ciphertext_len(header).map_err(invalid)?;
+                let end = RECORD_HEADER_LEN + len;
+                if r.filled >= end {
+                    let (kind, payload) = self
+                        .opener
+                        .open(header, &mut r.buf[RECORD_HEADER_LEN..end])
+                        .map_err(invalid)?;
+                    r.plain = RECORD_HEADER_LEN..RECORD_HEADER_LEN + payload.len();
+                    r.record_end = end;
+                    if kind == ContentType::Close {
+                        r.closed = true;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if r.buf.is_empty() {
+                r.buf = vec![0u8; MAX_RECORD];
+            }
+            let mut rb = ReadBuf::new(&mut r.buf[r.filled..]);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed the connection without a close record (truncated session)",
+                )));
+            }
+            r.filled += n;
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SecureStream<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            let r = &mut this.read;
+            if !r.plain.is_empty() {
+                let n = r.plain.len().min(out.remaining());
+                out.put_slice(&r.buf[r.plain.start..r.plain.start + n]);
+                r.plain.start += n;
+                if r.plain.is_empty() && r.filled == r.record_end {
+                    // Nothing of a next record is buffered: release the buffer while idle.
+                    r.buf = Vec::new();
+                    r.filled = 0;
+                    r.record_end = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if r.closed {
+                return Poll::Ready(Ok(()));
+            }
+            if out.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(this.poll_next_record(cx))?;
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        if this.write.closed {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "session already closed for writing")));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = data.len().min(MAX_PAYLOAD);
+        this.sealer.seal(ContentType::Data, &data[..n], &mut this.write.buf).map_err(invalid)?;
+        // Start sending now; what does not fit stays buffered for the next call or flush.
+        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        if !this.write.closed {
+            this.sealer.seal(ContentType::Close, &[], &mut this.write.buf).map_err(invalid)?;
+            this.write.closed = true;
+            ready!(this.poll_drain(cx))?;
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}

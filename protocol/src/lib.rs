@@ -9,6 +9,7 @@
 //!
 //! The wire format is specified in docs/protocol.md.
 
+pub mod client;
 pub mod directory;
 pub mod handshake;
 pub mod identity;
@@ -19,6 +20,7 @@ pub mod replay;
 mod session;
 mod stream;
 
+pub use client::{ClientError, Target};
 pub use directory::{Attribute, DirectoryError, DirectoryIndex, Member, MemberDirectory, MemberRecord};
 pub use handshake::{HandshakeError, PortKind, ServerContext};
 pub use identity::{Identity, IdentityError};

@@ -1,0 +1,67 @@
+//! The admin port: /livez, /readyz and /metrics over minimal HTTP/1.1.
+//!
+//! Kept to a few lines on purpose: probes and scrapers send one small GET.
+
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::Runtime;
+
+pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
+    loop {
+        let tcp = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(_) => continue,
+            },
+        };
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), respond(tcp, &rt)).await;
+        });
+    }
+}
+
+async fn respond(mut tcp: TcpStream, rt: &Runtime) -> std::io::Result<()> {
+    let mut buf = [0u8; 2048];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        if len == buf.len() {
+            return Ok(());
+        }
+        let n = tcp.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+    }
+    let line = std::str::from_utf8(&buf[..len]).unwrap_or("").lines().next().unwrap_or("");
+    let path = line.strip_prefix("GET ").and_then(|rest| rest.split(' ').next()).unwrap_or("");
+    let (status, content_type, body) = match path {
+        "/livez" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/readyz" if rt.ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_string()),
+        "/readyz" => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
+        "/metrics" => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            rt.shared.metrics.render(),
+        ),
+        _ => ("404 Not Found", "text/plain", "try /livez, /readyz or /metrics\n".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await?;
+    tcp.write_all(body.as_bytes()).await?;
+    tcp.shutdown().await
+}

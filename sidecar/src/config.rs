@@ -1,0 +1,82 @@
+//! Command-line configuration of the sidecar (flags double as environment variables,
+//! so the injected container and a local run read the same names).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+
+#[derive(Clone, Debug, Args)]
+pub struct SidecarConfig {
+    /// Directory holding node-id, sk.pem and ck.pem (the mounted identity Secret).
+    #[arg(long, env = "XLATTICE_IDENTITY_DIR", default_value = "/var/run/xlattice/identity")]
+    pub identity_dir: PathBuf,
+    /// The member directory file (the mounted directory ConfigMap).
+    #[arg(long, env = "XLATTICE_DIRECTORY", default_value = "/var/run/xlattice/directory/directory.yaml")]
+    pub directory: PathBuf,
+    /// Address to listen on; the ports come from --cluster-port and --client-port.
+    #[arg(long, env = "XLATTICE_LISTEN_HOST", default_value = "0.0.0.0")]
+    pub listen_host: std::net::IpAddr,
+    /// The private cluster port (members only).
+    #[arg(long, env = "XLATTICE_CLUSTER_PORT")]
+    pub cluster_port: u16,
+    /// The public client port.
+    #[arg(long, env = "XLATTICE_CLIENT_PORT")]
+    pub client_port: u16,
+    /// Where plaintext from the cluster port goes: the application on loopback.
+    #[arg(long, env = "XLATTICE_CLUSTER_UPSTREAM")]
+    pub cluster_upstream: SocketAddr,
+    /// Where plaintext from the client port goes.
+    #[arg(long, env = "XLATTICE_CLIENT_UPSTREAM")]
+    pub client_upstream: SocketAddr,
+    /// HTTP CONNECT listener through which the application reaches its peers.
+    #[arg(long, env = "XLATTICE_CONNECT_LISTEN", default_value = "127.0.0.1:15001")]
+    pub connect_listen: SocketAddr,
+    /// /livez, /readyz and /metrics.
+    #[arg(long, env = "XLATTICE_ADMIN_LISTEN", default_value = "0.0.0.0:15090")]
+    pub admin_listen: SocketAddr,
+    /// Handshakes in progress at once, over both ports; more wait in the accept queue.
+    #[arg(long, default_value_t = 256)]
+    pub max_handshakes: usize,
+    /// Open connections at once, inbound and outbound; more are refused.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// A hello must arrive and be answered within this time.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub handshake_timeout: Duration,
+    /// A session with no traffic either way for this long is closed.
+    #[arg(long, value_parser = parse_duration, default_value = "1h")]
+    pub idle_timeout: Duration,
+    /// How often the identity and directory files are checked for changes.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub reload_interval: Duration,
+    /// On SIGTERM, how long open sessions may take to finish.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub drain_timeout: Duration,
+}
+
+/// Parses `250ms`, `5s`, `10m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?}: expected a number followed by ms, s, m or h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{text:?}: unit must be ms, s, m or h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5").unwrap_err().contains("unit"));
+        assert!(parse_duration("fast").unwrap_err().contains("number"));
+    }
+}

@@ -1,0 +1,127 @@
+//! The two inbound ports: terminate the handshake, then proxy plaintext to the app.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{watch, OwnedSemaphorePermit},
+};
+use tokio_util::sync::CancellationToken;
+use xlattice_protocol::{accept, HandshakeError, NodeId, PortKind, ServerContext};
+
+use crate::{
+    metrics::{BytesLabels, HandshakeLabels, PortLabel},
+    proxy::{proxy, ProxyError},
+    state::Loaded,
+    Runtime,
+};
+
+pub fn port_label(port: PortKind) -> &'static str {
+    match port {
+        PortKind::Cluster => "cluster",
+        PortKind::Client => "client",
+    }
+}
+
+/// Accepts on one port until `stop`; each connection runs in its own task.
+pub async fn serve(listener: TcpListener, port: PortKind, upstream: SocketAddr, rt: Arc<Runtime>, stop: CancellationToken) {
+    let label = PortLabel { port: port_label(port) };
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%error, port = label.port, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = rt.connections.clone().try_acquire_owned() else {
+            rt.shared.metrics.refused_connections.get_or_create(&label).inc();
+            continue;
+        };
+        let rt2 = rt.clone();
+        rt.tasks.spawn(async move { handle(tcp, remote, port, upstream, rt2, permit).await });
+    }
+}
+
+async fn handle(tcp: TcpStream, remote: SocketAddr, port: PortKind, upstream: SocketAddr, rt: Arc<Runtime>, _permit: OwnedSemaphorePermit) {
+    let metrics = &rt.shared.metrics;
+    let label = port_label(port);
+    tcp.set_nodelay(true).ok();
+    let loaded = rt.shared.current.borrow().clone();
+    let started = Instant::now();
+    let handshake = async {
+        let _slot = rt.handshakes.acquire().await.expect("semaphore never closed");
+        let ctx = ServerContext {
+            port,
+            identity: &loaded.identity,
+            directory: &loaded.directory,
+            replay: &rt.shared.replay,
+        };
+        accept(tcp, &ctx).await
+    };
+    let result = tokio::time::timeout(rt.config.handshake_timeout, handshake)
+        .await
+        .unwrap_or(Err(HandshakeError::Timeout));
+    let (result_label, reason) = match &result {
+        Ok(_) => ("ok", ""),
+        Err(e) => ("error", e.reason()),
+    };
+    metrics.handshakes.get_or_create(&HandshakeLabels { port: label, result: result_label, reason }).inc();
+    let mut session = match result {
+        Ok(session) => session,
+        Err(error) => {
+            // Dropping the socket closes it; nothing was sent.
+            tracing::debug!(%remote, port = label, reason, %error, "handshake refused");
+            return;
+        }
+    };
+    metrics.handshake_seconds.get_or_create(&PortLabel { port: label }).observe(started.elapsed().as_secs_f64());
+    let peer = session.peer();
+    let mut app = match TcpStream::connect(upstream).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::warn!(%remote, port = label, %upstream, %error, "application not reachable; closing session");
+            return;
+        }
+    };
+    app.set_nodelay(true).ok();
+
+    let gauge = metrics.open_sessions.get_or_create(&PortLabel { port: label }).clone();
+    gauge.inc();
+    tracing::debug!(%remote, port = label, peer = ?peer, "session open");
+    let mut current = rt.shared.current.clone();
+    let outcome = tokio::select! {
+        moved = proxy(&mut session, &mut app, rt.config.idle_timeout) => moved,
+        _ = left_directory(&mut current, peer) => {
+            tracing::info!(%remote, peer = ?peer, "member left the directory; closing its session");
+            Err(ProxyError::Io(std::io::ErrorKind::PermissionDenied.into()))
+        }
+    };
+    gauge.dec();
+    match outcome {
+        Ok(moved) => {
+            metrics.bytes.get_or_create(&BytesLabels { port: label, direction: "in" }).inc_by(moved.a_to_b);
+            metrics.bytes.get_or_create(&BytesLabels { port: label, direction: "out" }).inc_by(moved.b_to_a);
+        }
+        Err(error) => tracing::debug!(%remote, port = label, %error, "session ended"),
+    }
+}
+
+/// Resolves when `peer` (a proven member) is no longer in the directory; never for
+/// client-port sessions.
+async fn left_directory(current: &mut watch::Receiver<Arc<Loaded>>, peer: Option<NodeId>) {
+    let Some(peer) = peer else { return std::future::pending().await };
+    loop {
+        if current.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if current.borrow().directory.by_node_id(&peer).is_none() {
+            return;
+        }
+    }
+}

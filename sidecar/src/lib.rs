@@ -1,0 +1,115 @@
+//! The XLattice sidecar: gives a pod its cluster identity on the wire.
+//!
+//! - `inbound`: the cluster and client ports (handshake, then plaintext to the app)
+//! - `outbound`: the loopback CONNECT listener the app uses to reach its peers
+//! - `proxy`: the byte pump with an idle timeout and no buffers while quiet
+//! - `state`: identity and directory, reloaded from the mounted files
+//! - `admin`: probes and Prometheus metrics
+
+pub mod admin;
+pub mod config;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod proxy;
+pub mod state;
+
+use std::{
+    sync::{atomic::AtomicBool, atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use xlattice_protocol::{PortKind, ReplayGuard};
+
+pub use config::SidecarConfig;
+use state::{Shared, Sources};
+
+/// What every task of a running sidecar shares.
+pub struct Runtime {
+    pub config: SidecarConfig,
+    pub shared: Shared,
+    pub handshakes: Semaphore,
+    pub connections: Arc<Semaphore>,
+    pub tasks: TaskTracker,
+    pub ready: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
+}
+
+/// Runs until `stop` is cancelled, then drains open sessions for up to the drain timeout.
+pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), RunError> {
+    let sources = Sources { identity_dir: config.identity_dir.clone(), directory: config.directory.clone() };
+    let metrics = metrics::Metrics::default();
+
+    // Admin first, so probes answer (not ready) while the identity is still missing.
+    let admin = bind(config.admin_listen).await?;
+    let initial = loop {
+        match sources.load() {
+            Ok(loaded) => break loaded,
+            Err(error) => {
+                tracing::warn!(%error, "waiting for the identity and directory");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(node_id = %initial.identity.node_id, members = initial.directory.len(), cluster = initial.directory.cluster(), "identity loaded");
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
+
+    let host = config.listen_host;
+    let cluster = bind((host, config.cluster_port).into()).await?;
+    let client = bind((host, config.client_port).into()).await?;
+    let connect = bind(config.connect_listen).await?;
+
+    let rt = Arc::new(Runtime {
+        shared: Shared { current: rx, replay: ReplayGuard::default(), metrics: metrics.clone() },
+        handshakes: Semaphore::new(config.max_handshakes),
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        tasks: TaskTracker::new(),
+        ready: AtomicBool::new(false),
+        config,
+    });
+    let accepting = stop.child_token();
+    let background = CancellationToken::new();
+    let servers = [
+        tokio::spawn(inbound::serve(cluster, PortKind::Cluster, rt.config.cluster_upstream, rt.clone(), accepting.clone())),
+        tokio::spawn(inbound::serve(client, PortKind::Client, rt.config.client_upstream, rt.clone(), accepting.clone())),
+        tokio::spawn(outbound::serve(connect, rt.clone(), accepting.clone())),
+    ];
+    let admin_task = tokio::spawn(admin::serve(admin, rt.clone(), background.clone()));
+    let watcher = tokio::spawn(sources.watch(tx, rt.config.reload_interval, metrics, background.clone()));
+    rt.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        cluster_port = rt.config.cluster_port,
+        client_port = rt.config.client_port,
+        connect = %rt.config.connect_listen,
+        admin = %rt.config.admin_listen,
+        "sidecar ready"
+    );
+
+    stop.cancelled().await;
+    rt.ready.store(false, Ordering::Relaxed);
+    for server in servers {
+        let _ = server.await;
+    }
+    rt.tasks.close();
+    tracing::info!(open = rt.tasks.len(), timeout = ?rt.config.drain_timeout, "draining sessions");
+    if tokio::time::timeout(rt.config.drain_timeout, rt.tasks.wait()).await.is_err() {
+        tracing::warn!(open = rt.tasks.len(), "drain timeout reached; closing the remaining sessions");
+    }
+    background.cancel();
+    let _ = tokio::join!(admin_task, watcher);
+    Ok(())
+}

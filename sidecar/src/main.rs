@@ -1,0 +1,114 @@
+//! `xlattice run` is the sidecar; `xlattice connect` is the client CLI.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use xlattice_protocol::{client, DirectoryIndex, Identity, MemberDirectory, PortKind, Target};
+use xlattice_sidecar::{config::parse_duration, proxy::proxy, SidecarConfig};
+
+#[derive(Parser)]
+#[command(name = "xlattice", version, about = "XLattice cluster sidecar and client")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar: serve the cluster and client ports, proxy to the app.
+    Run(SidecarConfig),
+    /// Open a session with a member and connect it to stdin/stdout.
+    Connect(ConnectArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Port {
+    Client,
+    Cluster,
+}
+
+#[derive(clap::Args)]
+struct ConnectArgs {
+    /// The member: its NodeID (hex) or its name.
+    member: String,
+    /// The member directory (YAML or JSON), e.g. from `kubectl get configmap <cluster>-directory`.
+    #[arg(long, env = "XLATTICE_DIRECTORY")]
+    directory: PathBuf,
+    /// Which port to open the session on.
+    #[arg(long, value_enum, default_value = "client")]
+    port: Port,
+    /// host:port to dial instead of the member's endpoint in the directory.
+    #[arg(long)]
+    address: Option<String>,
+    /// Own identity directory; needed for the cluster port.
+    #[arg(long)]
+    identity_dir: Option<PathBuf>,
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    timeout: Duration,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_env("XLATTICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("XLATTICE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal(stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
+    stop.cancel();
+}
+
+async fn connect(args: ConnectArgs) -> Result<(), String> {
+    let bytes = std::fs::read(&args.directory).map_err(|e| format!("{}: {e}", args.directory.display()))?;
+    let directory: DirectoryIndex = MemberDirectory::from_slice(&bytes)
+        .and_then(|d| d.index())
+        .map_err(|e| format!("{}: {e}", args.directory.display()))?;
+    let identity = match &args.identity_dir {
+        Some(dir) => Some(Identity::load_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?),
+        None => None,
+    };
+    let port = match args.port {
+        Port::Client => PortKind::Client,
+        Port::Cluster => PortKind::Cluster,
+    };
+    let target = Target { member: &args.member, port, address: args.address.as_deref(), identity: identity.as_ref() };
+    let mut session = client::open(&directory, target, args.timeout).await.map_err(|e| e.to_string())?;
+    let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    proxy(&mut stdio, &mut session, Duration::from_secs(24 * 3600)).await.map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(config) => {
+                let stop = CancellationToken::new();
+                tokio::spawn(shutdown_signal(stop.clone()));
+                xlattice_sidecar::run(config, stop).await.map_err(|e| e.to_string())
+            }
+            Command::Connect(args) => connect(args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xlattice: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Prometheus metrics, rendered in the text exposition format on /metrics.
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// cluster, client or outbound.
+    pub port: &'static str,
+    /// ok or error.
+    pub result: &'static str,
+    /// Why it failed (HandshakeError::reason), empty when ok.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabel {
+    pub port: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub port: &'static str,
+    /// in: from the network peer; out: to it.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+impl ResultLabel {
+    pub fn ok() -> Self {
+        Self { result: "ok" }
+    }
+
+    pub fn error() -> Self {
+        Self { result: "error" }
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub handshake_seconds: Family<PortLabel, Histogram, fn() -> Histogram>,
+    pub open_sessions: Family<PortLabel, Gauge>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub refused_connections: Family<PortLabel, Counter>,
+    pub reloads: Family<ResultLabel, Counter>,
+    registry: std::sync::Arc<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        let handshake_seconds = Family::<PortLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let open_sessions = Family::<PortLabel, Gauge>::default();
+        let bytes = Family::<BytesLabels, Counter>::default();
+        let refused_connections = Family::<PortLabel, Counter>::default();
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let mut registry = Registry::with_prefix("xlattice_sidecar");
+        registry.register("handshakes", "Handshakes by port, result and reason", handshakes.clone());
+        registry.register("handshake_duration_seconds", "Time to complete a handshake", handshake_seconds.clone());
+        registry.register("open_sessions", "Sessions open now", open_sessions.clone());
+        registry.register("bytes", "Plaintext bytes proxied", bytes.clone());
+        registry.register(
+            "refused_connections",
+            "Connections refused because the connection limit was reached",
+            refused_connections.clone(),
+        );
+        registry.register("reloads", "Identity/directory reloads by result", reloads.clone());
+        Self {
+            handshakes,
+            handshake_seconds,
+            open_sessions,
+            bytes,
+            refused_connections,
+            reloads,
+            registry: std::sync::Arc::new(registry),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}

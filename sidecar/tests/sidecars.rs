@@ -1,0 +1,332 @@
+//! Real sidecar processes on loopback, each on its own address in front of an echo
+//! application, real identities and directory files, real TCP.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{TcpListener, TcpStream},
+};
+use xlattice_protocol::{
+    client, handshake, DirectoryIndex, Identity, MemberDirectory, MemberRecord, NodeIdBits, PortKind, RsaBits, Target,
+};
+
+const CLUSTER_PORT: u16 = 7100;
+const CLIENT_PORT: u16 = 8100;
+const APP_CLUSTER: u16 = 17100;
+const APP_CLIENT: u16 = 18100;
+const CONNECT: u16 = 15001;
+const ADMIN: u16 = 15090;
+
+struct Member {
+    name: String,
+    host: String,
+    identity: Identity,
+    identity_dir: PathBuf,
+    process: Option<Child>,
+}
+
+struct Cluster {
+    dir: PathBuf,
+    members: Vec<Member>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut p) = m.process.take() {
+                let _ = p.kill();
+                let _ = p.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An echo app prefixing each line with its name, on both upstream ports.
+async fn echo_app(host: &str, name: &str) {
+    for (port, kind) in [(APP_CLUSTER, "cluster"), (APP_CLIENT, "client")] {
+        let listener = TcpListener::bind((host, port)).await.unwrap();
+        let tag = format!("{name}/{kind}");
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let tag = tag.clone();
+                tokio::spawn(async move {
+                    let (rd, mut wr) = tcp.into_split();
+                    let mut lines = BufReader::new(rd).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if wr.write_all(format!("{tag}: {line}\n").as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
+
+fn write_directory(dir: &Path, members: &[&Member]) {
+    let directory = MemberDirectory {
+        cluster: "test/sidecars".into(),
+        members: members
+            .iter()
+            .map(|m| MemberRecord {
+                cluster_endpoint: Some(format!("{}:{CLUSTER_PORT}", m.host)),
+                client_endpoint: Some(format!("{}:{CLIENT_PORT}", m.host)),
+                ..MemberRecord::for_identity(m.name.clone(), &m.identity)
+            })
+            .collect(),
+    };
+    // Replace atomically, as the kubelet does.
+    let tmp = dir.join("directory.yaml.tmp");
+    std::fs::write(&tmp, directory.to_yaml()).unwrap();
+    std::fs::rename(tmp, dir.join("directory.yaml")).unwrap();
+}
+
+fn spawn_sidecar(dir: &Path, m: &Member) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_xlattice"))
+        .args(["run", "--identity-dir"])
+        .arg(&m.identity_dir)
+        .arg("--directory")
+        .arg(dir.join("directory.yaml"))
+        .args(["--listen-host", &m.host])
+        .args(["--cluster-port", &CLUSTER_PORT.to_string(), "--client-port", &CLIENT_PORT.to_string()])
+        .args(["--cluster-upstream", &format!("{}:{APP_CLUSTER}", m.host)])
+        .args(["--client-upstream", &format!("{}:{APP_CLIENT}", m.host)])
+        .args(["--connect-listen", &format!("{}:{CONNECT}", m.host)])
+        .args(["--admin-listen", &format!("{}:{ADMIN}", m.host)])
+        .args(["--reload-interval", "200ms", "--drain-timeout", "3s"])
+        .env("XLATTICE_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("{}.log", m.name))).unwrap()))
+        .spawn()
+        .unwrap()
+}
+
+async fn http_get(addr: &str, path: &str) -> Option<String> {
+    let mut tcp = TcpStream::connect(addr).await.ok()?;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.ok()?;
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+async fn wait_ready(host: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(r) = http_get(&format!("{host}:{ADMIN}"), "/readyz").await {
+            if r.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("sidecar on {host} not ready");
+}
+
+/// Three members on 127.0.0.<base>, <base+1>, <base+2>.
+async fn cluster(base: u8) -> Cluster {
+    let dir = std::env::temp_dir().join(format!("xl-sidecars-{}-{base}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut members = Vec::new();
+    for i in 0..3u8 {
+        let name = format!("m{i}");
+        let identity = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
+        let identity_dir = dir.join(&name);
+        identity.save_dir(&identity_dir).unwrap();
+        let host = format!("127.0.0.{}", base + i);
+        echo_app(&host, &name).await;
+        members.push(Member { name, host, identity, identity_dir, process: None });
+    }
+    write_directory(&dir, &members.iter().collect::<Vec<_>>());
+    for i in 0..3 {
+        let child = spawn_sidecar(&dir, &members[i]);
+        members[i].process = Some(child);
+    }
+    for m in &members {
+        wait_ready(&m.host).await;
+    }
+    Cluster { dir, members }
+}
+
+fn directory_index(c: &Cluster) -> DirectoryIndex {
+    MemberDirectory::from_slice(&std::fs::read(c.dir.join("directory.yaml")).unwrap()).unwrap().index().unwrap()
+}
+
+async fn line_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, line: &str) -> String {
+    s.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte)).await.expect("reply").unwrap();
+        if byte[0] == b'\n' {
+            return String::from_utf8(got).unwrap();
+        }
+        got.push(byte[0]);
+    }
+}
+
+/// Asks sidecar `via` to open a session to `member` on `port`; returns the status line.
+async fn connect_via(via: &Member, member: &str, port: u16) -> (String, TcpStream) {
+    let mut tcp = TcpStream::connect(format!("{}:{CONNECT}", via.host)).await.unwrap();
+    tcp.write_all(format!("CONNECT {member}:{port} HTTP/1.1\r\nHost: {member}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
+    (status, tcp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_members_and_outsiders() {
+    let c = cluster(20).await;
+    let directory = directory_index(&c);
+
+    // A client with no identity, on the client port of every member.
+    for m in &c.members {
+        let target = Target { member: &m.name, port: PortKind::Client, address: None, identity: None };
+        let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(line_exchange(&mut session, "hi").await, format!("{}/client: hi", m.name));
+    }
+
+    // Member m0's app reaches m1 and m2 on the private port through its own sidecar,
+    // by name and by NodeID.
+    let (status, mut tcp) = connect_via(&c.members[0], "m1", CLUSTER_PORT).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection Established");
+    assert_eq!(line_exchange(&mut tcp, "peer hello").await, "m1/cluster: peer hello");
+    let m2_id = c.members[2].identity.node_id.to_string();
+    let (status, mut tcp2) = connect_via(&c.members[0], &m2_id, CLUSTER_PORT).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection Established");
+    assert_eq!(line_exchange(&mut tcp2, "by id").await, "m2/cluster: by id");
+
+    // Bad CONNECT requests get a clear HTTP answer.
+    assert_eq!(connect_via(&c.members[0], "nobody", CLUSTER_PORT).await.0, "HTTP/1.1 404 Not Found");
+    assert_eq!(connect_via(&c.members[0], "m1", 9).await.0, "HTTP/1.1 400 Bad Request");
+
+    // An outsider with a real identity is dropped on the cluster port, with nothing
+    // sent back, and served on the client port.
+    let outsider = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
+    let target = Target { member: "m1", port: PortKind::Cluster, address: None, identity: Some(&outsider) };
+    let err = client::open(&directory, target, Duration::from_secs(5)).await.unwrap_err();
+    assert!(err.to_string().contains("connection closed during the handshake"), "{err}");
+    let (hello, _) = handshake::client_hello(
+        &directory.by_name("m1").unwrap().ck,
+        PortKind::Cluster,
+        Some(&outsider),
+        handshake::ClientSecrets::random(),
+    )
+    .unwrap();
+    let mut raw = TcpStream::connect(format!("{}:{CLUSTER_PORT}", c.members[1].host)).await.unwrap();
+    raw.write_all(&hello).await.unwrap();
+    let mut got = Vec::new();
+    raw.read_to_end(&mut got).await.unwrap();
+    assert!(got.is_empty(), "the cluster port answered an outsider with {} bytes", got.len());
+    let target = Target { member: "m1", port: PortKind::Client, address: None, identity: Some(&outsider) };
+    let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(line_exchange(&mut session, "outside").await, "m1/client: outside");
+
+    // Garbage on a port closes that connection only; the peer session lives on.
+    let mut junk = TcpStream::connect(format!("{}:{CLUSTER_PORT}", c.members[1].host)).await.unwrap();
+    junk.write_all(&[0xffu8; 4096]).await.unwrap();
+    let mut got = Vec::new();
+    let _ = junk.read_to_end(&mut got).await;
+    assert!(got.is_empty());
+    assert_eq!(line_exchange(&mut tcp, "still there").await, "m1/cluster: still there");
+
+    // Metrics count what happened, by reason.
+    let metrics = http_get(&format!("{}:{ADMIN}", c.members[1].host), "/metrics").await.unwrap();
+    assert!(metrics.contains(r#"xlattice_sidecar_handshakes_total{port="cluster",result="error",reason="not_member"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"xlattice_sidecar_handshakes_total{port="cluster",result="error",reason="bad_magic"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"xlattice_sidecar_open_sessions{port="cluster"} 1"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_and_key_changes_apply_without_a_restart() {
+    let mut c = cluster(30).await;
+    let (status, mut peer_session) = connect_via(&c.members[0], "m1", CLUSTER_PORT).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection Established");
+    assert_eq!(line_exchange(&mut peer_session, "before").await, "m1/cluster: before");
+    let mut client_session = {
+        let directory = directory_index(&c);
+        let target = Target { member: "m1", port: PortKind::Client, address: None, identity: None };
+        client::open(&directory, target, Duration::from_secs(5)).await.unwrap()
+    };
+
+    // Rotate m1's keys (same NodeID) and publish the new directory.
+    let rotated = c.members[1].identity.rotated(RsaBits::B2048).unwrap();
+    assert_eq!(rotated.node_id, c.members[1].identity.node_id);
+    rotated.save_dir(&c.members[1].identity_dir).unwrap();
+    c.members[1].identity = rotated;
+    write_directory(&c.dir, &c.members.iter().collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    // Open sessions finish on their old keys; new ones use the new keys.
+    assert_eq!(line_exchange(&mut client_session, "old keys").await, "m1/client: old keys");
+    assert_eq!(line_exchange(&mut peer_session, "old keys").await, "m1/cluster: old keys");
+    let (status, mut fresh) = connect_via(&c.members[0], "m1", CLUSTER_PORT).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection Established");
+    assert_eq!(line_exchange(&mut fresh, "new keys").await, "m1/cluster: new keys");
+
+    // Remove m0 from the directory: m1 must drop m0's open session and refuse new
+    // ones, within seconds, without restarting.
+    let removed_at = Instant::now();
+    write_directory(&c.dir, &[&c.members[1], &c.members[2]]);
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), peer_session.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "m0's session to m1 was not closed: {closed:?}");
+    let propagation = removed_at.elapsed();
+    assert!(propagation < Duration::from_secs(3), "took {propagation:?}");
+    // m0's own sidecar has also reloaded and no longer lists itself, but it still holds
+    // its identity; m1 now refuses its proof.
+    let (status, _) = connect_via(&c.members[0], "m1", CLUSTER_PORT).await;
+    assert_eq!(status, "HTTP/1.1 502 Bad Gateway");
+
+    // A directory that does not parse is refused; the last good one stays in force.
+    std::fs::write(c.dir.join("directory.yaml"), "members: [").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, mut still) = connect_via(&c.members[2], "m1", CLUSTER_PORT).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection Established");
+    assert_eq!(line_exchange(&mut still, "kept").await, "m1/cluster: kept");
+    let metrics = http_get(&format!("{}:{ADMIN}", c.members[2].host), "/metrics").await.unwrap();
+    assert!(metrics.contains(r#"xlattice_sidecar_reloads_total{result="error"} 1"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_sessions_then_exits() {
+    let mut c = cluster(40).await;
+    let directory = directory_index(&c);
+    let target = Target { member: "m0", port: PortKind::Client, address: None, identity: None };
+    let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(line_exchange(&mut session, "a").await, "m0/client: a");
+
+    let mut child = c.members[0].process.take().unwrap();
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Not ready any more and not accepting, but the open session still works.
+    assert!(TcpStream::connect(format!("{}:{CLIENT_PORT}", c.members[0].host)).await.is_err());
+    assert_eq!(line_exchange(&mut session, "b").await, "m0/client: b");
+    // Closing it lets the sidecar finish before the drain timeout.
+    session.shutdown().await.unwrap();
+    drop(session);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "sidecar did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}

@@ -54,7 +54,11 @@ impl ReplayGuard {
         }
         let key: [u8; 16] = nonce[..16].try_into().expect("16 of 32 bytes");
         let mut state = self.state.lock().expect("replay guard poisoned");
-        let generation = now / GENERATION_SECS;
+        // Generations only move forward. Concurrent handshakes read the clock before
+        // their RSA work and reach this lock in any order, so a `now` one second behind
+        // the last one seen is normal at a generation boundary; going back a generation
+        // must not throw away the nonces remembered so far (nor would a clock stepped back).
+        let generation = (now / GENERATION_SECS).max(state.number);
         if generation != state.number {
             let current = std::mem::take(&mut state.current);
             state.previous = if generation == state.number + 1 { current } else { HashSet::new() };
@@ -87,6 +91,20 @@ mod tests {
         assert_eq!(guard.check(&nonce, t, t + MAX_CLOCK_SKEW), Err(ReplayError::Replayed));
         assert_eq!(guard.check(&nonce, t, t + MAX_CLOCK_SKEW + 1), Err(ReplayError::ClockSkew(-31)));
         guard.check(&[8u8; 32], t, t + 1).unwrap();
+    }
+
+    #[test]
+    fn a_late_clock_reading_at_a_rotation_keeps_the_cache() {
+        // Two handshakes straddle a generation boundary: the one that read the clock
+        // first (t - 1) takes the lock last. The nonces seen so far must survive.
+        let guard = ReplayGuard::default();
+        let t = 1_000_000 * GENERATION_SECS;
+        guard.check(&[1u8; 32], t - 1, t - 1).unwrap();
+        guard.check(&[2u8; 32], t, t).unwrap();
+        guard.check(&[3u8; 32], t - 1, t - 1).unwrap();
+        for nonce in [[1u8; 32], [2u8; 32], [3u8; 32]] {
+            assert_eq!(guard.check(&nonce, t, t + 1), Err(ReplayError::Replayed), "{:?}", &nonce[..1]);
+        }
     }
 
     #[test]

@@ -34,15 +34,19 @@ pub struct SecureStream<S> {
     write: WriteState,
 }
 
+/// Records gathered per socket read or write: fewer syscalls on bulk transfers.
+const BATCH_RECORDS: usize = 4;
+const READ_BUFFER: usize = BATCH_RECORDS * MAX_RECORD;
+
 #[derive(Default)]
 struct ReadState {
-    /// Raw bytes from the wire; allocated while a record is in flight.
+    /// Raw bytes from the wire, `buf[start..filled]` not yet consumed; allocated
+    /// only while bytes are buffered.
     buf: Vec<u8>,
+    start: usize,
     filled: usize,
     /// The decrypted payload of the current record, inside `buf`.
     plain: std::ops::Range<usize>,
-    /// Bytes of `buf` the current record occupies.
-    record_end: usize,
     closed: bool,
 }
 
@@ -107,75 +111,91 @@ impl<S: AsyncWrite + Unpin> SecureStream<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> SecureStream<S> {
-    /// Reads until one whole record is in `buf`, then opens it.
-    fn poll_next_record(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+impl<S> SecureStream<S> {
+    /// Opens the next record if it is wholly buffered; `Ok(false)` if more bytes are needed.
+    fn open_buffered(&mut self) -> io::Result<bool> {
         let r = &mut self.read;
-        // Drop the consumed record, keep any bytes of the next one.
-        if r.record_end > 0 {
-            r.buf.copy_within(r.record_end..r.filled, 0);
-            r.filled -= r.record_end;
-            r.record_end = 0;
+        let available = r.filled - r.start;
+        if available < RECORD_HEADER_LEN {
+            return Ok(false);
         }
-        loop {
-            if r.filled >= RECORD_HEADER_LEN {
-                let header = [r.buf[0], r.buf[1]];
-                let len = RecordOpener::ciphertext_len(header).map_err(invalid)?;
-                let end = RECORD_HEADER_LEN + len;
-                if r.filled >= end {
-                    let (kind, payload) = self
-                        .opener
-                        .open(header, &mut r.buf[RECORD_HEADER_LEN..end])
-                        .map_err(invalid)?;
-                    r.plain = RECORD_HEADER_LEN..RECORD_HEADER_LEN + payload.len();
-                    r.record_end = end;
-                    if kind == ContentType::Close {
-                        r.closed = true;
-                    }
-                    return Poll::Ready(Ok(()));
+        let header = [r.buf[r.start], r.buf[r.start + 1]];
+        let len = RecordOpener::ciphertext_len(header).map_err(invalid)?;
+        if available < RECORD_HEADER_LEN + len {
+            return Ok(false);
+        }
+        let body = r.start + RECORD_HEADER_LEN;
+        let (kind, payload) = self.opener.open(header, &mut r.buf[body..body + len]).map_err(invalid)?;
+        r.plain = body..body + payload.len();
+        r.start = body + len;
+        if kind == ContentType::Close {
+            r.closed = true;
+        }
+        Ok(true)
+    }
+}
+
+impl<S: AsyncRead + Unpin> SecureStream<S> {
+    /// Reads more bytes from the wire.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = &mut self.read;
+        if r.buf.is_empty() {
+            r.buf = vec![0u8; READ_BUFFER];
+        } else if r.start > 0 {
+            // Keep the partial record, drop what was consumed.
+            r.buf.copy_within(r.start..r.filled, 0);
+            r.filled -= r.start;
+            r.start = 0;
+        }
+        let mut rb = ReadBuf::new(&mut r.buf[r.filled..]);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Pending => {
+                if r.filled == 0 {
+                    // Nothing buffered: a quiet session holds no buffer.
+                    r.buf = Vec::new();
                 }
+                Poll::Pending
             }
-            if r.buf.is_empty() {
-                r.buf = vec![0u8; MAX_RECORD];
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed the connection without a close record (truncated session)",
+            ))),
+            Poll::Ready(Ok(())) => {
+                r.filled += rb.filled().len();
+                Poll::Ready(Ok(()))
             }
-            let mut rb = ReadBuf::new(&mut r.buf[r.filled..]);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
-            let n = rb.filled().len();
-            if n == 0 {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "peer closed the connection without a close record (truncated session)",
-                )));
-            }
-            r.filled += n;
         }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for SecureStream<S> {
+    /// Fills `out` with the payload of as many buffered records as fit; reads from
+    /// the wire only while nothing has been delivered yet.
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = out.filled().len();
         loop {
             let r = &mut this.read;
             if !r.plain.is_empty() {
                 let n = r.plain.len().min(out.remaining());
                 out.put_slice(&r.buf[r.plain.start..r.plain.start + n]);
                 r.plain.start += n;
-                if r.plain.is_empty() && r.filled == r.record_end {
-                    // Nothing of a next record is buffered: release the buffer while idle.
-                    r.buf = Vec::new();
-                    r.filled = 0;
-                    r.record_end = 0;
+                if out.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
                 }
+                continue;
+            }
+            if r.closed || out.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            if r.closed {
+            if this.open_buffered()? {
+                continue;
+            }
+            if out.filled().len() > before {
                 return Poll::Ready(Ok(()));
             }
-            if out.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            ready!(this.poll_next_record(cx))?;
+            ready!(this.poll_fill(cx))?;
         }
     }
 }
@@ -190,8 +210,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let n = data.len().min(MAX_PAYLOAD);
-        this.sealer.seal(ContentType::Data, &data[..n], &mut this.write.buf).map_err(invalid)?;
+        let n = data.len().min(BATCH_RECORDS * MAX_PAYLOAD);
+        for chunk in data[..n].chunks(MAX_PAYLOAD) {
+            this.sealer.seal(ContentType::Data, chunk, &mut this.write.buf).map_err(invalid)?;
+        }
         // Start sending now; what does not fit stays buffered for the next call or flush.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
             return Poll::Ready(Err(e));

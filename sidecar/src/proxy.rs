@@ -17,7 +17,8 @@ use tokio::{
     time::Instant,
 };
 
-const BUFFER: usize = 16 * 1024;
+/// Matches the record layer's batch: four full records per read or write.
+const BUFFER: usize = 64 * 1024;
 
 /// Bytes moved each way: (a to b, b to a).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -20,6 +20,33 @@ enum Command {
     Run(SidecarConfig),
     /// Open a session with a member and connect it to stdin/stdout.
     Connect(ConnectArgs),
+    /// Mint an identity into a directory (the layout of the operator's Secrets).
+    Keygen(KeygenArgs),
+}
+
+#[derive(clap::Args)]
+struct KeygenArgs {
+    /// Directory to write node-id, sk.pem and ck.pem into (created, files mode 0600).
+    #[arg(long)]
+    out: PathBuf,
+    /// 160 or 256.
+    #[arg(long, default_value_t = 256)]
+    node_id_bits: u16,
+    /// 2048, 3072 or 4096.
+    #[arg(long, default_value_t = 2048)]
+    rsa_bits: usize,
+}
+
+fn keygen(args: KeygenArgs) -> Result<(), String> {
+    if args.out.join(xlattice_protocol::identity::NODE_ID_FILE).exists() {
+        return Err(format!("{}: already holds an identity; refusing to replace it", args.out.display()));
+    }
+    let node_id_bits = xlattice_protocol::NodeIdBits::try_from(args.node_id_bits).map_err(|e| e.to_string())?;
+    let rsa_bits = xlattice_protocol::RsaBits::try_from(args.rsa_bits).map_err(|e| e.to_string())?;
+    let identity = Identity::generate(node_id_bits, rsa_bits).map_err(|e| e.to_string())?;
+    identity.save_dir(&args.out).map_err(|e| e.to_string())?;
+    println!("{}", identity.node_id);
+    Ok(())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -102,6 +129,7 @@ fn main() -> ExitCode {
                 xlattice_sidecar::run(config, stop).await.map_err(|e| e.to_string())
             }
             Command::Connect(args) => connect(args).await,
+            Command::Keygen(args) => keygen(args),
         }
     });
     match outcome {

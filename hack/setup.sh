@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# hack/setup.sh: install everything the demo and the tests need, on a fresh machine.
+# Idempotent and cached under ${XLATTICE_CACHE:-~/.cache/xlattice}: a second run
+# takes seconds. Needs only what the machine image ships (Go, Rust, npm, openssl).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE=${XLATTICE_CACHE:-$HOME/.cache/xlattice}
+TOOLS=$CACHE/tools
+CARGO_AUDIT_VERSION=0.22.1
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "control plane: kube-apiserver, etcd, kubectl, helm (cached in $CACHE)"
+hack/control-plane.sh install >&2
+
+if [ ! -x "$TOOLS/bin/cargo-audit" ]; then
+  step "cargo-audit $CARGO_AUDIT_VERSION (cached in $TOOLS)"
+  cargo install cargo-audit --version "$CARGO_AUDIT_VERSION" --locked --root "$TOOLS" \
+    --target-dir "$CACHE/target-tools" >&2
+fi
+step "setup done"

@@ -121,6 +121,16 @@ impl RecordOpener {
         header: [u8; RECORD_HEADER_LEN],
         ciphertext: &'a mut [u8],
     ) -> Result<(ContentType, &'a [u8]), RecordError> {
+        // Checked here too, not only by callers: a body shorter than the announced
+        // length, or an authentic record of a bare tag, must be an error, never a panic.
+        let len = Self::ciphertext_len(header)?;
+        if ciphertext.len() != len {
+            return Err(if ciphertext.len() < len {
+                RecordError::TooShort(ciphertext.len())
+            } else {
+                RecordError::TooLarge(ciphertext.len())
+            });
+        }
         let seq = next(&mut self.seq)?;
         let plain = self
             .key
@@ -187,6 +197,27 @@ mod tests {
 
         let mut wrong_key = a.clone();
         assert_eq!(open_all(&mut RecordOpener::new(&[2u8; 32]), &mut wrong_key), Err(RecordError::Forged));
+    }
+
+    #[test]
+    fn open_refuses_bodies_that_do_not_match_the_header() {
+        // An authentic AES-GCM sealing of nothing at all: a bare 16-byte tag.
+        let k = [3u8; 32];
+        let mut tag_only = Vec::new();
+        key(&k).seal_in_place_append_tag(nonce(0), Aad::from([0u8, 16]), &mut tag_only).unwrap();
+        assert_eq!(tag_only.len(), TAG_LEN);
+        let mut opener = RecordOpener::new(&k);
+        assert_eq!(opener.open([0, 16], &mut tag_only).unwrap_err(), RecordError::TooShort(16));
+
+        let mut wire = Vec::new();
+        RecordSealer::new(&k).seal(ContentType::Data, b"abc", &mut wire).unwrap();
+        let header = [wire[0], wire[1]];
+        let mut short = wire[2..wire.len() - 1].to_vec();
+        assert_eq!(RecordOpener::new(&k).open(header, &mut short), Err(RecordError::TooShort(19)));
+        let mut long = [&wire[2..], &[0][..]].concat();
+        assert_eq!(RecordOpener::new(&k).open(header, &mut long), Err(RecordError::TooLarge(21)));
+        let mut exact = wire[2..].to_vec();
+        assert_eq!(RecordOpener::new(&k).open(header, &mut exact).unwrap(), (ContentType::Data, &b"abc"[..]));
     }
 
     #[test]

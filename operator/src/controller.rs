@@ -1,0 +1,97 @@
+//! Wires the reconciler to the watches: clusters, what they own, and the pods they select.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::{ConfigMap, Pod, Secret, Service},
+    networking::v1::NetworkPolicy,
+};
+use kube::{
+    core::{Selector, SelectorExt},
+    runtime::{controller::Controller, reflector::ObjectRef, reflector::Store, watcher},
+    Api, ResourceExt,
+};
+use tracing::{debug, warn};
+
+use crate::{
+    crd::XLatticeCluster,
+    names::{INJECTED_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL},
+    reconcile::{error_policy, reconcile, Context},
+};
+
+/// Clusters a pod event concerns: those whose selector matches the pod, and the one that
+/// injected it (its labels may have changed so that it no longer matches: it must leave).
+pub fn clusters_for_pod(
+    pod: &Pod,
+    clusters: &[Arc<XLatticeCluster>],
+) -> Vec<ObjectRef<XLatticeCluster>> {
+    let ns = pod.namespace();
+    let injected = pod.annotations().get(INJECTED_ANNOTATION);
+    clusters
+        .iter()
+        .filter(|c| c.namespace() == ns)
+        .filter(|c| {
+            injected == Some(&c.name_any())
+                || Selector::try_from(c.spec.selector.clone())
+                    .is_ok_and(|s| s.matches(pod.labels()))
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// Runs the controller until the stream ends (shutdown signal).
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let controller = Controller::new(
+        Api::<XLatticeCluster>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let store: Store<XLatticeCluster> = controller.store();
+    controller
+        .owns(Api::<Secret>::all(client.clone()), owned.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned)
+        .watches(
+            Api::<Pod>::all(client),
+            watcher::Config::default(),
+            move |pod| clusters_for_pod(&pod, &store.state()),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(cluster = %object, "reconciled"),
+                Err(error) => warn!(%error, "controller"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::tests::{cluster, pod};
+
+    #[test]
+    fn pods_map_to_matching_and_injecting_clusters() {
+        let c = Arc::new(cluster(serde_json::json!({})));
+        let mut other = cluster(serde_json::json!({"selector": {"matchLabels": {"app": "web"}}}));
+        other.metadata.name = Some("web".into());
+        let clusters = vec![c, Arc::new(other)];
+        let refs = clusters_for_pod(&pod("a", None), &clusters);
+        assert_eq!(
+            refs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["store"]
+        );
+
+        let mut relabelled = pod("b", None);
+        relabelled.metadata.labels = None;
+        assert!(clusters_for_pod(&relabelled, &clusters).is_empty());
+        relabelled.metadata.annotations =
+            Some([(INJECTED_ANNOTATION.to_string(), "web".to_string())].into());
+        assert_eq!(clusters_for_pod(&relabelled, &clusters)[0].name, "web");
+    }
+}

@@ -1,0 +1,414 @@
+//! The objects a cluster should own, computed from the cluster, its pods and its identities.
+//! No I/O here: the reconciler fetches, these functions decide, the reconciler writes only
+//! what differs (see the `*_matches` functions).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{ConfigMap, Pod, Secret, Service, ServicePort, ServiceSpec},
+        networking::v1::{
+            NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+            NetworkPolicySpec,
+        },
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    ByteString,
+};
+use kube::{Resource, ResourceExt};
+use xlattice_protocol::{Identity, MemberDirectory, MemberRecord};
+
+use crate::{crd::XLatticeCluster, names::*};
+
+/// Port of the sidecar's metrics and probes; the NetworkPolicy keeps it open so kubelets
+/// and Prometheus still reach it.
+pub const SIDECAR_ADMIN_PORT: i32 = 15090;
+
+/// Labels every object owned by `cluster` carries.
+pub fn owned_labels(cluster: &XLatticeCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+        (CLUSTER_LABEL.to_string(), label_value(&cluster.name_any())),
+    ])
+}
+
+/// Metadata of an object `cluster` owns (and the bare API server's missing garbage
+/// collector notwithstanding, the owner reference documents who made it).
+fn owned_meta(cluster: &XLatticeCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: cluster.namespace(),
+        labels: Some(owned_labels(cluster)),
+        owner_references: cluster.controller_owner_ref(&()).map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// The identity Secret of `pod`: the only place the private keys live.
+pub fn identity_secret(cluster: &XLatticeCluster, pod: &str, identity: &Identity) -> Secret {
+    let mut meta = owned_meta(cluster, identity_secret_name(pod));
+    meta.labels
+        .get_or_insert_default()
+        .insert(MEMBER_LABEL.into(), label_value(pod));
+    meta.annotations = Some(BTreeMap::from([
+        (NODE_ID_ANNOTATION.to_string(), identity.node_id.to_string()),
+        (MEMBER_ANNOTATION.to_string(), pod.to_string()),
+    ]));
+    let data = identity
+        .to_files()
+        .into_iter()
+        .map(|(name, bytes)| (name.to_string(), ByteString(bytes.to_vec())))
+        .collect();
+    Secret {
+        metadata: meta,
+        type_: Some(IDENTITY_SECRET_TYPE.into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// The pod an identity Secret belongs to, from its annotation (the label may be hashed).
+pub fn secret_member(secret: &Secret) -> Option<&str> {
+    secret
+        .annotations()
+        .get(MEMBER_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// The member directory: members sorted by name so equal inputs give byte-equal output.
+pub fn directory(
+    cluster: &XLatticeCluster,
+    mut records: Vec<MemberRecord>,
+    pods: &[&Pod],
+) -> MemberDirectory {
+    let ip = |name: &str| {
+        pods.iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+            .filter(|ip| !ip.is_empty())
+    };
+    for record in &mut records {
+        let ip = ip(&record.name);
+        record.cluster_endpoint = ip
+            .as_ref()
+            .map(|ip| endpoint(ip, cluster.spec.cluster_port));
+        record.client_endpoint = ip.as_ref().map(|ip| endpoint(ip, cluster.spec.client_port));
+    }
+    records.sort_by(|a, b| a.name.cmp(&b.name));
+    MemberDirectory {
+        cluster: format!(
+            "{}/{}",
+            cluster.namespace().unwrap_or_default(),
+            cluster.name_any()
+        ),
+        members: records,
+    }
+}
+
+fn endpoint(ip: &str, port: i32) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+pub fn directory_config_map(cluster: &XLatticeCluster, dir: &MemberDirectory) -> ConfigMap {
+    ConfigMap {
+        metadata: owned_meta(cluster, directory_name(&cluster.name_any())),
+        data: Some(BTreeMap::from([(DIRECTORY_KEY.to_string(), dir.to_yaml())])),
+        ..Default::default()
+    }
+}
+
+fn tcp_port(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        end_port: None,
+    }
+}
+
+/// Cluster port from members only; client port from `clientAccess` (anyone when empty);
+/// the sidecar admin port and `extraIngressPorts` from anyone. All else is denied: a
+/// NetworkPolicy that selects a pod isolates it for ingress.
+pub fn network_policy(cluster: &XLatticeCluster) -> NetworkPolicy {
+    let spec = &cluster.spec;
+    let members = NetworkPolicyPeer {
+        pod_selector: Some(spec.selector.clone()),
+        ..Default::default()
+    };
+    let client_from = (!spec.client_access.is_empty()).then(|| spec.client_access.clone());
+    let mut open: Vec<i32> = vec![SIDECAR_ADMIN_PORT];
+    open.extend(spec.extra_ingress_ports.iter().copied());
+    open.sort_unstable();
+    open.dedup();
+    open.retain(|p| *p != spec.cluster_port && *p != spec.client_port);
+    NetworkPolicy {
+        metadata: owned_meta(cluster, network_policy_name(&cluster.name_any())),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(spec.selector.clone()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![tcp_port(spec.cluster_port)]),
+                    from: Some(vec![members]),
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![tcp_port(spec.client_port)]),
+                    from: client_from,
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(open.into_iter().map(tcp_port).collect()),
+                    from: None,
+                },
+            ]),
+            egress: None,
+        }),
+    }
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+/// The client Service (type from the spec) and the headless members Service (stable DNS
+/// names for peers, published before readiness so members can find each other at startup).
+pub fn services(cluster: &XLatticeCluster) -> [Service; 2] {
+    let name = cluster.name_any();
+    let selector = cluster.spec.selector.match_labels.clone();
+    let client = Service {
+        metadata: owned_meta(cluster, client_service_name(&name)),
+        spec: Some(ServiceSpec {
+            type_: Some(format!("{:?}", cluster.spec.service.type_)),
+            selector: selector.clone(),
+            ports: Some(vec![service_port("xl-client", cluster.spec.client_port)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let members = Service {
+        metadata: owned_meta(cluster, members_service_name(&name)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector,
+            ports: Some(vec![service_port("xl-cluster", cluster.spec.cluster_port)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    [client, members]
+}
+
+/// True when `observed` carries our labels and owner reference (the parts we set).
+fn meta_matches(desired: &ObjectMeta, observed: &ObjectMeta) -> bool {
+    let labels = observed.labels.clone().unwrap_or_default();
+    let has_labels = desired
+        .labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let owners = observed.owner_references.clone().unwrap_or_default();
+    let has_owner = desired
+        .owner_references
+        .iter()
+        .flatten()
+        .all(|o| owners.contains(o));
+    has_labels && has_owner
+}
+
+pub fn config_map_matches(desired: &ConfigMap, observed: &ConfigMap) -> bool {
+    meta_matches(&desired.metadata, &observed.metadata) && desired.data == observed.data
+}
+
+pub fn network_policy_matches(desired: &NetworkPolicy, observed: &NetworkPolicy) -> bool {
+    meta_matches(&desired.metadata, &observed.metadata) && desired.spec == observed.spec
+}
+
+/// Compares only the fields we set: the API server fills in clusterIP, nodePorts,
+/// ipFamilies and more, which must not count as drift.
+pub fn service_matches(desired: &Service, observed: &Service) -> bool {
+    let (Some(d), Some(o)) = (&desired.spec, &observed.spec) else {
+        return false;
+    };
+    let ports = |s: &ServiceSpec| {
+        s.ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.port,
+                    p.target_port.clone(),
+                    p.protocol.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    meta_matches(&desired.metadata, &observed.metadata)
+        && d.type_ == o.type_
+        && d.selector == o.selector
+        && ports(d) == ports(o)
+        && (d.cluster_ip.is_none() || d.cluster_ip == o.cluster_ip)
+        && d.publish_not_ready_addresses.unwrap_or(false)
+            == o.publish_not_ready_addresses.unwrap_or(false)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::crd::XLatticeClusterSpec;
+    use k8s_openapi::api::core::v1::PodStatus;
+    use xlattice_protocol::{NodeIdBits, RsaBits};
+
+    pub fn cluster(spec: serde_json::Value) -> XLatticeCluster {
+        let mut base = serde_json::json!({
+            "selector": {"matchLabels": {"app": "store"}},
+            "clusterPort": 7000, "clientPort": 8000,
+        });
+        base.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        let spec: XLatticeClusterSpec = serde_json::from_value(base).unwrap();
+        let mut c = XLatticeCluster::new("store", spec);
+        c.metadata.namespace = Some("ns".into());
+        c.metadata.uid = Some("uid-1".into());
+        c
+    }
+
+    pub fn pod(name: &str, ip: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                labels: Some(BTreeMap::from([("app".into(), "store".into())])),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                pod_ip: ip.map(Into::into),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn secret_has_the_contracted_shape() {
+        let c = cluster(serde_json::json!({}));
+        let id = Identity::generate(NodeIdBits::B160, RsaBits::B2048).unwrap();
+        let s = identity_secret(&c, "store-0", &id);
+        assert_eq!(s.metadata.name.as_deref(), Some("xlattice-id-store-0"));
+        assert_eq!(s.type_.as_deref(), Some("xlattice.io/identity"));
+        let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
+        assert_eq!(keys, ["ck.pem", "node-id", "sk.pem"]);
+        assert_eq!(s.annotations()[NODE_ID_ANNOTATION], id.node_id.to_string());
+        assert_eq!(s.labels()[MEMBER_LABEL], "store-0");
+        assert_eq!(secret_member(&s), Some("store-0"));
+        let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("XLatticeCluster", Some(true))
+        );
+    }
+
+    #[test]
+    fn directory_is_sorted_with_endpoints_only_when_pods_have_ips() {
+        let c = cluster(serde_json::json!({}));
+        let ids: Vec<_> = (0..2)
+            .map(|_| Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap())
+            .collect();
+        let records = vec![
+            MemberRecord::for_identity("b", &ids[0]),
+            MemberRecord::for_identity("a", &ids[1]),
+        ];
+        let (pa, pb) = (pod("a", Some("10.0.0.1")), pod("b", None));
+        let dir = directory(&c, records, &[&pa, &pb]);
+        assert_eq!(dir.cluster, "ns/store");
+        assert_eq!(dir.members[0].name, "a");
+        assert_eq!(
+            dir.members[0].cluster_endpoint.as_deref(),
+            Some("10.0.0.1:7000")
+        );
+        assert_eq!(
+            dir.members[0].client_endpoint.as_deref(),
+            Some("10.0.0.1:8000")
+        );
+        assert_eq!(dir.members[1].cluster_endpoint, None);
+        let cm = directory_config_map(&c, &dir);
+        assert_eq!(cm.metadata.name.as_deref(), Some("store-directory"));
+        assert!(config_map_matches(&cm, &cm.clone()));
+    }
+
+    #[test]
+    fn network_policy_opens_exactly_the_contracted_ports() {
+        let c = cluster(serde_json::json!({"extraIngressPorts": [9100, 15090]}));
+        let np = network_policy(&c);
+        let spec = np.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.policy_types.as_deref(),
+            Some(&["Ingress".to_string()][..])
+        );
+        let rules = spec.ingress.as_ref().unwrap();
+        let ports = |i: usize| -> Vec<_> {
+            rules[i]
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| p.port.clone())
+                .collect()
+        };
+        assert_eq!(ports(0), [Some(IntOrString::Int(7000))]);
+        assert_eq!(
+            rules[0].from.as_ref().unwrap()[0].pod_selector.as_ref(),
+            Some(&c.spec.selector)
+        );
+        assert_eq!(ports(1), [Some(IntOrString::Int(8000))]);
+        assert_eq!(rules[1].from, None, "empty clientAccess means anyone");
+        assert_eq!(
+            ports(2),
+            [Some(IntOrString::Int(9100)), Some(IntOrString::Int(15090))]
+        );
+
+        let c = cluster(
+            serde_json::json!({"clientAccess": [{"podSelector": {"matchLabels": {"role": "client"}}}]}),
+        );
+        let np = network_policy(&c);
+        let from = np.spec.unwrap().ingress.unwrap()[1].from.clone().unwrap();
+        assert_eq!(
+            from[0]
+                .pod_selector
+                .as_ref()
+                .unwrap()
+                .match_labels
+                .as_ref()
+                .unwrap()["role"],
+            "client"
+        );
+    }
+
+    #[test]
+    fn services_ignore_server_filled_fields() {
+        let c = cluster(serde_json::json!({"service": {"type": "NodePort"}}));
+        let [client, members] = services(&c);
+        assert_eq!(
+            client.spec.as_ref().unwrap().type_.as_deref(),
+            Some("NodePort")
+        );
+        assert_eq!(members.metadata.name.as_deref(), Some("store-members"));
+        let mut observed = client.clone();
+        let spec = observed.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("10.96.0.7".into());
+        spec.ports.as_mut().unwrap()[0].node_port = Some(30007);
+        spec.session_affinity = Some("None".into());
+        assert!(service_matches(&client, &observed));
+        assert!(!service_matches(&members, &client));
+    }
+}

@@ -1,0 +1,72 @@
+use std::time::Duration;
+
+/// Everything a reconcile or the webhook can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+
+    #[error("key generation for pod {pod}: {reason}")]
+    KeyGeneration { pod: String, reason: String },
+
+    #[error("identity Secret {secret} is unreadable: {reason}")]
+    CorruptIdentity { secret: String, reason: String },
+
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+
+    #[error("webhook TLS: {0}")]
+    Tls(String),
+
+    #[error("lost the leader Lease to {0}")]
+    LostLease(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+// === impl Error ===
+
+impl Error {
+    /// A bounded label for the failures metric (never an object name).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Self::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
+            Self::Kube(_) => "kube",
+            Self::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer",
+            },
+            Self::KeyGeneration { .. } => "keygen",
+            Self::CorruptIdentity { .. } => "corrupt_identity",
+            Self::InvalidSpec(_) => "invalid_spec",
+            Self::Tls(_) => "tls",
+            Self::LostLease(_) => "lease",
+        }
+    }
+}
+
+/// Exponential backoff for a failing object: 1s, 2s, 4s … capped at 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(backoff(30), Duration::from_secs(256));
+        assert_eq!(
+            Error::InvalidSpec("x".into()).metric_label(),
+            "invalid_spec"
+        );
+    }
+}

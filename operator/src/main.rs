@@ -1,0 +1,231 @@
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{
+    runtime::events::{Recorder, Reporter},
+    Client,
+};
+use tracing::{error, info, warn};
+use xlattice_operator::{
+    controller, crd_yaml,
+    leader::LeaseLock,
+    metrics::{self, Metrics},
+    reconcile::Context,
+    webhook::{certs, inject::SidecarConfig, server},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "xlattice-operator",
+    version,
+    about = "XLattice cluster operator and sidecar injection webhook"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the XLatticeCluster CustomResourceDefinition as YAML.
+    Crd,
+    /// Run the controller (when leading) and the webhook.
+    Run(Box<RunArgs>),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Namespace the operator runs in: its Lease and webhook TLS Secret live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "xlattice-system")]
+    namespace: String,
+    /// Identity of this replica in the leader Lease.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Metrics (/metrics) and probes (/livez, /readyz).
+    #[arg(long, env = "XLATTICE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// HTTPS listen address of the sidecar injection webhook.
+    #[arg(long, env = "XLATTICE_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    webhook_addr: SocketAddr,
+    /// Do not serve the webhook (controller only).
+    #[arg(long)]
+    no_webhook: bool,
+    /// Service fronting the webhook: its DNS names go into the certificate.
+    #[arg(long, default_value = "xlattice-operator")]
+    webhook_service: String,
+    /// Further certificate SANs (DNS names or IPs).
+    #[arg(long = "webhook-san", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+    webhook_sans: Vec<String>,
+    #[arg(long, env = "XLATTICE_SIDECAR_IMAGE", default_value = concat!("ghcr.io/xlattice/xlattice-sidecar:", env!("CARGO_PKG_VERSION")))]
+    sidecar_image: String,
+    #[arg(long, env = "XLATTICE_SIDECAR_PULL_POLICY")]
+    sidecar_pull_policy: Option<String>,
+    #[arg(long, default_value = "10m")]
+    sidecar_cpu_request: String,
+    #[arg(long, default_value = "32Mi")]
+    sidecar_memory_request: String,
+    #[arg(long, default_value = "128Mi")]
+    sidecar_memory_limit: String,
+    /// Elect a leader through a Lease (turn off only when exactly one replica runs).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    #[arg(long, default_value = "xlattice-operator")]
+    lease_name: String,
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// Parallel RSA key generations (default: the number of CPUs).
+    #[arg(long)]
+    keygen_threads: Option<usize>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crd_yaml());
+            std::process::ExitCode::SUCCESS
+        }
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match runtime.block_on(run(*args)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    error!(error = %e, "exiting");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    init_tracing(args.log_json);
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+
+    tokio::spawn({
+        let metrics = metrics.clone();
+        let addr = args.metrics_addr;
+        async move {
+            if let Err(error) = metrics::serve(addr, metrics).await {
+                error!(%error, "metrics server stopped");
+            }
+        }
+    });
+
+    if !args.no_webhook {
+        let mut sans = vec![
+            format!("{}.{}.svc", args.webhook_service, args.namespace),
+            format!(
+                "{}.{}.svc.cluster.local",
+                args.webhook_service, args.namespace
+            ),
+        ];
+        sans.extend(args.webhook_sans.iter().cloned());
+        let tls = certs::ensure_secret(client.clone(), &args.namespace, &sans).await?;
+        let resources = k8s_openapi::api::core::v1::ResourceRequirements {
+            requests: Some(
+                [
+                    ("cpu", &args.sidecar_cpu_request),
+                    ("memory", &args.sidecar_memory_request),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Quantity(v.clone())))
+                .collect(),
+            ),
+            limits: Some(
+                [(
+                    "memory".to_string(),
+                    Quantity(args.sidecar_memory_limit.clone()),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let config = SidecarConfig {
+            image: args.sidecar_image.clone(),
+            pull_policy: args.sidecar_pull_policy.clone(),
+            resources,
+        };
+        // The webhook configuration may be installed after the operator starts (or be
+        // reset by a chart upgrade): keep its caBundle right.
+        tokio::spawn({
+            let (client, ca) = (client.clone(), tls.ca_pem.clone());
+            async move {
+                loop {
+                    match certs::patch_ca_bundle(client.clone(), &ca).await {
+                        Ok(true) => {}
+                        Ok(false) => info!(
+                            configuration = certs::WEBHOOK_CONFIGURATION,
+                            "webhook configuration not found yet"
+                        ),
+                        Err(error) => warn!(%error, "writing the caBundle failed"),
+                    }
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        });
+        tokio::spawn({
+            let (client, addr) = (client.clone(), args.webhook_addr);
+            async move {
+                if let Err(error) = server::serve(addr, &tls, client, config).await {
+                    error!(%error, "webhook server stopped");
+                }
+            }
+        });
+    }
+    metrics.set_ready();
+
+    let holder = args.pod_name.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "xlattice-operator".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let reporter = Reporter {
+        controller: "xlattice-operator".into(),
+        instance: Some(holder.clone()),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Recorder::new(client.clone(), reporter),
+        metrics.clone(),
+        args.keygen_threads.unwrap_or(cpus),
+    ));
+    if !args.leader_elect {
+        controller::run(ctx).await;
+        return Ok(());
+    }
+    let lock = LeaseLock::new(
+        client,
+        &args.namespace,
+        &args.lease_name,
+        holder,
+        Duration::from_secs(args.lease_seconds),
+    );
+    lock.acquire().await;
+    tokio::select! {
+        () = controller::run(ctx) => Ok(()),
+        lost = lock.hold() => Err(Box::new(lost)),
+    }
+}
+
+fn init_tracing(json: bool) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,kube=warn,hyper=warn"));
+    if json {
+        fmt().json().with_env_filter(filter).init();
+    } else {
+        fmt().with_env_filter(filter).init();
+    }
+}

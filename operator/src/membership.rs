@@ -1,0 +1,161 @@
+//! Who is a member, who needs an identity, which identities have outlived their pod.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::core::{Selector, SelectorExt};
+use kube::ResourceExt;
+
+use crate::{desired::secret_member, names::SIDECAR_NAME};
+
+/// Pods the selector matches, minus finished ones (a completed Job pod no longer serves).
+pub fn members<'a>(selector: &Selector, pods: &'a [Pod]) -> Vec<&'a Pod> {
+    let mut members: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| selector.matches(p.labels()))
+        .filter(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .collect();
+    members.sort_by_key(|p| p.name_any());
+    members
+}
+
+/// Members without an identity Secret, in name order.
+pub fn need_identity(members: &[&Pod], secrets: &[Secret]) -> Vec<String> {
+    let minted: BTreeSet<&str> = secrets.iter().filter_map(secret_member).collect();
+    members
+        .iter()
+        .map(|p| p.name_any())
+        .filter(|n| !minted.contains(n.as_str()))
+        .collect()
+}
+
+/// Members that do not run the sidecar (created before the webhook or the cluster).
+pub fn without_sidecar(members: &[&Pod]) -> Vec<String> {
+    members
+        .iter()
+        .filter(|p| {
+            let init = p.spec.as_ref().and_then(|s| s.init_containers.as_ref());
+            !init.into_iter().flatten().any(|c| c.name == SIDECAR_NAME)
+        })
+        .map(|p| p.name_any())
+        .collect()
+}
+
+/// What to do with an identity whose pod is not a member.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Orphan {
+    /// Still inside the grace period: check again after this long.
+    Wait(Duration),
+    Delete,
+}
+
+/// Remembers since when each identity has been without its pod. In memory on purpose: after
+/// a restart the grace period starts over, which can only delay a deletion, never hasten it,
+/// and needs no write to the Secret (the operator may not update identity Secrets).
+#[derive(Debug, Default)]
+pub struct OrphanClock {
+    since: HashMap<String, Instant>,
+}
+
+// === impl OrphanClock ===
+
+impl OrphanClock {
+    /// Decides for every Secret (keyed by uid) whose member is not in `members`; forgets the
+    /// Secrets that have their member back or no longer exist.
+    pub fn judge(
+        &mut self,
+        members: &[&Pod],
+        secrets: &[Secret],
+        grace: Duration,
+        now: Instant,
+    ) -> Vec<(String, Orphan)> {
+        let names: BTreeSet<String> = members.iter().map(|p| p.name_any()).collect();
+        let mut verdicts = Vec::new();
+        let mut seen = BTreeSet::new();
+        for secret in secrets {
+            let uid = secret.uid().unwrap_or_default();
+            if secret_member(secret).is_some_and(|m| names.contains(m)) {
+                continue;
+            }
+            seen.insert(uid.clone());
+            let since = *self.since.entry(uid).or_insert(now);
+            let age = now.saturating_duration_since(since);
+            let verdict = if age >= grace {
+                Orphan::Delete
+            } else {
+                Orphan::Wait(grace - age)
+            };
+            verdicts.push((secret.name_any(), verdict));
+        }
+        self.since.retain(|uid, _| seen.contains(uid));
+        verdicts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{identity_secret, tests::*};
+    use xlattice_protocol::{Identity, NodeIdBits, RsaBits};
+
+    fn secret_for(name: &str, uid: &str) -> Secret {
+        let c = cluster(serde_json::json!({}));
+        let id = Identity::generate(NodeIdBits::B160, RsaBits::B2048).unwrap();
+        let mut s = identity_secret(&c, name, &id);
+        s.metadata.uid = Some(uid.into());
+        s
+    }
+
+    #[test]
+    fn members_need_identities_until_minted() {
+        let c = cluster(serde_json::json!({}));
+        let selector: Selector = c.spec.selector.clone().try_into().unwrap();
+        let mut other = pod("other", None);
+        other.metadata.labels = None;
+        let mut done = pod("done", None);
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        let pods = vec![pod("b", None), pod("a", None), other, done];
+        let members = members(&selector, &pods);
+        let names: Vec<_> = members.iter().map(|p| p.name_any()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(need_identity(&members, &[secret_for("a", "1")]), ["b"]);
+        assert_eq!(without_sidecar(&members), ["a", "b"]);
+    }
+
+    #[test]
+    fn orphans_are_deleted_only_after_the_grace_period() {
+        let secrets = vec![secret_for("a", "1"), secret_for("gone", "2")];
+        let (pa, grace) = (pod("a", None), Duration::from_secs(10));
+        let mut clock = OrphanClock::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            clock.judge(&[&pa], &secrets, grace, t0),
+            [("xlattice-id-gone".into(), Orphan::Wait(grace))]
+        );
+        let later = t0 + Duration::from_secs(4);
+        assert_eq!(
+            clock.judge(&[&pa], &secrets, grace, later)[0].1,
+            Orphan::Wait(Duration::from_secs(6))
+        );
+        assert_eq!(
+            clock.judge(&[&pa], &secrets, grace, t0 + grace)[0].1,
+            Orphan::Delete
+        );
+
+        // The pod came back (a StatefulSet pod): the clock forgets, a later loss starts over.
+        let pg = pod("gone", None);
+        assert!(clock
+            .judge(&[&pa, &pg], &secrets, grace, t0 + grace)
+            .is_empty());
+        assert_eq!(
+            clock.judge(&[&pa], &secrets, grace, t0 + grace * 2)[0].1,
+            Orphan::Wait(grace)
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! Names, labels and annotations: the contract between the operator, the webhook, the
+//! sidecar and the user. Changing any of these strands existing objects.
+
+use aws_lc_rs::digest;
+
+pub const GROUP: &str = "xlattice.io";
+pub const FIELD_MANAGER: &str = "xlattice-operator";
+pub const FINALIZER: &str = "xlattice.io/cleanup";
+
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "xlattice-operator";
+pub const CLUSTER_LABEL: &str = "xlattice.io/cluster";
+/// Pod name, hashed when longer than a label value may be.
+pub const MEMBER_LABEL: &str = "xlattice.io/member";
+/// Pod name in full: the label may be hashed.
+pub const MEMBER_ANNOTATION: &str = "xlattice.io/member";
+pub const NODE_ID_ANNOTATION: &str = "xlattice.io/node-id";
+/// Set by the webhook on pods it injected, value: the cluster name.
+pub const INJECTED_ANNOTATION: &str = "xlattice.io/injected";
+pub const ROTATE_ANNOTATION: &str = "xlattice.io/rotate";
+
+pub const IDENTITY_SECRET_TYPE: &str = "xlattice.io/identity";
+pub const DIRECTORY_KEY: &str = "directory.yaml";
+pub const SIDECAR_NAME: &str = "xlattice-sidecar";
+
+const SECRET_PREFIX: &str = "xlattice-id-";
+const MAX_NAME: usize = 253;
+const MAX_LABEL_VALUE: usize = 63;
+const HASH_CHARS: usize = 10;
+
+/// `xlattice-id-<pod>`, shortened with a hash suffix when it would exceed 253 characters.
+pub fn identity_secret_name(pod: &str) -> String {
+    shorten(&format!("{SECRET_PREFIX}{pod}"), MAX_NAME)
+}
+
+/// A label value naming `value`: as is when it fits, else shortened with a hash suffix.
+pub fn label_value(value: &str) -> String {
+    shorten(value, MAX_LABEL_VALUE)
+}
+
+pub fn directory_name(cluster: &str) -> String {
+    format!("{cluster}-directory")
+}
+
+pub fn network_policy_name(cluster: &str) -> String {
+    format!("{cluster}-xlattice")
+}
+
+pub fn client_service_name(cluster: &str) -> String {
+    cluster.to_string()
+}
+
+pub fn members_service_name(cluster: &str) -> String {
+    format!("{cluster}-members")
+}
+
+/// Keeps names unique when shortened: the suffix hashes the full name. The cut is trimmed of
+/// '.' and '-' so the result stays a valid DNS subdomain and label value.
+fn shorten(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_string();
+    }
+    let hash = hex::encode(digest::digest(&digest::SHA256, name.as_bytes()));
+    let cut = name[..max - HASH_CHARS - 1].trim_end_matches(['.', '-']);
+    format!("{cut}-{}", &hash[..HASH_CHARS])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_are_kept_long_ones_hashed_and_distinct() {
+        assert_eq!(identity_secret_name("store-0"), "xlattice-id-store-0");
+        assert_eq!(label_value("store-0"), "store-0");
+        let a = format!("{}a", "x".repeat(260));
+        let b = format!("{}b", "x".repeat(260));
+        assert_eq!(identity_secret_name(&a).len(), 253);
+        assert_ne!(identity_secret_name(&a), identity_secret_name(&b));
+        let dotted = format!("{}.{}", "y".repeat(51), "z".repeat(20));
+        let v = label_value(&dotted);
+        assert!(v.len() <= 63 && !v.contains(".-"), "{v}");
+    }
+}

@@ -1,0 +1,163 @@
+//! The status the operator reports, computed from what the reconcile found and did.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::XLatticeClusterStatus;
+
+pub const READY: &str = "Ready";
+pub const IDENTITIES_MINTED: &str = "IdentitiesMinted";
+pub const NETWORK_POLICY_READY: &str = "NetworkPolicyReady";
+pub const DEGRADED: &str = "Degraded";
+
+/// What one reconcile found.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    pub generation: Option<i64>,
+    pub members: usize,
+    pub minted: usize,
+    pub network_policy_ready: bool,
+    pub pods_without_sidecar: Vec<String>,
+    pub directory: Option<String>,
+    /// Why the cluster cannot be served as asked: (reason, message).
+    pub degraded: Option<(String, String)>,
+}
+
+/// The status to report. Conditions keep their lastTransitionTime while their status holds,
+/// so an unchanged cluster yields a status equal to the observed one: no write.
+pub fn desired(
+    observed: Option<&XLatticeClusterStatus>,
+    facts: &Facts,
+    now: Time,
+) -> XLatticeClusterStatus {
+    let minted = facts.minted >= facts.members;
+    let degraded = facts.degraded.is_some();
+    let ready = minted && facts.network_policy_ready && !degraded;
+    let mut conditions = vec![
+        cond(
+            READY,
+            ready,
+            if ready {
+                (
+                    "Ready",
+                    "all members have identities, the directory and the NetworkPolicy are in place"
+                        .to_string(),
+                )
+            } else {
+                ("NotReady", not_ready(facts))
+            },
+        ),
+        cond(
+            IDENTITIES_MINTED,
+            minted,
+            (
+                if minted { "AllMinted" } else { "Minting" },
+                format!(
+                    "{} of {} members have an identity",
+                    facts.minted, facts.members
+                ),
+            ),
+        ),
+        cond(
+            NETWORK_POLICY_READY,
+            facts.network_policy_ready,
+            if facts.network_policy_ready {
+                ("Applied", "NetworkPolicy matches the spec".into())
+            } else {
+                ("Pending", "NetworkPolicy not applied yet".into())
+            },
+        ),
+        match &facts.degraded {
+            Some((reason, message)) => cond(DEGRADED, true, (reason.as_str(), message.clone())),
+            None => cond(DEGRADED, false, ("AsExpected", "no problem found".into())),
+        },
+    ];
+    let old = observed
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    for c in &mut conditions {
+        c.observed_generation = facts.generation;
+        c.last_transition_time = old
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+            .map(|o| o.last_transition_time.clone())
+            .unwrap_or_else(|| now.clone());
+    }
+    XLatticeClusterStatus {
+        observed_generation: facts.generation,
+        members: facts.members as i32,
+        minted: facts.minted as i32,
+        conditions,
+        pods_without_sidecar: facts.pods_without_sidecar.clone(),
+        directory_config_map: facts.directory.clone(),
+    }
+}
+
+fn not_ready(facts: &Facts) -> String {
+    match &facts.degraded {
+        Some((_, message)) => message.clone(),
+        None if facts.minted < facts.members => {
+            format!("minting identities: {} of {}", facts.minted, facts.members)
+        }
+        None => "NetworkPolicy not applied yet".into(),
+    }
+}
+
+fn cond(type_: &str, status: bool, (reason, message): (&str, String)) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: None,
+        last_transition_time: Time(Default::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn settled_status_is_stable_and_transitions_are_dated() {
+        let facts = Facts {
+            generation: Some(2),
+            members: 3,
+            minted: 3,
+            network_policy_ready: true,
+            ..Default::default()
+        };
+        let first = desired(None, &facts, at(100));
+        let ready = first.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), &ready.last_transition_time),
+            ("True", &at(100))
+        );
+        assert_eq!(
+            desired(Some(&first), &facts, at(200)),
+            first,
+            "nothing changed, nothing to write"
+        );
+
+        let degraded = Facts {
+            degraded: Some(("InvalidSelector".into(), "bad".into())),
+            ..facts
+        };
+        let second = desired(Some(&first), &degraded, at(300));
+        let ready = second.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.message.as_str()),
+            ("False", "bad")
+        );
+        assert_eq!(ready.last_transition_time, at(300));
+        let minted = second
+            .conditions
+            .iter()
+            .find(|c| c.type_ == IDENTITIES_MINTED)
+            .unwrap();
+        assert_eq!(minted.last_transition_time, at(100));
+    }
+}

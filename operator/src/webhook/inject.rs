@@ -1,0 +1,437 @@
+//! What the webhook does to a pod: pure, so every case is a unit test.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+        HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
+        SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use kube::{
+    core::{Selector, SelectorExt},
+    ResourceExt,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    crd::XLatticeCluster,
+    desired::SIDECAR_ADMIN_PORT,
+    names::{directory_name, identity_secret_name, INJECTED_ANNOTATION, SIDECAR_NAME},
+};
+
+pub const IDENTITY_DIR: &str = "/var/run/xlattice/identity";
+pub const DIRECTORY_DIR: &str = "/var/run/xlattice/directory";
+pub const CONNECT_LISTEN: &str = "127.0.0.1:15001";
+const IDENTITY_VOLUME: &str = "xlattice-identity";
+const DIRECTORY_VOLUME: &str = "xlattice-directory";
+/// The API server keeps this much of generateName before the random suffix.
+const MAX_GENERATE_NAME: usize = 58;
+
+/// How the sidecar is run: from the operator's flags.
+#[derive(Clone, Debug)]
+pub struct SidecarConfig {
+    pub image: String,
+    pub pull_policy: Option<String>,
+    pub resources: ResourceRequirements,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    /// Not a member of any cluster, or injected already.
+    Skip,
+    /// JSON patch operations, and the cluster the pod joins.
+    Inject { cluster: String, patch: Vec<Value> },
+    /// A pod the webhook cannot serve, with the reason for the user.
+    Deny(String),
+}
+
+/// Decides for a pod being created in `clusters`' namespace. `suffix` provides the random
+/// name suffix for pods created with generateName only.
+pub fn decide(
+    pod: &Pod,
+    clusters: &[XLatticeCluster],
+    config: &SidecarConfig,
+    suffix: impl FnOnce() -> String,
+) -> Decision {
+    let matching: Vec<&XLatticeCluster> = clusters
+        .iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+        .filter(|c| {
+            Selector::try_from(c.spec.selector.clone()).is_ok_and(|s| s.matches(pod.labels()))
+        })
+        .collect();
+    let cluster = match matching.as_slice() {
+        [] => return Decision::Skip,
+        [one] => *one,
+        many => {
+            let names: Vec<String> = many.iter().map(|c| c.name_any()).collect();
+            return Decision::Deny(format!(
+                "pod matches the selectors of XLatticeClusters {}; a pod can be a member of one cluster only",
+                names.join(", ")
+            ));
+        }
+    };
+    let spec = pod.spec.clone().unwrap_or_default();
+    let init = spec.init_containers.clone().unwrap_or_default();
+    if pod.annotations().contains_key(INJECTED_ANNOTATION)
+        || init.iter().any(|c| c.name == SIDECAR_NAME)
+    {
+        return Decision::Skip;
+    }
+    let (cluster_port, client_port) = (cluster.spec.cluster_port, cluster.spec.client_port);
+    for container in spec.containers.iter().chain(&init) {
+        for port in container.ports.iter().flatten() {
+            let field = match port.container_port {
+                p if p == cluster_port => "clusterPort",
+                p if p == client_port => "clientPort",
+                _ => continue,
+            };
+            let (up_cluster, up_client) = cluster.spec.upstream_ports();
+            return Decision::Deny(format!(
+                "container {:?} declares port {} which is spec.{field} of XLatticeCluster {}: the sidecar owns that port; \
+                 let the application listen on 127.0.0.1:{} (cluster) and 127.0.0.1:{} (client) instead",
+                container.name,
+                port.container_port,
+                cluster.name_any(),
+                up_cluster,
+                up_client
+            ));
+        }
+    }
+
+    let mut patch = Vec::new();
+    let name = match pod.metadata.name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => name.to_string(),
+        None => match pod
+            .metadata
+            .generate_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+        {
+            // The identity Secret is named after the pod, so the name must be known now;
+            // the API server would pick one only after admission.
+            Some(prefix) => {
+                let prefix = &prefix[..prefix.len().min(MAX_GENERATE_NAME)];
+                let name = format!("{prefix}{}", suffix());
+                patch.push(json!({"op": "add", "path": "/metadata/name", "value": name}));
+                name
+            }
+            None => {
+                return Decision::Deny(
+                    "pod has neither metadata.name nor metadata.generateName".into(),
+                )
+            }
+        },
+    };
+    let cluster_name = cluster.name_any();
+    if pod.metadata.annotations.is_none() {
+        patch.push(json!({"op": "add", "path": "/metadata/annotations", "value": {INJECTED_ANNOTATION: cluster_name}}));
+    } else {
+        let path = format!(
+            "/metadata/annotations/{}",
+            INJECTED_ANNOTATION.replace('~', "~0").replace('/', "~1")
+        );
+        patch.push(json!({"op": "add", "path": path, "value": cluster_name}));
+    }
+    let sidecar = serde_json::to_value(sidecar(cluster, config)).expect("container serializes");
+    if init.is_empty() {
+        patch.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]}));
+    } else {
+        // First, so that init containers after it can already reach peers through it.
+        patch.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar}));
+    }
+    let volumes = [
+        Volume {
+            name: IDENTITY_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(identity_secret_name(&name)),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: DIRECTORY_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: directory_name(&cluster_name),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
+    .map(|v| serde_json::to_value(v).expect("volume serializes"));
+    if spec.volumes.as_ref().is_none_or(|v| v.is_empty()) {
+        patch.push(json!({"op": "add", "path": "/spec/volumes", "value": volumes}));
+    } else {
+        for v in volumes {
+            patch.push(json!({"op": "add", "path": "/spec/volumes/-", "value": v}));
+        }
+    }
+    Decision::Inject {
+        cluster: cluster_name,
+        patch,
+    }
+}
+
+/// The native sidecar: an init container with restartPolicy Always starts before the app
+/// and does not keep a Job from completing.
+pub fn sidecar(cluster: &XLatticeCluster, config: &SidecarConfig) -> Container {
+    let (up_cluster, up_client) = cluster.spec.upstream_ports();
+    let (cluster_port, client_port) = (cluster.spec.cluster_port, cluster.spec.client_port);
+    let args = [
+        "run".to_string(),
+        "--identity-dir".into(),
+        IDENTITY_DIR.into(),
+        "--directory".into(),
+        format!("{DIRECTORY_DIR}/directory.yaml"),
+        "--cluster-port".into(),
+        cluster_port.to_string(),
+        "--client-port".into(),
+        client_port.to_string(),
+        "--cluster-upstream".into(),
+        format!("127.0.0.1:{up_cluster}"),
+        "--client-upstream".into(),
+        format!("127.0.0.1:{up_client}"),
+        "--connect-listen".into(),
+        CONNECT_LISTEN.into(),
+        "--admin-listen".into(),
+        format!("0.0.0.0:{SIDECAR_ADMIN_PORT}"),
+    ];
+    let port = |name: &str, port: i32| ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(SIDECAR_ADMIN_PORT),
+            ..Default::default()
+        }),
+        period_seconds: Some(5),
+        ..Default::default()
+    };
+    Container {
+        name: SIDECAR_NAME.into(),
+        image: Some(config.image.clone()),
+        image_pull_policy: config.pull_policy.clone(),
+        args: Some(args.to_vec()),
+        restart_policy: Some("Always".into()),
+        env: Some(vec![EnvVar {
+            name: "XLATTICE_POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        ports: Some(vec![
+            port("xl-cluster", cluster_port),
+            port("xl-client", client_port),
+            port("xl-admin", SIDECAR_ADMIN_PORT),
+        ]),
+        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(probe("/livez")),
+        resources: Some(config.resources.clone()),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: IDENTITY_VOLUME.into(),
+                mount_path: IDENTITY_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: DIRECTORY_VOLUME.into(),
+                mount_path: DIRECTORY_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    }
+}
+
+/// Lowercase letters and digits without vowels or look-alikes, as the API server uses.
+pub fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut bytes = [0u8; 5];
+    aws_lc_rs::rand::fill(&mut bytes).expect("system RNG failed");
+    bytes
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+pub fn default_resources() -> ResourceRequirements {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("10m".into())),
+            ("memory".to_string(), Quantity("32Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("128Mi".into()),
+        )])),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::tests::{cluster, pod};
+    use k8s_openapi::api::core::v1::PodSpec;
+
+    fn config() -> SidecarConfig {
+        SidecarConfig {
+            image: "xlattice:dev".into(),
+            pull_policy: None,
+            resources: default_resources(),
+        }
+    }
+
+    fn app_pod(name: Option<&str>, generate: Option<&str>, ports: &[i32]) -> Pod {
+        let mut p = pod(name.unwrap_or_default(), None);
+        p.metadata.name = name.map(Into::into);
+        p.metadata.generate_name = generate.map(Into::into);
+        p.spec = Some(PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|p| ContainerPort {
+                            container_port: *p,
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        p
+    }
+
+    fn apply(pod: &Pod, patch: Vec<Value>) -> Pod {
+        let mut doc = serde_json::to_value(pod).unwrap();
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(patch)).unwrap();
+        json_patch::patch(&mut doc, &patch).unwrap();
+        serde_json::from_value(doc).unwrap()
+    }
+
+    #[test]
+    fn member_pod_gets_the_native_sidecar_and_volumes() {
+        let c = cluster(serde_json::json!({}));
+        let p = app_pod(Some("store-0"), None, &[17000]);
+        let Decision::Inject {
+            cluster: name,
+            patch,
+        } = decide(&p, &[c], &config(), || unreachable!())
+        else {
+            panic!()
+        };
+        assert_eq!(name, "store");
+        let out = apply(&p, patch);
+        assert_eq!(out.annotations()[INJECTED_ANNOTATION], "store");
+        let spec = out.spec.unwrap();
+        let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(sidecar.name, SIDECAR_NAME);
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        let args = sidecar.args.as_ref().unwrap().join(" ");
+        assert!(args.contains("--cluster-port 7000 --client-port 8000 --cluster-upstream 127.0.0.1:17000 --client-upstream 127.0.0.1:18000"), "{args}");
+        let volumes = spec.volumes.unwrap();
+        assert_eq!(
+            volumes[0].secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("xlattice-id-store-0")
+        );
+        assert_eq!(
+            volumes[1].config_map.as_ref().unwrap().name,
+            "store-directory"
+        );
+        let sc = sidecar.security_context.as_ref().unwrap();
+        assert_eq!(
+            (sc.run_as_user, sc.read_only_root_filesystem),
+            (Some(65532), Some(true))
+        );
+    }
+
+    #[test]
+    fn generate_name_pods_are_named_by_the_webhook() {
+        let c = cluster(serde_json::json!({}));
+        let p = app_pod(None, Some("store-7d9f-"), &[]);
+        let Decision::Inject { patch, .. } = decide(&p, &[c], &config(), || "x2b4z".into()) else {
+            panic!()
+        };
+        let out = apply(&p, patch);
+        assert_eq!(out.metadata.name.as_deref(), Some("store-7d9f-x2b4z"));
+        let volumes = out.spec.unwrap().volumes.unwrap();
+        assert_eq!(
+            volumes[0].secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("xlattice-id-store-7d9f-x2b4z")
+        );
+        assert_eq!(random_suffix().len(), 5);
+    }
+
+    #[test]
+    fn refusals_and_no_ops() {
+        let c = cluster(serde_json::json!({}));
+        let mut twin = c.clone();
+        twin.metadata.name = Some("twin".into());
+        let p = app_pod(Some("a"), None, &[]);
+        let Decision::Deny(msg) = decide(&p, &[c.clone(), twin], &config(), String::new) else {
+            panic!()
+        };
+        assert!(msg.contains("store, twin"), "{msg}");
+
+        let Decision::Deny(msg) = decide(
+            &app_pod(Some("a"), None, &[8000]),
+            std::slice::from_ref(&c),
+            &config(),
+            String::new,
+        ) else {
+            panic!()
+        };
+        assert!(
+            msg.contains("spec.clientPort") && msg.contains("127.0.0.1:18000"),
+            "{msg}"
+        );
+
+        let mut done = p.clone();
+        done.metadata.annotations =
+            Some([(INJECTED_ANNOTATION.to_string(), "store".to_string())].into());
+        assert_eq!(
+            decide(&done, std::slice::from_ref(&c), &config(), String::new),
+            Decision::Skip
+        );
+        let mut stranger = p;
+        stranger.metadata.labels = None;
+        assert_eq!(
+            decide(&stranger, &[c], &config(), String::new),
+            Decision::Skip
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! HTTPS endpoint the API server calls: POST /mutate-pods with an AdmissionReview.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{extract::State, routing::post, Json, Router};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    api::ListParams,
+    core::{
+        admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
+        DynamicObject,
+    },
+    Api, Client,
+};
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tracing::{info, warn};
+
+use super::{
+    certs::TlsMaterial,
+    inject::{decide, random_suffix, Decision, SidecarConfig},
+};
+use crate::{
+    crd::XLatticeCluster,
+    error::{Error, Result},
+};
+
+pub const PATH: &str = "/mutate-pods";
+
+#[derive(Clone)]
+struct WebhookState {
+    client: Client,
+    config: Arc<SidecarConfig>,
+}
+
+pub fn server_config(tls: &TlsMaterial) -> Result<rustls::ServerConfig> {
+    let bad = |e: &dyn std::fmt::Display| Error::Tls(e.to_string());
+    let certs = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| bad(&e))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(&e))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| bad(&e))
+}
+
+/// Serves the webhook over TLS until the process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    tls: &TlsMaterial,
+    client: Client,
+    config: SidecarConfig,
+) -> Result<()> {
+    let mut server_config = server_config(tls)?;
+    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let app = Router::new()
+        .route(PATH, post(mutate))
+        .with_state(WebhookState {
+            client,
+            config: Arc::new(config),
+        });
+    info!(%addr, path = PATH, "serving the sidecar injection webhook");
+    axum_server::bind_rustls(
+        addr,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server_config)),
+    )
+    .serve(app.into_make_service())
+    .await
+    .map_err(|e| Error::Tls(e.to_string()))
+}
+
+async fn mutate(
+    State(state): State<WebhookState>,
+    Json(review): Json<AdmissionReview<Pod>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let request: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(request) => request,
+        Err(error) => {
+            warn!(%error, "malformed AdmissionReview");
+            return Json(AdmissionResponse::invalid(error.to_string()).into_review());
+        }
+    };
+    Json(admit(&state, &request).await.into_review())
+}
+
+async fn admit(state: &WebhookState, request: &AdmissionRequest<Pod>) -> AdmissionResponse {
+    let response = AdmissionResponse::from(request);
+    let (Operation::Create, Some(pod)) = (&request.operation, &request.object) else {
+        return response;
+    };
+    let Some(namespace) = request.namespace.as_deref() else {
+        return response;
+    };
+    let clusters: Api<XLatticeCluster> = Api::namespaced(state.client.clone(), namespace);
+    // Refusing is safer than admitting a member pod without its sidecar, which would then
+    // run without an identity until someone restarts it.
+    let clusters = match clusters.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(error) => {
+            return response.deny(format!(
+                "xlattice webhook cannot list XLatticeClusters: {error}"
+            ))
+        }
+    };
+    match decide(pod, &clusters, &state.config, random_suffix) {
+        Decision::Skip => response,
+        Decision::Deny(reason) => {
+            info!(namespace, pod = ?pod.metadata.name, %reason, "refused pod");
+            response.deny(reason)
+        }
+        Decision::Inject { cluster, patch } => {
+            let patch: json_patch::Patch =
+                match serde_json::from_value(serde_json::Value::Array(patch)) {
+                    Ok(p) => p,
+                    Err(error) => {
+                        return response
+                            .deny(format!("xlattice webhook built a bad patch: {error}"))
+                    }
+                };
+            info!(namespace, %cluster, pod = ?pod.metadata.name.as_ref().or(pod.metadata.generate_name.as_ref()), "injecting the sidecar");
+            match response.clone().with_patch(patch) {
+                Ok(r) => r,
+                Err(error) => response.deny(format!("xlattice webhook: {error}")),
+            }
+        }
+    }
+}

@@ -103,13 +103,21 @@ async fn start_sidecar(upstream: u16) -> Sidecar {
     let dir = std::env::temp_dir().join(format!("xl-bench-{}-{upstream}", std::process::id()));
     let identity = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
     identity.save_dir(&dir.join("identity")).unwrap();
-    let (cluster_port, client_port, connect, admin) = (free_port().await, free_port().await, free_port().await, free_port().await);
+    let (cluster_port, client_port, connect, admin) = (
+        free_port().await,
+        free_port().await,
+        free_port().await,
+        free_port().await,
+    );
     let record = MemberRecord {
         client_endpoint: Some(format!("{HOST}:{client_port}")),
         cluster_endpoint: Some(format!("{HOST}:{cluster_port}")),
         ..MemberRecord::for_identity("bench-0", &identity)
     };
-    let directory = MemberDirectory { cluster: "bench/c".into(), members: vec![record] };
+    let directory = MemberDirectory {
+        cluster: "bench/c".into(),
+        members: vec![record],
+    };
     std::fs::write(dir.join("directory.yaml"), directory.to_yaml()).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_xlattice"))
         .arg("run")
@@ -119,8 +127,18 @@ async fn start_sidecar(upstream: u16) -> Sidecar {
         .arg(dir.join("directory.yaml"))
         .args(["--listen-host", HOST, "--cluster-port", &cluster_port.to_string()])
         .args(["--client-port", &client_port.to_string()])
-        .args(["--cluster-upstream", &format!("{HOST}:{upstream}"), "--client-upstream", &format!("{HOST}:{upstream}")])
-        .args(["--connect-listen", &format!("{HOST}:{connect}"), "--admin-listen", &format!("{HOST}:{admin}")])
+        .args([
+            "--cluster-upstream",
+            &format!("{HOST}:{upstream}"),
+            "--client-upstream",
+            &format!("{HOST}:{upstream}"),
+        ])
+        .args([
+            "--connect-listen",
+            &format!("{HOST}:{connect}"),
+            "--admin-listen",
+            &format!("{HOST}:{admin}"),
+        ])
         .args(["--max-connections", "100000"])
         .env("XLATTICE_LOG", "warn")
         .stdout(Stdio::null())
@@ -132,12 +150,24 @@ async fn start_sidecar(upstream: u16) -> Sidecar {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    Sidecar { child, client_port, directory: directory.index().unwrap(), _dir: tempdir::TempDir(dir) }
+    Sidecar {
+        child,
+        client_port,
+        directory: directory.index().unwrap(),
+        _dir: tempdir::TempDir(dir),
+    }
 }
 
 async fn open(sidecar: &Sidecar) -> xlattice_protocol::SecureStream<TcpStream> {
-    let target = Target { member: "bench-0", port: PortKind::Client, address: None, identity: None };
-    client::open(&sidecar.directory, target, Duration::from_secs(10)).await.unwrap()
+    let target = Target {
+        member: "bench-0",
+        port: PortKind::Client,
+        address: None,
+        identity: None,
+    };
+    client::open(&sidecar.directory, target, Duration::from_secs(10))
+        .await
+        .unwrap()
 }
 
 /// Sends `total` bytes and waits for the sink's count; returns MiB/s.
@@ -179,7 +209,11 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing: run small then.
     let quick = !std::env::args().any(|a| a == "--bench");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let mib = if quick { 16 } else { env_or("XL_BENCH_MIB", 1024) };
         let echoes = if quick { 200 } else { env_or("XL_BENCH_ECHOES", 20_000) };
@@ -196,7 +230,10 @@ fn main() {
             via = via.max(upload(open(&sidecar).await, mib << 20).await);
         }
         println!("throughput  direct TCP        {direct:>9.0} MiB/s");
-        println!("throughput  via sidecar       {via:>9.0} MiB/s   ratio {:.2}", via / direct);
+        println!(
+            "throughput  via sidecar       {via:>9.0} MiB/s   ratio {:.2}",
+            via / direct
+        );
         drop(sidecar);
 
         let sidecar = start_sidecar(echo_port).await;

@@ -44,8 +44,15 @@ async fn respond(mut tcp: TcpStream, rt: &Runtime) -> std::io::Result<()> {
         }
         len += n;
     }
-    let line = std::str::from_utf8(&buf[..len]).unwrap_or("").lines().next().unwrap_or("");
-    let path = line.strip_prefix("GET ").and_then(|rest| rest.split(' ').next()).unwrap_or("");
+    let line = std::str::from_utf8(&buf[..len])
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("");
+    let path = line
+        .strip_prefix("GET ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or("");
     let (status, content_type, body) = match path {
         "/livez" => ("200 OK", "text/plain", "ok\n".to_string()),
         "/readyz" if rt.ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_string()),
@@ -55,7 +62,11 @@ async fn respond(mut tcp: TcpStream, rt: &Runtime) -> std::io::Result<()> {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             rt.shared.metrics.render(),
         ),
-        _ => ("404 Not Found", "text/plain", "try /livez, /readyz or /metrics\n".to_string()),
+        _ => (
+            "404 Not Found",
+            "text/plain",
+            "try /livez, /readyz or /metrics\n".to_string(),
+        ),
     };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -11,7 +11,11 @@ pub struct SidecarConfig {
     #[arg(long, env = "XLATTICE_IDENTITY_DIR", default_value = "/var/run/xlattice/identity")]
     pub identity_dir: PathBuf,
     /// The member directory file (the mounted directory ConfigMap).
-    #[arg(long, env = "XLATTICE_DIRECTORY", default_value = "/var/run/xlattice/directory/directory.yaml")]
+    #[arg(
+        long,
+        env = "XLATTICE_DIRECTORY",
+        default_value = "/var/run/xlattice/directory/directory.yaml"
+    )]
     pub directory: PathBuf,
     /// Address to listen on; the ports come from --cluster-port and --client-port.
     #[arg(long, env = "XLATTICE_LISTEN_HOST", default_value = "0.0.0.0")]
@@ -58,7 +62,9 @@ pub struct SidecarConfig {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("{text:?}: expected a number followed by ms, s, m or h"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number followed by ms, s, m or h"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),

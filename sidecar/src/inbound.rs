@@ -24,7 +24,13 @@ pub fn port_label(port: PortKind) -> &'static str {
 }
 
 /// Accepts on one port until `stop`; each connection runs in its own task.
-pub async fn serve(listener: TcpListener, port: PortKind, upstream: SocketAddr, rt: Arc<Runtime>, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    port: PortKind,
+    upstream: SocketAddr,
+    rt: Arc<Runtime>,
+    stop: CancellationToken,
+) {
     let label = PortLabel { port: port_label(port) };
     loop {
         let (tcp, remote) = tokio::select! {
@@ -44,11 +50,19 @@ pub async fn serve(listener: TcpListener, port: PortKind, upstream: SocketAddr, 
             continue;
         };
         let rt2 = rt.clone();
-        rt.tasks.spawn(async move { handle(tcp, remote, port, upstream, rt2, permit).await });
+        rt.tasks
+            .spawn(async move { handle(tcp, remote, port, upstream, rt2, permit).await });
     }
 }
 
-async fn handle(tcp: TcpStream, remote: SocketAddr, port: PortKind, upstream: SocketAddr, rt: Arc<Runtime>, _permit: OwnedSemaphorePermit) {
+async fn handle(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    port: PortKind,
+    upstream: SocketAddr,
+    rt: Arc<Runtime>,
+    _permit: OwnedSemaphorePermit,
+) {
     let metrics = &rt.shared.metrics;
     let label = port_label(port);
     tcp.set_nodelay(true).ok();
@@ -71,7 +85,14 @@ async fn handle(tcp: TcpStream, remote: SocketAddr, port: PortKind, upstream: So
         Ok(_) => ("ok", ""),
         Err(e) => ("error", e.reason()),
     };
-    metrics.handshakes.get_or_create(&HandshakeLabels { port: label, result: result_label, reason }).inc();
+    metrics
+        .handshakes
+        .get_or_create(&HandshakeLabels {
+            port: label,
+            result: result_label,
+            reason,
+        })
+        .inc();
     let mut session = match result {
         Ok(session) => session,
         Err(error) => {
@@ -80,7 +101,10 @@ async fn handle(tcp: TcpStream, remote: SocketAddr, port: PortKind, upstream: So
             return;
         }
     };
-    metrics.handshake_seconds.get_or_create(&PortLabel { port: label }).observe(started.elapsed().as_secs_f64());
+    metrics
+        .handshake_seconds
+        .get_or_create(&PortLabel { port: label })
+        .observe(started.elapsed().as_secs_f64());
     let peer = session.peer();
     let mut app = match TcpStream::connect(upstream).await {
         Ok(app) => app,
@@ -105,8 +129,20 @@ async fn handle(tcp: TcpStream, remote: SocketAddr, port: PortKind, upstream: So
     gauge.dec();
     match outcome {
         Ok(moved) => {
-            metrics.bytes.get_or_create(&BytesLabels { port: label, direction: "in" }).inc_by(moved.a_to_b);
-            metrics.bytes.get_or_create(&BytesLabels { port: label, direction: "out" }).inc_by(moved.b_to_a);
+            metrics
+                .bytes
+                .get_or_create(&BytesLabels {
+                    port: label,
+                    direction: "in",
+                })
+                .inc_by(moved.a_to_b);
+            metrics
+                .bytes
+                .get_or_create(&BytesLabels {
+                    port: label,
+                    direction: "out",
+                })
+                .inc_by(moved.b_to_a);
         }
         Err(error) => tracing::debug!(%remote, port = label, %error, "session ended"),
     }
@@ -115,7 +151,9 @@ async fn handle(tcp: TcpStream, remote: SocketAddr, port: PortKind, upstream: So
 /// Resolves when `peer` (a proven member) is no longer in the directory; never for
 /// client-port sessions.
 async fn left_directory(current: &mut watch::Receiver<Arc<Loaded>>, peer: Option<NodeId>) {
-    let Some(peer) = peer else { return std::future::pending().await };
+    let Some(peer) = peer else {
+        return std::future::pending().await;
+    };
     loop {
         if current.changed().await.is_err() {
             return std::future::pending().await;

@@ -39,16 +39,24 @@ pub struct Runtime {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
-    TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })
 }
 
 /// Runs until `stop` is cancelled, then drains open sessions for up to the drain timeout.
 pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), RunError> {
-    let sources = Sources { identity_dir: config.identity_dir.clone(), directory: config.directory.clone() };
+    let sources = Sources {
+        identity_dir: config.identity_dir.clone(),
+        directory: config.directory.clone(),
+    };
     let metrics = metrics::Metrics::default();
 
     // Admin first, so probes answer (not ready) while the identity is still missing.
@@ -74,7 +82,11 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
     let connect = bind(config.connect_listen).await?;
 
     let rt = Arc::new(Runtime {
-        shared: Shared { current: rx, replay: ReplayGuard::default(), metrics: metrics.clone() },
+        shared: Shared {
+            current: rx,
+            replay: ReplayGuard::default(),
+            metrics: metrics.clone(),
+        },
         handshakes: Semaphore::new(config.max_handshakes),
         connections: Arc::new(Semaphore::new(config.max_connections)),
         tasks: TaskTracker::new(),
@@ -84,8 +96,20 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
     let accepting = stop.child_token();
     let background = CancellationToken::new();
     let servers = [
-        tokio::spawn(inbound::serve(cluster, PortKind::Cluster, rt.config.cluster_upstream, rt.clone(), accepting.clone())),
-        tokio::spawn(inbound::serve(client, PortKind::Client, rt.config.client_upstream, rt.clone(), accepting.clone())),
+        tokio::spawn(inbound::serve(
+            cluster,
+            PortKind::Cluster,
+            rt.config.cluster_upstream,
+            rt.clone(),
+            accepting.clone(),
+        )),
+        tokio::spawn(inbound::serve(
+            client,
+            PortKind::Client,
+            rt.config.client_upstream,
+            rt.clone(),
+            accepting.clone(),
+        )),
         tokio::spawn(outbound::serve(connect, rt.clone(), accepting.clone())),
     ];
     let admin_task = tokio::spawn(admin::serve(admin, rt.clone(), background.clone()));
@@ -106,8 +130,14 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
     }
     rt.tasks.close();
     tracing::info!(open = rt.tasks.len(), timeout = ?rt.config.drain_timeout, "draining sessions");
-    if tokio::time::timeout(rt.config.drain_timeout, rt.tasks.wait()).await.is_err() {
-        tracing::warn!(open = rt.tasks.len(), "drain timeout reached; closing the remaining sessions");
+    if tokio::time::timeout(rt.config.drain_timeout, rt.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = rt.tasks.len(),
+            "drain timeout reached; closing the remaining sessions"
+        );
     }
     background.cancel();
     let _ = tokio::join!(admin_task, watcher);

@@ -39,7 +39,10 @@ struct KeygenArgs {
 
 fn keygen(args: KeygenArgs) -> Result<(), String> {
     if args.out.join(xlattice_protocol::identity::NODE_ID_FILE).exists() {
-        return Err(format!("{}: already holds an identity; refusing to replace it", args.out.display()));
+        return Err(format!(
+            "{}: already holds an identity; refusing to replace it",
+            args.out.display()
+        ));
     }
     let node_id_bits = xlattice_protocol::NodeIdBits::try_from(args.node_id_bits).map_err(|e| e.to_string())?;
     let rsa_bits = xlattice_protocol::RsaBits::try_from(args.rsa_bits).map_err(|e| e.to_string())?;
@@ -110,17 +113,29 @@ async fn connect(args: ConnectArgs) -> Result<(), String> {
         Port::Client => PortKind::Client,
         Port::Cluster => PortKind::Cluster,
     };
-    let target = Target { member: &args.member, port, address: args.address.as_deref(), identity: identity.as_ref() };
-    let mut session = client::open(&directory, target, args.timeout).await.map_err(|e| e.to_string())?;
+    let target = Target {
+        member: &args.member,
+        port,
+        address: args.address.as_deref(),
+        identity: identity.as_ref(),
+    };
+    let mut session = client::open(&directory, target, args.timeout)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    proxy(&mut stdio, &mut session, Duration::from_secs(24 * 3600)).await.map_err(|e| e.to_string())?;
+    proxy(&mut stdio, &mut session, Duration::from_secs(24 * 3600))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let outcome = runtime.block_on(async move {
         match cli.command {
             Command::Run(config) => {

@@ -44,7 +44,9 @@ impl ResultLabel {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+    Histogram::new([
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ])
 }
 
 #[derive(Clone)]
@@ -61,14 +63,23 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let handshakes = Family::<HandshakeLabels, Counter>::default();
-        let handshake_seconds = Family::<PortLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let handshake_seconds =
+            Family::<PortLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let open_sessions = Family::<PortLabel, Gauge>::default();
         let bytes = Family::<BytesLabels, Counter>::default();
         let refused_connections = Family::<PortLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let mut registry = Registry::with_prefix("xlattice_sidecar");
-        registry.register("handshakes", "Handshakes by port, result and reason", handshakes.clone());
-        registry.register("handshake_duration_seconds", "Time to complete a handshake", handshake_seconds.clone());
+        registry.register(
+            "handshakes",
+            "Handshakes by port, result and reason",
+            handshakes.clone(),
+        );
+        registry.register(
+            "handshake_duration_seconds",
+            "Time to complete a handshake",
+            handshake_seconds.clone(),
+        );
         registry.register("open_sessions", "Sessions open now", open_sessions.clone());
         registry.register("bytes", "Plaintext bytes proxied", bytes.clone());
         registry.register(

@@ -42,7 +42,10 @@ pub fn parse_connect(head: &[u8]) -> Result<ConnectRequest, &'static str> {
     if member.is_empty() {
         return Err(BAD);
     }
-    Ok(ConnectRequest { member: member.to_string(), port })
+    Ok(ConnectRequest {
+        member: member.to_string(),
+        port,
+    })
 }
 
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
@@ -59,7 +62,11 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationTo
             },
         };
         let Ok(permit) = rt.connections.clone().try_acquire_owned() else {
-            rt.shared.metrics.refused_connections.get_or_create(&PortLabel { port: "outbound" }).inc();
+            rt.shared
+                .metrics
+                .refused_connections
+                .get_or_create(&PortLabel { port: "outbound" })
+                .inc();
             continue;
         };
         let rt2 = rt.clone();
@@ -93,7 +100,10 @@ async fn read_head(tcp: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Vec<
 
 async fn answer(tcp: &mut TcpStream, status: &str, why: &str) -> std::io::Result<()> {
     let body = format!("{why}\n");
-    let response = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     tcp.write_all(response.as_bytes()).await?;
     tcp.shutdown().await
 }
@@ -101,13 +111,27 @@ async fn answer(tcp: &mut TcpStream, status: &str, why: &str) -> std::io::Result
 async fn handle(mut tcp: TcpStream, rt: Arc<Runtime>) -> std::io::Result<()> {
     tcp.set_nodelay(true).ok();
     let head = tokio::time::timeout(rt.config.handshake_timeout, read_head(&mut tcp)).await;
-    let Ok(Ok(Some((head, early)))) = head else { return Ok(()) };
+    let Ok(Ok(Some((head, early)))) = head else {
+        return Ok(());
+    };
     if head.len() > MAX_HEAD {
-        return answer(&mut tcp, "431 Request Header Fields Too Large", "request head too large").await;
+        return answer(
+            &mut tcp,
+            "431 Request Header Fields Too Large",
+            "request head too large",
+        )
+        .await;
     }
     let request = match parse_connect(&head) {
         Ok(request) => request,
-        Err(status) => return answer(&mut tcp, status, "expected: CONNECT <nodeid or member name>:<port> HTTP/1.1").await,
+        Err(status) => {
+            return answer(
+                &mut tcp,
+                status,
+                "expected: CONNECT <nodeid or member name>:<port> HTTP/1.1",
+            )
+            .await
+        }
     };
     let (cluster_port, client_port) = (rt.config.cluster_port, rt.config.client_port);
     let port = if request.port == cluster_port {
@@ -119,7 +143,12 @@ async fn handle(mut tcp: TcpStream, rt: Arc<Runtime>) -> std::io::Result<()> {
         return answer(&mut tcp, "400 Bad Request", &why).await;
     };
     let loaded = rt.shared.current.borrow().clone();
-    let target = Target { member: &request.member, port, address: None, identity: Some(&loaded.identity) };
+    let target = Target {
+        member: &request.member,
+        port,
+        address: None,
+        identity: Some(&loaded.identity),
+    };
     let started = std::time::Instant::now();
     let opened = client::open(&loaded.directory, target, rt.config.handshake_timeout).await;
     let metrics = &rt.shared.metrics;
@@ -133,7 +162,14 @@ async fn handle(mut tcp: TcpStream, rt: Arc<Runtime>) -> std::io::Result<()> {
                 client::ClientError::Connect { .. } => "connect",
                 client::ClientError::Timeout(_) => "timeout",
             };
-            metrics.handshakes.get_or_create(&HandshakeLabels { port: "outbound", result: "error", reason }).inc();
+            metrics
+                .handshakes
+                .get_or_create(&HandshakeLabels {
+                    port: "outbound",
+                    result: "error",
+                    reason,
+                })
+                .inc();
             let status = match error {
                 client::ClientError::UnknownMember(_) => "404 Not Found",
                 client::ClientError::NoEndpoint { .. } => "503 Service Unavailable",
@@ -142,19 +178,44 @@ async fn handle(mut tcp: TcpStream, rt: Arc<Runtime>) -> std::io::Result<()> {
             return answer(&mut tcp, status, &error.to_string()).await;
         }
     };
-    metrics.handshakes.get_or_create(&HandshakeLabels { port: "outbound", result: "ok", reason: "" }).inc();
-    metrics.handshake_seconds.get_or_create(&PortLabel { port: "outbound" }).observe(started.elapsed().as_secs_f64());
+    metrics
+        .handshakes
+        .get_or_create(&HandshakeLabels {
+            port: "outbound",
+            result: "ok",
+            reason: "",
+        })
+        .inc();
+    metrics
+        .handshake_seconds
+        .get_or_create(&PortLabel { port: "outbound" })
+        .observe(started.elapsed().as_secs_f64());
     tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await?;
     if !early.is_empty() {
         session.write_all(&early).await?;
     }
-    let gauge = metrics.open_sessions.get_or_create(&PortLabel { port: "outbound" }).clone();
+    let gauge = metrics
+        .open_sessions
+        .get_or_create(&PortLabel { port: "outbound" })
+        .clone();
     gauge.inc();
     let moved = proxy(&mut tcp, &mut session, rt.config.idle_timeout).await;
     gauge.dec();
     let moved = moved.map_err(|e| std::io::Error::other(e.to_string()))?;
-    metrics.bytes.get_or_create(&BytesLabels { port: "outbound", direction: "out" }).inc_by(moved.a_to_b);
-    metrics.bytes.get_or_create(&BytesLabels { port: "outbound", direction: "in" }).inc_by(moved.b_to_a);
+    metrics
+        .bytes
+        .get_or_create(&BytesLabels {
+            port: "outbound",
+            direction: "out",
+        })
+        .inc_by(moved.a_to_b);
+    metrics
+        .bytes
+        .get_or_create(&BytesLabels {
+            port: "outbound",
+            direction: "in",
+        })
+        .inc_by(moved.b_to_a);
     Ok(())
 }
 
@@ -165,11 +226,23 @@ mod tests {
     #[test]
     fn connect_requests() {
         let ok = parse_connect(b"CONNECT store-1:7000 HTTP/1.1\r\nHost: store-1:7000\r\n\r\n").unwrap();
-        assert_eq!(ok, ConnectRequest { member: "store-1".into(), port: 7000 });
+        assert_eq!(
+            ok,
+            ConnectRequest {
+                member: "store-1".into(),
+                port: 7000
+            }
+        );
         assert_eq!(parse_connect(b"GET / HTTP/1.1\r\n\r\n"), Err("405 Method Not Allowed"));
-        assert_eq!(parse_connect(b"CONNECT store-1 HTTP/1.1\r\n\r\n"), Err("400 Bad Request"));
+        assert_eq!(
+            parse_connect(b"CONNECT store-1 HTTP/1.1\r\n\r\n"),
+            Err("400 Bad Request")
+        );
         assert_eq!(parse_connect(b"CONNECT :7000 HTTP/1.1\r\n\r\n"), Err("400 Bad Request"));
-        assert_eq!(parse_connect(b"CONNECT a:99999 HTTP/1.1\r\n\r\n"), Err("400 Bad Request"));
+        assert_eq!(
+            parse_connect(b"CONNECT a:99999 HTTP/1.1\r\n\r\n"),
+            Err("400 Bad Request")
+        );
         assert_eq!(parse_connect(b"CONNECT a:1 SPDY\r\n\r\n"), Err("400 Bad Request"));
     }
 }

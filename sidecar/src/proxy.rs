@@ -40,7 +40,13 @@ struct OneWay {
 
 impl OneWay {
     /// Makes progress; `Ready` once the source hit EOF and the sink is shut down.
-    fn poll<R, W>(&mut self, cx: &mut Context<'_>, mut from: Pin<&mut R>, mut to: Pin<&mut W>, active: &mut bool) -> Poll<io::Result<()>>
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut from: Pin<&mut R>,
+        mut to: Pin<&mut W>,
+        active: &mut bool,
+    ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
@@ -136,7 +142,10 @@ where
         Poll::Pending
     })
     .await;
-    result.map(|()| Transferred { a_to_b: ab.moved, b_to_a: ba.moved })
+    result.map(|()| Transferred {
+        a_to_b: ab.moved,
+        b_to_a: ba.moved,
+    })
 }
 
 #[cfg(test)]
@@ -165,14 +174,22 @@ mod tests {
         b_outer.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"bye");
         let moved = task.await.unwrap().unwrap();
-        assert_eq!(moved, Transferred { a_to_b: 200_000, b_to_a: 3 });
+        assert_eq!(
+            moved,
+            Transferred {
+                a_to_b: 200_000,
+                b_to_a: 3
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn closes_an_idle_session() {
         let (_a_outer, mut a_inner) = tokio::io::duplex(64);
         let (mut b_inner, _b_outer) = tokio::io::duplex(64);
-        let err = proxy(&mut a_inner, &mut b_inner, Duration::from_secs(30)).await.unwrap_err();
+        let err = proxy(&mut a_inner, &mut b_inner, Duration::from_secs(30))
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProxyError::Idle(_)), "{err}");
     }
 }

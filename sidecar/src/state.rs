@@ -56,16 +56,29 @@ impl Sources {
     pub fn load(&self) -> Result<Loaded, LoadError> {
         let fingerprint = self.fingerprint();
         let identity = Identity::load_dir(&self.identity_dir)?;
-        let dir_err = |message: String| LoadError::Directory { path: self.directory.display().to_string(), message };
+        let dir_err = |message: String| LoadError::Directory {
+            path: self.directory.display().to_string(),
+            message,
+        };
         let bytes = std::fs::read(&self.directory).map_err(|e| dir_err(e.to_string()))?;
         let directory = MemberDirectory::from_slice(&bytes)
             .and_then(|d| d.index())
             .map_err(|e| dir_err(e.to_string()))?;
-        Ok(Loaded { identity: Arc::new(identity), directory: Arc::new(directory), fingerprint })
+        Ok(Loaded {
+            identity: Arc::new(identity),
+            directory: Arc::new(directory),
+            fingerprint,
+        })
     }
 
     /// Polls for changes until cancelled, publishing each good new version.
-    pub async fn watch(self, tx: watch::Sender<Arc<Loaded>>, interval: Duration, metrics: Metrics, stop: CancellationToken) {
+    pub async fn watch(
+        self,
+        tx: watch::Sender<Arc<Loaded>>,
+        interval: Duration,
+        metrics: Metrics,
+        stop: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rejected = None;
@@ -91,7 +104,10 @@ impl Sources {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "new identity or directory refused; keeping the previous one");
-                    metrics.reloads.get_or_create(&crate::metrics::ResultLabel::error()).inc();
+                    metrics
+                        .reloads
+                        .get_or_create(&crate::metrics::ResultLabel::error())
+                        .inc();
                     rejected = Some(fingerprint);
                 }
             }

@@ -95,7 +95,12 @@ fn spawn_sidecar(dir: &Path, m: &Member) -> Child {
         .arg("--directory")
         .arg(dir.join("directory.yaml"))
         .args(["--listen-host", &m.host])
-        .args(["--cluster-port", &CLUSTER_PORT.to_string(), "--client-port", &CLIENT_PORT.to_string()])
+        .args([
+            "--cluster-port",
+            &CLUSTER_PORT.to_string(),
+            "--client-port",
+            &CLIENT_PORT.to_string(),
+        ])
         .args(["--cluster-upstream", &format!("{}:{APP_CLUSTER}", m.host)])
         .args(["--client-upstream", &format!("{}:{APP_CLIENT}", m.host)])
         .args(["--connect-listen", &format!("{}:{CONNECT}", m.host)])
@@ -103,14 +108,18 @@ fn spawn_sidecar(dir: &Path, m: &Member) -> Child {
         .args(["--reload-interval", "200ms", "--drain-timeout", "3s"])
         .env("XLATTICE_LOG", "debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(dir.join(format!("{}.log", m.name))).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join(format!("{}.log", m.name))).unwrap(),
+        ))
         .spawn()
         .unwrap()
 }
 
 async fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut tcp = TcpStream::connect(addr).await.ok()?;
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.ok()?;
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut out = String::new();
     tcp.read_to_string(&mut out).await.ok()?;
     Some(out)
@@ -141,7 +150,13 @@ async fn cluster(base: u8) -> Cluster {
         identity.save_dir(&identity_dir).unwrap();
         let host = format!("127.0.0.{}", base + i);
         echo_app(&host, &name).await;
-        members.push(Member { name, host, identity, identity_dir, process: None });
+        members.push(Member {
+            name,
+            host,
+            identity,
+            identity_dir,
+            process: None,
+        });
     }
     write_directory(&dir, &members.iter().collect::<Vec<_>>());
     for i in 0..3 {
@@ -155,7 +170,10 @@ async fn cluster(base: u8) -> Cluster {
 }
 
 fn directory_index(c: &Cluster) -> DirectoryIndex {
-    MemberDirectory::from_slice(&std::fs::read(c.dir.join("directory.yaml")).unwrap()).unwrap().index().unwrap()
+    MemberDirectory::from_slice(&std::fs::read(c.dir.join("directory.yaml")).unwrap())
+        .unwrap()
+        .index()
+        .unwrap()
 }
 
 async fn line_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, line: &str) -> String {
@@ -164,7 +182,10 @@ async fn line_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let mut got = Vec::new();
     let mut byte = [0u8; 1];
     loop {
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte)).await.expect("reply").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte))
+            .await
+            .expect("reply")
+            .unwrap();
         if byte[0] == b'\n' {
             return String::from_utf8(got).unwrap();
         }
@@ -175,7 +196,9 @@ async fn line_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 /// Asks sidecar `via` to open a session to `member` on `port`; returns the status line.
 async fn connect_via(via: &Member, member: &str, port: u16) -> (String, TcpStream) {
     let mut tcp = TcpStream::connect(format!("{}:{CONNECT}", via.host)).await.unwrap();
-    tcp.write_all(format!("CONNECT {member}:{port} HTTP/1.1\r\nHost: {member}\r\n\r\n").as_bytes()).await.unwrap();
+    tcp.write_all(format!("CONNECT {member}:{port} HTTP/1.1\r\nHost: {member}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -195,9 +218,17 @@ async fn clients_members_and_outsiders() {
 
     // A client with no identity, on the client port of every member.
     for m in &c.members {
-        let target = Target { member: &m.name, port: PortKind::Client, address: None, identity: None };
+        let target = Target {
+            member: &m.name,
+            port: PortKind::Client,
+            address: None,
+            identity: None,
+        };
         let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
-        assert_eq!(line_exchange(&mut session, "hi").await, format!("{}/client: hi", m.name));
+        assert_eq!(
+            line_exchange(&mut session, "hi").await,
+            format!("{}/client: hi", m.name)
+        );
     }
 
     // Member m0's app reaches m1 and m2 on the private port through its own sidecar,
@@ -211,15 +242,28 @@ async fn clients_members_and_outsiders() {
     assert_eq!(line_exchange(&mut tcp2, "by id").await, "m2/cluster: by id");
 
     // Bad CONNECT requests get a clear HTTP answer.
-    assert_eq!(connect_via(&c.members[0], "nobody", CLUSTER_PORT).await.0, "HTTP/1.1 404 Not Found");
+    assert_eq!(
+        connect_via(&c.members[0], "nobody", CLUSTER_PORT).await.0,
+        "HTTP/1.1 404 Not Found"
+    );
     assert_eq!(connect_via(&c.members[0], "m1", 9).await.0, "HTTP/1.1 400 Bad Request");
 
     // An outsider with a real identity is dropped on the cluster port, with nothing
     // sent back, and served on the client port.
     let outsider = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
-    let target = Target { member: "m1", port: PortKind::Cluster, address: None, identity: Some(&outsider) };
-    let err = client::open(&directory, target, Duration::from_secs(5)).await.unwrap_err();
-    assert!(err.to_string().contains("connection closed during the handshake"), "{err}");
+    let target = Target {
+        member: "m1",
+        port: PortKind::Cluster,
+        address: None,
+        identity: Some(&outsider),
+    };
+    let err = client::open(&directory, target, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("connection closed during the handshake"),
+        "{err}"
+    );
     let (hello, _) = handshake::client_hello(
         &directory.by_name("m1").unwrap().ck,
         PortKind::Cluster,
@@ -227,17 +271,30 @@ async fn clients_members_and_outsiders() {
         handshake::ClientSecrets::random(),
     )
     .unwrap();
-    let mut raw = TcpStream::connect(format!("{}:{CLUSTER_PORT}", c.members[1].host)).await.unwrap();
+    let mut raw = TcpStream::connect(format!("{}:{CLUSTER_PORT}", c.members[1].host))
+        .await
+        .unwrap();
     raw.write_all(&hello).await.unwrap();
     let mut got = Vec::new();
     raw.read_to_end(&mut got).await.unwrap();
-    assert!(got.is_empty(), "the cluster port answered an outsider with {} bytes", got.len());
-    let target = Target { member: "m1", port: PortKind::Client, address: None, identity: Some(&outsider) };
+    assert!(
+        got.is_empty(),
+        "the cluster port answered an outsider with {} bytes",
+        got.len()
+    );
+    let target = Target {
+        member: "m1",
+        port: PortKind::Client,
+        address: None,
+        identity: Some(&outsider),
+    };
     let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
     assert_eq!(line_exchange(&mut session, "outside").await, "m1/client: outside");
 
     // Garbage on a port closes that connection only; the peer session lives on.
-    let mut junk = TcpStream::connect(format!("{}:{CLUSTER_PORT}", c.members[1].host)).await.unwrap();
+    let mut junk = TcpStream::connect(format!("{}:{CLUSTER_PORT}", c.members[1].host))
+        .await
+        .unwrap();
     junk.write_all(&[0xffu8; 4096]).await.unwrap();
     let mut got = Vec::new();
     let _ = junk.read_to_end(&mut got).await;
@@ -245,10 +302,21 @@ async fn clients_members_and_outsiders() {
     assert_eq!(line_exchange(&mut tcp, "still there").await, "m1/cluster: still there");
 
     // Metrics count what happened, by reason.
-    let metrics = http_get(&format!("{}:{ADMIN}", c.members[1].host), "/metrics").await.unwrap();
-    assert!(metrics.contains(r#"xlattice_sidecar_handshakes_total{port="cluster",result="error",reason="not_member"} 2"#), "{metrics}");
-    assert!(metrics.contains(r#"xlattice_sidecar_handshakes_total{port="cluster",result="error",reason="bad_magic"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"xlattice_sidecar_open_sessions{port="cluster"} 1"#), "{metrics}");
+    let metrics = http_get(&format!("{}:{ADMIN}", c.members[1].host), "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"xlattice_sidecar_handshakes_total{port="cluster",result="error",reason="not_member"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"xlattice_sidecar_handshakes_total{port="cluster",result="error",reason="bad_magic"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"xlattice_sidecar_open_sessions{port="cluster"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +327,12 @@ async fn directory_and_key_changes_apply_without_a_restart() {
     assert_eq!(line_exchange(&mut peer_session, "before").await, "m1/cluster: before");
     let mut client_session = {
         let directory = directory_index(&c);
-        let target = Target { member: "m1", port: PortKind::Client, address: None, identity: None };
+        let target = Target {
+            member: "m1",
+            port: PortKind::Client,
+            address: None,
+            identity: None,
+        };
         client::open(&directory, target, Duration::from_secs(5)).await.unwrap()
     };
 
@@ -272,8 +345,14 @@ async fn directory_and_key_changes_apply_without_a_restart() {
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     // Open sessions finish on their old keys; new ones use the new keys.
-    assert_eq!(line_exchange(&mut client_session, "old keys").await, "m1/client: old keys");
-    assert_eq!(line_exchange(&mut peer_session, "old keys").await, "m1/cluster: old keys");
+    assert_eq!(
+        line_exchange(&mut client_session, "old keys").await,
+        "m1/client: old keys"
+    );
+    assert_eq!(
+        line_exchange(&mut peer_session, "old keys").await,
+        "m1/cluster: old keys"
+    );
     let (status, mut fresh) = connect_via(&c.members[0], "m1", CLUSTER_PORT).await;
     assert_eq!(status, "HTTP/1.1 200 Connection Established");
     assert_eq!(line_exchange(&mut fresh, "new keys").await, "m1/cluster: new keys");
@@ -284,7 +363,10 @@ async fn directory_and_key_changes_apply_without_a_restart() {
     write_directory(&c.dir, &[&c.members[1], &c.members[2]]);
     let mut buf = [0u8; 64];
     let closed = tokio::time::timeout(Duration::from_secs(5), peer_session.read(&mut buf)).await;
-    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "m0's session to m1 was not closed: {closed:?}");
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "m0's session to m1 was not closed: {closed:?}"
+    );
     let propagation = removed_at.elapsed();
     assert!(propagation < Duration::from_secs(3), "took {propagation:?}");
     // m0's own sidecar has also reloaded and no longer lists itself, but it still holds
@@ -298,15 +380,25 @@ async fn directory_and_key_changes_apply_without_a_restart() {
     let (status, mut still) = connect_via(&c.members[2], "m1", CLUSTER_PORT).await;
     assert_eq!(status, "HTTP/1.1 200 Connection Established");
     assert_eq!(line_exchange(&mut still, "kept").await, "m1/cluster: kept");
-    let metrics = http_get(&format!("{}:{ADMIN}", c.members[2].host), "/metrics").await.unwrap();
-    assert!(metrics.contains(r#"xlattice_sidecar_reloads_total{result="error"} 1"#), "{metrics}");
+    let metrics = http_get(&format!("{}:{ADMIN}", c.members[2].host), "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"xlattice_sidecar_reloads_total{result="error"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_sessions_then_exits() {
     let mut c = cluster(40).await;
     let directory = directory_index(&c);
-    let target = Target { member: "m0", port: PortKind::Client, address: None, identity: None };
+    let target = Target {
+        member: "m0",
+        port: PortKind::Client,
+        address: None,
+        identity: None,
+    };
     let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
     assert_eq!(line_exchange(&mut session, "a").await, "m0/client: a");
 
@@ -315,7 +407,9 @@ async fn sigterm_drains_open_sessions_then_exits() {
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Not ready any more and not accepting, but the open session still works.
-    assert!(TcpStream::connect(format!("{}:{CLIENT_PORT}", c.members[0].host)).await.is_err());
+    assert!(TcpStream::connect(format!("{}:{CLIENT_PORT}", c.members[0].host))
+        .await
+        .is_err());
     assert_eq!(line_exchange(&mut session, "b").await, "m0/client: b");
     // Closing it lets the sidecar finish before the drain timeout.
     session.shutdown().await.unwrap();

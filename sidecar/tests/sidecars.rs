@@ -138,6 +138,30 @@ async fn wait_ready(host: &str) {
     panic!("sidecar on {host} not ready");
 }
 
+/// The value of a counter line in a sidecar's /metrics (0 when absent).
+async fn metric(host: &str, series: &str) -> u64 {
+    let body = http_get(&format!("{host}:{ADMIN}"), "/metrics")
+        .await
+        .unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+const RELOADS_OK: &str = r#"xlattice_sidecar_reloads_total{result="ok"}"#;
+const RELOADS_ERR: &str = r#"xlattice_sidecar_reloads_total{result="error"}"#;
+
+/// Waits until `series` on each host exceeds its value in `before`.
+async fn wait_metric_above(hosts: &[&str], series: &str, before: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (host, floor) in hosts.iter().zip(before) {
+        while metric(host, series).await <= *floor {
+            assert!(Instant::now() < deadline, "{host}: {series} stayed at {floor}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// Three members on 127.0.0.<base>, <base+1>, <base+2>.
 async fn cluster(base: u8) -> Cluster {
     let dir = std::env::temp_dir().join(format!("xl-sidecars-{}-{base}", std::process::id()));
@@ -337,12 +361,18 @@ async fn directory_and_key_changes_apply_without_a_restart() {
     };
 
     // Rotate m1's keys (same NodeID) and publish the new directory.
+    let owned_hosts: Vec<String> = c.members.iter().map(|m| m.host.clone()).collect();
+    let hosts: Vec<&str> = owned_hosts.iter().map(String::as_str).collect();
+    let mut before = Vec::new();
+    for host in &hosts {
+        before.push(metric(host, RELOADS_OK).await);
+    }
     let rotated = c.members[1].identity.rotated(RsaBits::B2048).unwrap();
     assert_eq!(rotated.node_id, c.members[1].identity.node_id);
     rotated.save_dir(&c.members[1].identity_dir).unwrap();
     c.members[1].identity = rotated;
     write_directory(&c.dir, &c.members.iter().collect::<Vec<_>>());
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_metric_above(&hosts, RELOADS_OK, &before).await;
 
     // Open sessions finish on their old keys; new ones use the new keys.
     assert_eq!(
@@ -376,7 +406,7 @@ async fn directory_and_key_changes_apply_without_a_restart() {
 
     // A directory that does not parse is refused; the last good one stays in force.
     std::fs::write(c.dir.join("directory.yaml"), "members: [").unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    wait_metric_above(&[&c.members[2].host], RELOADS_ERR, &[0]).await;
     let (status, mut still) = connect_via(&c.members[2], "m1", CLUSTER_PORT).await;
     assert_eq!(status, "HTTP/1.1 200 Connection Established");
     assert_eq!(line_exchange(&mut still, "kept").await, "m1/cluster: kept");
@@ -405,11 +435,15 @@ async fn sigterm_drains_open_sessions_then_exits() {
     let mut child = c.members[0].process.take().unwrap();
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Not ready any more and not accepting, but the open session still works.
-    assert!(TcpStream::connect(format!("{}:{CLIENT_PORT}", c.members[0].host))
+    // Stops accepting promptly, but the open session still works.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(format!("{}:{CLIENT_PORT}", c.members[0].host))
         .await
-        .is_err());
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "still accepting 5 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(line_exchange(&mut session, "b").await, "m0/client: b");
     // Closing it lets the sidecar finish before the drain timeout.
     session.shutdown().await.unwrap();

@@ -22,10 +22,7 @@ use crate::{
 
 /// Clusters a pod event concerns: those whose selector matches the pod, and the one that
 /// injected it (its labels may have changed so that it no longer matches: it must leave).
-pub fn clusters_for_pod(
-    pod: &Pod,
-    clusters: &[Arc<XLatticeCluster>],
-) -> Vec<ObjectRef<XLatticeCluster>> {
+pub fn clusters_for_pod(pod: &Pod, clusters: &[Arc<XLatticeCluster>]) -> Vec<ObjectRef<XLatticeCluster>> {
     let ns = pod.namespace();
     let injected = pod.annotations().get(INJECTED_ANNOTATION);
     clusters
@@ -33,8 +30,7 @@ pub fn clusters_for_pod(
         .filter(|c| c.namespace() == ns)
         .filter(|c| {
             injected == Some(&c.name_any())
-                || Selector::try_from(c.spec.selector.clone())
-                    .is_ok_and(|s| s.matches(pod.labels()))
+                || Selector::try_from(c.spec.selector.clone()).is_ok_and(|s| s.matches(pod.labels()))
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
@@ -44,21 +40,16 @@ pub fn clusters_for_pod(
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let controller = Controller::new(
-        Api::<XLatticeCluster>::all(client.clone()),
-        watcher::Config::default(),
-    );
+    let controller = Controller::new(Api::<XLatticeCluster>::all(client.clone()), watcher::Config::default());
     let store: Store<XLatticeCluster> = controller.store();
     controller
         .owns(Api::<Secret>::all(client.clone()), owned.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned)
-        .watches(
-            Api::<Pod>::all(client),
-            watcher::Config::default(),
-            move |pod| clusters_for_pod(&pod, &store.state()),
-        )
+        .watches(Api::<Pod>::all(client), watcher::Config::default(), move |pod| {
+            clusters_for_pod(&pod, &store.state())
+        })
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -82,16 +73,12 @@ mod tests {
         other.metadata.name = Some("web".into());
         let clusters = vec![c, Arc::new(other)];
         let refs = clusters_for_pod(&pod("a", None), &clusters);
-        assert_eq!(
-            refs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-            ["store"]
-        );
+        assert_eq!(refs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["store"]);
 
         let mut relabelled = pod("b", None);
         relabelled.metadata.labels = None;
         assert!(clusters_for_pod(&relabelled, &clusters).is_empty());
-        relabelled.metadata.annotations =
-            Some([(INJECTED_ANNOTATION.to_string(), "web".to_string())].into());
+        relabelled.metadata.annotations = Some([(INJECTED_ANNOTATION.to_string(), "web".to_string())].into());
         assert_eq!(clusters_for_pod(&relabelled, &clusters)[0].name, "web");
     }
 }

@@ -124,9 +124,7 @@ pub struct ServiceSettings {
     pub type_: ServiceType,
 }
 
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
-)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ServiceType {
     #[default]
     ClusterIP,
@@ -191,8 +189,7 @@ impl XLatticeClusterSpec {
     /// The key sizes, or why they are unusable. The schema refuses bad values already; this
     /// guards against objects written before a schema change.
     pub fn key_sizes(&self) -> Result<(NodeIdBits, RsaBits), String> {
-        let node_id =
-            NodeIdBits::try_from(self.node_id_bits).map_err(|e| format!("spec.nodeIdBits: {e}"))?;
+        let node_id = NodeIdBits::try_from(self.node_id_bits).map_err(|e| format!("spec.nodeIdBits: {e}"))?;
         let rsa = match self.rsa_bits {
             2048 => RsaBits::B2048,
             3072 => RsaBits::B3072,
@@ -231,10 +228,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(spec.upstream_ports(), (17000, 9000));
-        assert_eq!(
-            spec.key_sizes().unwrap(),
-            (NodeIdBits::B256, RsaBits::B2048)
-        );
+        assert_eq!(spec.key_sizes().unwrap(), (NodeIdBits::B256, RsaBits::B2048));
         assert_eq!(spec.member_grace_period_seconds, 300);
     }
 }

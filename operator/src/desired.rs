@@ -8,8 +8,7 @@ use k8s_openapi::{
     api::{
         core::v1::{ConfigMap, Pod, Secret, Service, ServicePort, ServiceSpec},
         networking::v1::{
-            NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
-            NetworkPolicySpec,
+            NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
         },
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
@@ -69,18 +68,11 @@ pub fn identity_secret(cluster: &XLatticeCluster, pod: &str, identity: &Identity
 
 /// The pod an identity Secret belongs to, from its annotation (the label may be hashed).
 pub fn secret_member(secret: &Secret) -> Option<&str> {
-    secret
-        .annotations()
-        .get(MEMBER_ANNOTATION)
-        .map(String::as_str)
+    secret.annotations().get(MEMBER_ANNOTATION).map(String::as_str)
 }
 
 /// The member directory: members sorted by name so equal inputs give byte-equal output.
-pub fn directory(
-    cluster: &XLatticeCluster,
-    mut records: Vec<MemberRecord>,
-    pods: &[&Pod],
-) -> MemberDirectory {
+pub fn directory(cluster: &XLatticeCluster, mut records: Vec<MemberRecord>, pods: &[&Pod]) -> MemberDirectory {
     let ip = |name: &str| {
         pods.iter()
             .find(|p| p.metadata.name.as_deref() == Some(name))
@@ -89,18 +81,12 @@ pub fn directory(
     };
     for record in &mut records {
         let ip = ip(&record.name);
-        record.cluster_endpoint = ip
-            .as_ref()
-            .map(|ip| endpoint(ip, cluster.spec.cluster_port));
+        record.cluster_endpoint = ip.as_ref().map(|ip| endpoint(ip, cluster.spec.cluster_port));
         record.client_endpoint = ip.as_ref().map(|ip| endpoint(ip, cluster.spec.client_port));
     }
     records.sort_by(|a, b| a.name.cmp(&b.name));
     MemberDirectory {
-        cluster: format!(
-            "{}/{}",
-            cluster.namespace().unwrap_or_default(),
-            cluster.name_any()
-        ),
+        cluster: format!("{}/{}", cluster.namespace().unwrap_or_default(), cluster.name_any()),
         members: records,
     }
 }
@@ -211,17 +197,9 @@ pub fn services(cluster: &XLatticeCluster) -> [Service; 2] {
 /// True when `observed` carries our labels and owner reference (the parts we set).
 fn meta_matches(desired: &ObjectMeta, observed: &ObjectMeta) -> bool {
     let labels = observed.labels.clone().unwrap_or_default();
-    let has_labels = desired
-        .labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
+    let has_labels = desired.labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
     let owners = observed.owner_references.clone().unwrap_or_default();
-    let has_owner = desired
-        .owner_references
-        .iter()
-        .flatten()
-        .all(|o| owners.contains(o));
+    let has_owner = desired.owner_references.iter().flatten().all(|o| owners.contains(o));
     has_labels && has_owner
 }
 
@@ -243,14 +221,7 @@ pub fn service_matches(desired: &Service, observed: &Service) -> bool {
         s.ports
             .iter()
             .flatten()
-            .map(|p| {
-                (
-                    p.name.clone(),
-                    p.port,
-                    p.target_port.clone(),
-                    p.protocol.clone(),
-                )
-            })
+            .map(|p| (p.name.clone(), p.port, p.target_port.clone(), p.protocol.clone()))
             .collect::<Vec<_>>()
     };
     meta_matches(&desired.metadata, &observed.metadata)
@@ -258,8 +229,7 @@ pub fn service_matches(desired: &Service, observed: &Service) -> bool {
         && d.selector == o.selector
         && ports(d) == ports(o)
         && (d.cluster_ip.is_none() || d.cluster_ip == o.cluster_ip)
-        && d.publish_not_ready_addresses.unwrap_or(false)
-            == o.publish_not_ready_addresses.unwrap_or(false)
+        && d.publish_not_ready_addresses.unwrap_or(false) == o.publish_not_ready_addresses.unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -274,9 +244,7 @@ pub(crate) mod tests {
             "selector": {"matchLabels": {"app": "store"}},
             "clusterPort": 7000, "clientPort": 8000,
         });
-        base.as_object_mut()
-            .unwrap()
-            .extend(spec.as_object().unwrap().clone());
+        base.as_object_mut().unwrap().extend(spec.as_object().unwrap().clone());
         let spec: XLatticeClusterSpec = serde_json::from_value(base).unwrap();
         let mut c = XLatticeCluster::new("store", spec);
         c.metadata.namespace = Some("ns".into());
@@ -313,10 +281,7 @@ pub(crate) mod tests {
         assert_eq!(s.labels()[MEMBER_LABEL], "store-0");
         assert_eq!(secret_member(&s), Some("store-0"));
         let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.controller),
-            ("XLatticeCluster", Some(true))
-        );
+        assert_eq!((owner.kind.as_str(), owner.controller), ("XLatticeCluster", Some(true)));
     }
 
     #[test]
@@ -333,14 +298,8 @@ pub(crate) mod tests {
         let dir = directory(&c, records, &[&pa, &pb]);
         assert_eq!(dir.cluster, "ns/store");
         assert_eq!(dir.members[0].name, "a");
-        assert_eq!(
-            dir.members[0].cluster_endpoint.as_deref(),
-            Some("10.0.0.1:7000")
-        );
-        assert_eq!(
-            dir.members[0].client_endpoint.as_deref(),
-            Some("10.0.0.1:8000")
-        );
+        assert_eq!(dir.members[0].cluster_endpoint.as_deref(), Some("10.0.0.1:7000"));
+        assert_eq!(dir.members[0].client_endpoint.as_deref(), Some("10.0.0.1:8000"));
         assert_eq!(dir.members[1].cluster_endpoint, None);
         let cm = directory_config_map(&c, &dir);
         assert_eq!(cm.metadata.name.as_deref(), Some("store-directory"));
@@ -352,19 +311,9 @@ pub(crate) mod tests {
         let c = cluster(serde_json::json!({"extraIngressPorts": [9100, 15090]}));
         let np = network_policy(&c);
         let spec = np.spec.as_ref().unwrap();
-        assert_eq!(
-            spec.policy_types.as_deref(),
-            Some(&["Ingress".to_string()][..])
-        );
+        assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_string()][..]));
         let rules = spec.ingress.as_ref().unwrap();
-        let ports = |i: usize| -> Vec<_> {
-            rules[i]
-                .ports
-                .iter()
-                .flatten()
-                .map(|p| p.port.clone())
-                .collect()
-        };
+        let ports = |i: usize| -> Vec<_> { rules[i].ports.iter().flatten().map(|p| p.port.clone()).collect() };
         assert_eq!(ports(0), [Some(IntOrString::Int(7000))]);
         assert_eq!(
             rules[0].from.as_ref().unwrap()[0].pod_selector.as_ref(),
@@ -372,24 +321,13 @@ pub(crate) mod tests {
         );
         assert_eq!(ports(1), [Some(IntOrString::Int(8000))]);
         assert_eq!(rules[1].from, None, "empty clientAccess means anyone");
-        assert_eq!(
-            ports(2),
-            [Some(IntOrString::Int(9100)), Some(IntOrString::Int(15090))]
-        );
+        assert_eq!(ports(2), [Some(IntOrString::Int(9100)), Some(IntOrString::Int(15090))]);
 
-        let c = cluster(
-            serde_json::json!({"clientAccess": [{"podSelector": {"matchLabels": {"role": "client"}}}]}),
-        );
+        let c = cluster(serde_json::json!({"clientAccess": [{"podSelector": {"matchLabels": {"role": "client"}}}]}));
         let np = network_policy(&c);
         let from = np.spec.unwrap().ingress.unwrap()[1].from.clone().unwrap();
         assert_eq!(
-            from[0]
-                .pod_selector
-                .as_ref()
-                .unwrap()
-                .match_labels
-                .as_ref()
-                .unwrap()["role"],
+            from[0].pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["role"],
             "client"
         );
     }
@@ -398,10 +336,7 @@ pub(crate) mod tests {
     fn services_ignore_server_filled_fields() {
         let c = cluster(serde_json::json!({"service": {"type": "NodePort"}}));
         let [client, members] = services(&c);
-        assert_eq!(
-            client.spec.as_ref().unwrap().type_.as_deref(),
-            Some("NodePort")
-        );
+        assert_eq!(client.spec.as_ref().unwrap().type_.as_deref(), Some("NodePort"));
         assert_eq!(members.metadata.name.as_deref(), Some("store-members"));
         let mut observed = client.clone();
         let spec = observed.spec.as_mut().unwrap();

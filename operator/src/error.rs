@@ -37,8 +37,9 @@ impl Error {
             Self::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
             Self::Kube(_) => "kube",
             Self::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
+                    e.metric_label()
+                }
                 _ => "finalizer",
             },
             Self::KeyGeneration { .. } => "keygen",
@@ -64,9 +65,6 @@ mod tests {
         assert_eq!(backoff(0), Duration::from_secs(1));
         assert_eq!(backoff(3), Duration::from_secs(8));
         assert_eq!(backoff(30), Duration::from_secs(256));
-        assert_eq!(
-            Error::InvalidSpec("x".into()).metric_label(),
-            "invalid_spec"
-        );
+        assert_eq!(Error::InvalidSpec("x".into()).metric_label(), "invalid_spec");
     }
 }

@@ -39,11 +39,7 @@ pub fn judge(spec: Option<&LeaseSpec>, holder: &str, now: Timestamp) -> Verdict 
         Some(h) if h == holder => Verdict::Take,
         Some(other) => {
             let ttl = SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(15).into());
-            let renewed = spec
-                .renew_time
-                .as_ref()
-                .or(spec.acquire_time.as_ref())
-                .map(|t| t.0);
+            let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()).map(|t| t.0);
             match renewed {
                 Some(t) if t + ttl > now => Verdict::HeldBy(other.to_string()),
                 _ => Verdict::Take,
@@ -68,17 +64,10 @@ impl LeaseLock {
     pub async fn try_acquire(&self) -> Result<bool> {
         let now = Timestamp::now();
         let existing = self.api.get_opt(&self.name).await?;
-        if let Verdict::HeldBy(_) = judge(
-            existing.as_ref().and_then(|l| l.spec.as_ref()),
-            &self.holder,
-            now,
-        ) {
+        if let Verdict::HeldBy(_) = judge(existing.as_ref().and_then(|l| l.spec.as_ref()), &self.holder, now) {
             return Ok(false);
         }
-        let old = existing
-            .as_ref()
-            .and_then(|l| l.spec.clone())
-            .unwrap_or_default();
+        let old = existing.as_ref().and_then(|l| l.spec.clone()).unwrap_or_default();
         let mine = old.holder_identity.as_deref() == Some(self.holder.as_str());
         let spec = LeaseSpec {
             holder_identity: Some(self.holder.clone()),
@@ -89,17 +78,13 @@ impl LeaseLock {
                 Some(MicroTime(now))
             },
             renew_time: Some(MicroTime(now)),
-            lease_transitions: Some(
-                old.lease_transitions.unwrap_or(0) + i32::from(!mine && existing.is_some()),
-            ),
+            lease_transitions: Some(old.lease_transitions.unwrap_or(0) + i32::from(!mine && existing.is_some())),
             ..Default::default()
         };
         let result = match existing {
             Some(mut lease) => {
                 lease.spec = Some(spec);
-                self.api
-                    .replace(&self.name, &PostParams::default(), &lease)
-                    .await
+                self.api.replace(&self.name, &PostParams::default(), &lease).await
             }
             None => {
                 let lease = Lease {
@@ -131,6 +116,23 @@ impl LeaseLock {
                 Err(error) => warn!(%error, "leader election"),
             }
             tokio::time::sleep(self.ttl / 3).await;
+        }
+    }
+
+    /// Hands the Lease over at shutdown so the next replica need not wait for it to expire.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else { return };
+        if spec.holder_identity.as_deref() != Some(self.holder.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => info!(holder = %self.holder, "released the lease"),
+            Err(error) => warn!(%error, "releasing the lease failed"),
         }
     }
 

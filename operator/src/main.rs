@@ -110,9 +110,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
 
     tokio::spawn({
         let metrics = metrics.clone();
@@ -127,10 +125,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     if !args.no_webhook {
         let mut sans = vec![
             format!("{}.{}.svc", args.webhook_service, args.namespace),
-            format!(
-                "{}.{}.svc.cluster.local",
-                args.webhook_service, args.namespace
-            ),
+            format!("{}.{}.svc.cluster.local", args.webhook_service, args.namespace),
         ];
         sans.extend(args.webhook_sans.iter().cloned());
         let tls = certs::ensure_secret(client.clone(), &args.namespace, &sans).await?;
@@ -144,13 +139,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .map(|(k, v)| (k.to_string(), Quantity(v.clone())))
                 .collect(),
             ),
-            limits: Some(
-                [(
-                    "memory".to_string(),
-                    Quantity(args.sidecar_memory_limit.clone()),
-                )]
-                .into(),
-            ),
+            limits: Some([("memory".to_string(), Quantity(args.sidecar_memory_limit.clone()))].into()),
             ..Default::default()
         };
         let config = SidecarConfig {
@@ -214,18 +203,20 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     );
     lock.acquire().await;
     tokio::select! {
-        () = controller::run(ctx) => Ok(()),
+        () = controller::run(ctx) => {
+            lock.release().await;
+            Ok(())
+        }
         lost = lock.hold() => Err(Box::new(lost)),
     }
 }
 
 fn init_tracing(json: bool) {
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,kube=warn,hyper=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,hyper=warn"));
     if json {
-        fmt().json().with_env_filter(filter).init();
+        fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init();
     } else {
-        fmt().with_env_filter(filter).init();
+        fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
     }
 }

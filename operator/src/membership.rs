@@ -143,16 +143,11 @@ mod tests {
             clock.judge(&[&pa], &secrets, grace, later)[0].1,
             Orphan::Wait(Duration::from_secs(6))
         );
-        assert_eq!(
-            clock.judge(&[&pa], &secrets, grace, t0 + grace)[0].1,
-            Orphan::Delete
-        );
+        assert_eq!(clock.judge(&[&pa], &secrets, grace, t0 + grace)[0].1, Orphan::Delete);
 
         // The pod came back (a StatefulSet pod): the clock forgets, a later loss starts over.
         let pg = pod("gone", None);
-        assert!(clock
-            .judge(&[&pa, &pg], &secrets, grace, t0 + grace)
-            .is_empty());
+        assert!(clock.judge(&[&pa, &pg], &secrets, grace, t0 + grace).is_empty());
         assert_eq!(
             clock.judge(&[&pa], &secrets, grace, t0 + grace * 2)[0].1,
             Orphan::Wait(grace)

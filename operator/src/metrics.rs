@@ -46,27 +46,14 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("xlattice_operator");
         let reconciles = Counter::default();
         let failures = Family::<ReasonLabel, Counter>::default();
-        let duration =
-            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
+        let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
         let minted = Counter::default();
         let deleted = Counter::default();
         let writes = Family::<KindLabel, Counter>::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
-        registry.register(
-            "reconcile_failures",
-            "Reconciles failed, by reason",
-            failures.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time a reconcile took",
-            duration.clone(),
-        );
-        registry.register(
-            "identities_minted",
-            "Identities minted into Secrets",
-            minted.clone(),
-        );
+        registry.register("reconcile_failures", "Reconciles failed, by reason", failures.clone());
+        registry.register("reconcile_duration_seconds", "Time a reconcile took", duration.clone());
+        registry.register("identities_minted", "Identities minted into Secrets", minted.clone());
         registry.register(
             "identities_deleted",
             "Identities deleted after their grace period",
@@ -92,11 +79,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn write(&self, kind: &str) {
-        self.writes
-            .get_or_create(&KindLabel {
-                kind: kind.to_string(),
-            })
-            .inc();
+        self.writes.get_or_create(&KindLabel { kind: kind.to_string() }).inc();
     }
 
     pub fn failure(&self, reason: &str) {

@@ -74,10 +74,7 @@ async fn mint_one(
         reason,
     };
     let mut identity = {
-        let _permit = cpu
-            .acquire_owned()
-            .await
-            .map_err(|e| keygen_error(e.to_string()))?;
+        let _permit = cpu.acquire_owned().await.map_err(|e| keygen_error(e.to_string()))?;
         tokio::task::spawn_blocking(move || Identity::generate(node_id_bits, rsa_bits))
             .await
             .map_err(|e| keygen_error(e.to_string()))?
@@ -85,11 +82,7 @@ async fn mint_one(
     };
     // A 160-bit collision will not happen in practice; checking costs nothing and the
     // uniqueness of a NodeID within a cluster is a promise.
-    while !taken
-        .lock()
-        .expect("lock poisoned")
-        .insert(identity.node_id)
-    {
+    while !taken.lock().expect("lock poisoned").insert(identity.node_id) {
         identity.node_id = NodeId::random(node_id_bits);
     }
     let secret = identity_secret(cluster, pod, &identity);

@@ -59,12 +59,7 @@ pub struct Context {
 // === impl Context ===
 
 impl Context {
-    pub fn new(
-        client: Client,
-        recorder: Recorder,
-        metrics: Arc<Metrics>,
-        keygen_permits: usize,
-    ) -> Self {
+    pub fn new(client: Client, recorder: Recorder, metrics: Arc<Metrics>, keygen_permits: usize) -> Self {
         Self {
             client,
             recorder,
@@ -84,11 +79,7 @@ impl Context {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(error) = self
-            .recorder
-            .publish(&event, &cluster.object_ref(&()))
-            .await
-        {
+        if let Err(error) = self.recorder.publish(&event, &cluster.object_ref(&())).await {
             warn!(%error, reason, "publishing an event failed");
         }
     }
@@ -100,26 +91,20 @@ impl Context {
             return Ok(record.clone());
         }
         let data = secret.data.clone().unwrap_or_default();
-        let identity = Identity::from_files(|name| data.get(name).map(|b| b.0.as_slice()))
-            .map_err(|e| Error::CorruptIdentity {
+        let identity = Identity::from_files(|name| data.get(name).map(|b| b.0.as_slice())).map_err(|e| {
+            Error::CorruptIdentity {
                 secret: secret.name_any(),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         let record = MemberRecord::for_identity(member, &identity);
-        self.publics
-            .lock()
-            .expect("lock poisoned")
-            .insert(uid, record.clone());
+        self.publics.lock().expect("lock poisoned").insert(uid, record.clone());
         Ok(record)
     }
 }
 
 fn key(cluster: &XLatticeCluster) -> String {
-    format!(
-        "{}/{}",
-        cluster.namespace().unwrap_or_default(),
-        cluster.name_any()
-    )
+    format!("{}/{}", cluster.namespace().unwrap_or_default(), cluster.name_any())
 }
 
 /// Entry point for the controller: wraps apply/cleanup in the finalizer.
@@ -136,14 +121,17 @@ pub async fn reconcile(cluster: Arc<XLatticeCluster>, ctx: Arc<Context>) -> Resu
             Finalizer::Cleanup(cluster) => cleanup(&cluster, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
+    let result = match result {
+        // Two cleanups raced (the deletion and a child's event); the first one finished.
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    };
     ctx.metrics.observe(started.elapsed());
     if result.is_ok() {
-        ctx.failures
-            .lock()
-            .expect("lock poisoned")
-            .remove(&key(&cluster));
+        ctx.failures.lock().expect("lock poisoned").remove(&key(&cluster));
     }
     result
 }
@@ -175,8 +163,7 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
             // The user must change the spec: no point retrying before that.
             facts.degraded = Some(("InvalidSpec".into(), message.clone()));
             write_status(cluster, ctx, &facts).await?;
-            ctx.event(cluster, EventType::Warning, "Degraded", message)
-                .await;
+            ctx.event(cluster, EventType::Warning, "Degraded", message).await;
             return Ok(Action::await_change());
         }
     };
@@ -188,14 +175,8 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
         .await?
         .items;
     let members = membership::members(&selector, &pods);
-    let owned = format!(
-        "{CLUSTER_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}",
-        label_value(&name)
-    );
-    let mut secrets = secrets_api
-        .list(&ListParams::default().labels(&owned))
-        .await?
-        .items;
+    let owned = format!("{CLUSTER_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}", label_value(&name));
+    let mut secrets = secrets_api.list(&ListParams::default().labels(&owned)).await?.items;
 
     // Mint what is missing. Failures do not stop the rest of the reconcile: the members
     // that have identities still get a directory.
@@ -204,15 +185,7 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     if !need.is_empty() {
         info!(cluster = %key(cluster), pods = need.len(), "minting identities");
         let taken = mint::taken_node_ids(&secrets);
-        let results = mint::mint_all(
-            &secrets_api,
-            cluster,
-            need,
-            taken,
-            sizes,
-            ctx.keygen.clone(),
-        )
-        .await;
+        let results = mint::mint_all(&secrets_api, cluster, need, taken, sizes, ctx.keygen.clone()).await;
         let mut created = Vec::new();
         for (pod, result) in results {
             match result {
@@ -295,10 +268,7 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
                     cluster,
                     EventType::Normal,
                     "DeletedIdentity",
-                    format!(
-                        "deleted {secret_name}: its pod left more than {}s ago",
-                        grace.as_secs()
-                    ),
+                    format!("deleted {secret_name}: its pod left more than {}s ago", grace.as_secs()),
                 )
                 .await;
             }
@@ -356,13 +326,7 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
 }
 
 /// Server-side applies `desired` when the observed object differs in what we set.
-async fn ensure<K>(
-    client: &Client,
-    ns: &str,
-    desired: &K,
-    matches: fn(&K, &K) -> bool,
-    ctx: &Context,
-) -> Result<()>
+async fn ensure<K>(client: &Client, ns: &str, desired: &K, matches: fn(&K, &K) -> bool, ctx: &Context) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -395,8 +359,7 @@ async fn write_status(cluster: &XLatticeCluster, ctx: &Context, facts: &Facts) -
         return Ok(());
     }
     let was_degraded = degraded_reason(cluster.status.as_ref());
-    let api: Api<XLatticeCluster> =
-        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let api: Api<XLatticeCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
     let patch = serde_json::json!({
         "apiVersion": XLatticeCluster::api_version(&()),
         "kind": XLatticeCluster::kind(&()),
@@ -411,13 +374,8 @@ async fn write_status(cluster: &XLatticeCluster, ctx: &Context, facts: &Facts) -
     ctx.metrics.write("XLatticeClusterStatus");
     if let Some((reason, message)) = &facts.degraded {
         if was_degraded.as_deref() != Some(reason.as_str()) {
-            ctx.event(
-                cluster,
-                EventType::Warning,
-                "Degraded",
-                format!("{reason}: {message}"),
-            )
-            .await;
+            ctx.event(cluster, EventType::Warning, "Degraded", format!("{reason}: {message}"))
+                .await;
         }
     }
     Ok(())
@@ -441,28 +399,10 @@ async fn cleanup(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
         label_value(&name)
     ));
     delete_owned(&Api::<Secret>::namespaced(client.clone(), &ns), &owned, ctx).await?;
-    delete_owned(
-        &Api::<ConfigMap>::namespaced(client.clone(), &ns),
-        &owned,
-        ctx,
-    )
-    .await?;
-    delete_owned(
-        &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
-        &owned,
-        ctx,
-    )
-    .await?;
-    delete_owned(
-        &Api::<Service>::namespaced(client.clone(), &ns),
-        &owned,
-        ctx,
-    )
-    .await?;
-    ctx.orphans
-        .lock()
-        .expect("lock poisoned")
-        .remove(&key(cluster));
+    delete_owned(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &owned, ctx).await?;
+    delete_owned(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), &owned, ctx).await?;
+    delete_owned(&Api::<Service>::namespaced(client.clone(), &ns), &owned, ctx).await?;
+    ctx.orphans.lock().expect("lock poisoned").remove(&key(cluster));
     info!(cluster = %key(cluster), "cleaned up");
     ctx.event(
         cluster,
@@ -480,10 +420,7 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
     for object in api.list(owned).await?.items {
-        match api
-            .delete(&object.name_any(), &DeleteParams::default())
-            .await
-        {
+        match api.delete(&object.name_any(), &DeleteParams::default()).await {
             Ok(_) => ctx.metrics.write(&K::kind(&())),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),

@@ -24,11 +24,7 @@ pub struct Facts {
 
 /// The status to report. Conditions keep their lastTransitionTime while their status holds,
 /// so an unchanged cluster yields a status equal to the observed one: no write.
-pub fn desired(
-    observed: Option<&XLatticeClusterStatus>,
-    facts: &Facts,
-    now: Time,
-) -> XLatticeClusterStatus {
+pub fn desired(observed: Option<&XLatticeClusterStatus>, facts: &Facts, now: Time) -> XLatticeClusterStatus {
     let minted = facts.minted >= facts.members;
     let degraded = facts.degraded.is_some();
     let ready = minted && facts.network_policy_ready && !degraded;
@@ -39,8 +35,7 @@ pub fn desired(
             if ready {
                 (
                     "Ready",
-                    "all members have identities, the directory and the NetworkPolicy are in place"
-                        .to_string(),
+                    "all members have identities, the directory and the NetworkPolicy are in place".to_string(),
                 )
             } else {
                 ("NotReady", not_ready(facts))
@@ -51,10 +46,7 @@ pub fn desired(
             minted,
             (
                 if minted { "AllMinted" } else { "Minting" },
-                format!(
-                    "{} of {} members have an identity",
-                    facts.minted, facts.members
-                ),
+                format!("{} of {} members have an identity", facts.minted, facts.members),
             ),
         ),
         cond(
@@ -71,9 +63,7 @@ pub fn desired(
             None => cond(DEGRADED, false, ("AsExpected", "no problem found".into())),
         },
     ];
-    let old = observed
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
+    let old = observed.map(|s| s.conditions.as_slice()).unwrap_or_default();
     for c in &mut conditions {
         c.observed_generation = facts.generation;
         c.last_transition_time = old
@@ -132,10 +122,7 @@ mod tests {
         };
         let first = desired(None, &facts, at(100));
         let ready = first.conditions.iter().find(|c| c.type_ == READY).unwrap();
-        assert_eq!(
-            (ready.status.as_str(), &ready.last_transition_time),
-            ("True", &at(100))
-        );
+        assert_eq!((ready.status.as_str(), &ready.last_transition_time), ("True", &at(100)));
         assert_eq!(
             desired(Some(&first), &facts, at(200)),
             first,
@@ -148,16 +135,9 @@ mod tests {
         };
         let second = desired(Some(&first), &degraded, at(300));
         let ready = second.conditions.iter().find(|c| c.type_ == READY).unwrap();
-        assert_eq!(
-            (ready.status.as_str(), ready.message.as_str()),
-            ("False", "bad")
-        );
+        assert_eq!((ready.status.as_str(), ready.message.as_str()), ("False", "bad"));
         assert_eq!(ready.last_transition_time, at(300));
-        let minted = second
-            .conditions
-            .iter()
-            .find(|c| c.type_ == IDENTITIES_MINTED)
-            .unwrap();
+        let minted = second.conditions.iter().find(|c| c.type_ == IDENTITIES_MINTED).unwrap();
         assert_eq!(minted.last_transition_time, at(100));
     }
 }

@@ -13,8 +13,7 @@ fn committed_crd_yaml_matches_the_code() {
         "deploy/crds/xlatticeclusters.yaml",
         "charts/xlattice-operator/crds/xlatticeclusters.yaml",
     ] {
-        let committed =
-            std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let committed = std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert!(
             committed == generated,
             "{file} differs from `xlattice-operator crd`; regenerate it:\n  \

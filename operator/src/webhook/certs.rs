@@ -43,8 +43,7 @@ pub fn generate(sans: &[String]) -> Result<TlsMaterial> {
     let ca_key = KeyPair::generate().map_err(tls)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name
-        .push(DnType::CommonName, "xlattice-webhook-ca");
+    ca.distinguished_name.push(DnType::CommonName, "xlattice-webhook-ca");
     ca.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -55,10 +54,8 @@ pub fn generate(sans: &[String]) -> Result<TlsMaterial> {
 
     let key = KeyPair::generate().map_err(tls)?;
     let mut leaf = CertificateParams::new(sans.to_vec()).map_err(tls)?;
-    leaf.distinguished_name.push(
-        DnType::CommonName,
-        sans.first().cloned().unwrap_or_default(),
-    );
+    leaf.distinguished_name
+        .push(DnType::CommonName, sans.first().cloned().unwrap_or_default());
     leaf.use_authority_key_identifier_extension = true;
     let cert = leaf.signed_by(&key, &issuer).map_err(tls)?;
     Ok(TlsMaterial {
@@ -87,14 +84,8 @@ fn to_secret(namespace: &str, sans: &[String], tls: &TlsMaterial) -> Secret {
         metadata: ObjectMeta {
             name: Some(TLS_SECRET.into()),
             namespace: Some(namespace.into()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY_LABEL.to_string(),
-                MANAGED_BY.to_string(),
-            )])),
-            annotations: Some(BTreeMap::from([(
-                SANS_ANNOTATION.to_string(),
-                sans_text(sans),
-            )])),
+            labels: Some(BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())])),
+            annotations: Some(BTreeMap::from([(SANS_ANNOTATION.to_string(), sans_text(sans))])),
             ..Default::default()
         },
         type_: Some("kubernetes.io/tls".into()),
@@ -105,10 +96,7 @@ fn to_secret(namespace: &str, sans: &[String], tls: &TlsMaterial) -> Secret {
 
 fn from_secret(secret: &Secret) -> Option<TlsMaterial> {
     let data = secret.data.as_ref()?;
-    let get = |k: &str| {
-        data.get(k)
-            .and_then(|b| String::from_utf8(b.0.clone()).ok())
-    };
+    let get = |k: &str| data.get(k).and_then(|b| String::from_utf8(b.0.clone()).ok());
     Some(TlsMaterial {
         ca_pem: get(CA_KEY)?,
         cert_pem: get(CERT_KEY)?,
@@ -118,20 +106,11 @@ fn from_secret(secret: &Secret) -> Option<TlsMaterial> {
 
 /// The stored material when it covers `sans`, else new material written over it. Creation
 /// is create-only: when two replicas race, the loser adopts the winner's.
-pub async fn ensure_secret(
-    client: Client,
-    namespace: &str,
-    sans: &[String],
-) -> Result<TlsMaterial> {
+pub async fn ensure_secret(client: Client, namespace: &str, sans: &[String]) -> Result<TlsMaterial> {
     let api: Api<Secret> = Api::namespaced(client, namespace);
     let existing = api.get_opt(TLS_SECRET).await?;
     if let Some(secret) = &existing {
-        if secret
-            .annotations()
-            .get(SANS_ANNOTATION)
-            .map(String::as_str)
-            == Some(sans_text(sans).as_str())
-        {
+        if secret.annotations().get(SANS_ANNOTATION).map(String::as_str) == Some(sans_text(sans).as_str()) {
             if let Some(tls) = from_secret(secret) {
                 return Ok(tls);
             }
@@ -142,8 +121,7 @@ pub async fn ensure_secret(
     let written = match existing {
         Some(old) => {
             secret.metadata.resource_version = old.resource_version();
-            api.replace(TLS_SECRET, &PostParams::default(), &secret)
-                .await
+            api.replace(TLS_SECRET, &PostParams::default(), &secret).await
         }
         None => api.create(&PostParams::default(), &secret).await,
     };
@@ -154,9 +132,7 @@ pub async fn ensure_secret(
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let theirs = api.get(TLS_SECRET).await?;
-            from_secret(&theirs).ok_or_else(|| {
-                Error::Tls(format!("{TLS_SECRET} lacks {CA_KEY}/{CERT_KEY}/{KEY_KEY}"))
-            })
+            from_secret(&theirs).ok_or_else(|| Error::Tls(format!("{TLS_SECRET} lacks {CA_KEY}/{CERT_KEY}/{KEY_KEY}")))
         }
         Err(e) => Err(e.into()),
     }
@@ -164,10 +140,7 @@ pub async fn ensure_secret(
 
 /// JSON patch setting `ca` on every webhook of the configuration that lacks it; None when
 /// all carry it already (no write).
-pub fn ca_bundle_patch(
-    config: &MutatingWebhookConfiguration,
-    ca_pem: &str,
-) -> Option<json_patch::Patch> {
+pub fn ca_bundle_patch(config: &MutatingWebhookConfiguration, ca_pem: &str) -> Option<json_patch::Patch> {
     let ops: Vec<serde_json::Value> = config
         .webhooks
         .iter()
@@ -176,8 +149,7 @@ pub fn ca_bundle_patch(
         .filter(|(_, w)| w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(ca_pem.as_bytes()))
         .map(|(i, _)| json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": ByteString(ca_pem.as_bytes().to_vec())}))
         .collect();
-    (!ops.is_empty())
-        .then(|| serde_json::from_value(serde_json::Value::Array(ops)).expect("valid patch"))
+    (!ops.is_empty()).then(|| serde_json::from_value(serde_json::Value::Array(ops)).expect("valid patch"))
 }
 
 /// Writes the CA into the webhook configuration. Returns false when it does not exist (yet).

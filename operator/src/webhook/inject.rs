@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-        HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile,
-        SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+        Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+        ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+        Volume, VolumeMount,
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -59,9 +59,7 @@ pub fn decide(
     let matching: Vec<&XLatticeCluster> = clusters
         .iter()
         .filter(|c| c.metadata.deletion_timestamp.is_none())
-        .filter(|c| {
-            Selector::try_from(c.spec.selector.clone()).is_ok_and(|s| s.matches(pod.labels()))
-        })
+        .filter(|c| Selector::try_from(c.spec.selector.clone()).is_ok_and(|s| s.matches(pod.labels())))
         .collect();
     let cluster = match matching.as_slice() {
         [] => return Decision::Skip,
@@ -76,9 +74,7 @@ pub fn decide(
     };
     let spec = pod.spec.clone().unwrap_or_default();
     let init = spec.init_containers.clone().unwrap_or_default();
-    if pod.annotations().contains_key(INJECTED_ANNOTATION)
-        || init.iter().any(|c| c.name == SIDECAR_NAME)
-    {
+    if pod.annotations().contains_key(INJECTED_ANNOTATION) || init.iter().any(|c| c.name == SIDECAR_NAME) {
         return Decision::Skip;
     }
     let (cluster_port, client_port) = (cluster.spec.cluster_port, cluster.spec.client_port);
@@ -105,12 +101,7 @@ pub fn decide(
     let mut patch = Vec::new();
     let name = match pod.metadata.name.as_deref().filter(|n| !n.is_empty()) {
         Some(name) => name.to_string(),
-        None => match pod
-            .metadata
-            .generate_name
-            .as_deref()
-            .filter(|n| !n.is_empty())
-        {
+        None => match pod.metadata.generate_name.as_deref().filter(|n| !n.is_empty()) {
             // The identity Secret is named after the pod, so the name must be known now;
             // the API server would pick one only after admission.
             Some(prefix) => {
@@ -119,11 +110,7 @@ pub fn decide(
                 patch.push(json!({"op": "add", "path": "/metadata/name", "value": name}));
                 name
             }
-            None => {
-                return Decision::Deny(
-                    "pod has neither metadata.name nor metadata.generateName".into(),
-                )
-            }
+            None => return Decision::Deny("pod has neither metadata.name nor metadata.generateName".into()),
         },
     };
     let cluster_name = cluster.name_any();
@@ -291,10 +278,7 @@ pub fn default_resources() -> ResourceRequirements {
             ("cpu".to_string(), Quantity("10m".into())),
             ("memory".to_string(), Quantity("32Mi".into())),
         ])),
-        limits: Some(BTreeMap::from([(
-            "memory".to_string(),
-            Quantity("128Mi".into()),
-        )])),
+        limits: Some(BTreeMap::from([("memory".to_string(), Quantity("128Mi".into()))])),
         ..Default::default()
     }
 }
@@ -347,11 +331,7 @@ mod tests {
     fn member_pod_gets_the_native_sidecar_and_volumes() {
         let c = cluster(serde_json::json!({}));
         let p = app_pod(Some("store-0"), None, &[17000]);
-        let Decision::Inject {
-            cluster: name,
-            patch,
-        } = decide(&p, &[c], &config(), || unreachable!())
-        else {
+        let Decision::Inject { cluster: name, patch } = decide(&p, &[c], &config(), || unreachable!()) else {
             panic!()
         };
         assert_eq!(name, "store");
@@ -368,10 +348,7 @@ mod tests {
             volumes[0].secret.as_ref().unwrap().secret_name.as_deref(),
             Some("xlattice-id-store-0")
         );
-        assert_eq!(
-            volumes[1].config_map.as_ref().unwrap().name,
-            "store-directory"
-        );
+        assert_eq!(volumes[1].config_map.as_ref().unwrap().name, "store-directory");
         let sc = sidecar.security_context.as_ref().unwrap();
         assert_eq!(
             (sc.run_as_user, sc.read_only_root_filesystem),
@@ -421,17 +398,13 @@ mod tests {
         );
 
         let mut done = p.clone();
-        done.metadata.annotations =
-            Some([(INJECTED_ANNOTATION.to_string(), "store".to_string())].into());
+        done.metadata.annotations = Some([(INJECTED_ANNOTATION.to_string(), "store".to_string())].into());
         assert_eq!(
             decide(&done, std::slice::from_ref(&c), &config(), String::new),
             Decision::Skip
         );
         let mut stranger = p;
         stranger.metadata.labels = None;
-        assert_eq!(
-            decide(&stranger, &[c], &config(), String::new),
-            Decision::Skip
-        );
+        assert_eq!(decide(&stranger, &[c], &config(), String::new), Decision::Skip);
     }
 }

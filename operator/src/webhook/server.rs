@@ -38,31 +38,22 @@ pub fn server_config(tls: &TlsMaterial) -> Result<rustls::ServerConfig> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(&e))?;
     let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| bad(&e))?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| bad(&e))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| bad(&e))
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(&e))
 }
 
 /// Serves the webhook over TLS until the process ends.
-pub async fn serve(
-    addr: SocketAddr,
-    tls: &TlsMaterial,
-    client: Client,
-    config: SidecarConfig,
-) -> Result<()> {
+pub async fn serve(addr: SocketAddr, tls: &TlsMaterial, client: Client, config: SidecarConfig) -> Result<()> {
     let mut server_config = server_config(tls)?;
     server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let app = Router::new()
-        .route(PATH, post(mutate))
-        .with_state(WebhookState {
-            client,
-            config: Arc::new(config),
-        });
+    let app = Router::new().route(PATH, post(mutate)).with_state(WebhookState {
+        client,
+        config: Arc::new(config),
+    });
     info!(%addr, path = PATH, "serving the sidecar injection webhook");
     axum_server::bind_rustls(
         addr,
@@ -100,11 +91,7 @@ async fn admit(state: &WebhookState, request: &AdmissionRequest<Pod>) -> Admissi
     // run without an identity until someone restarts it.
     let clusters = match clusters.list(&ListParams::default()).await {
         Ok(list) => list.items,
-        Err(error) => {
-            return response.deny(format!(
-                "xlattice webhook cannot list XLatticeClusters: {error}"
-            ))
-        }
+        Err(error) => return response.deny(format!("xlattice webhook cannot list XLatticeClusters: {error}")),
     };
     match decide(pod, &clusters, &state.config, random_suffix) {
         Decision::Skip => response,
@@ -113,14 +100,10 @@ async fn admit(state: &WebhookState, request: &AdmissionRequest<Pod>) -> Admissi
             response.deny(reason)
         }
         Decision::Inject { cluster, patch } => {
-            let patch: json_patch::Patch =
-                match serde_json::from_value(serde_json::Value::Array(patch)) {
-                    Ok(p) => p,
-                    Err(error) => {
-                        return response
-                            .deny(format!("xlattice webhook built a bad patch: {error}"))
-                    }
-                };
+            let patch: json_patch::Patch = match serde_json::from_value(serde_json::Value::Array(patch)) {
+                Ok(p) => p,
+                Err(error) => return response.deny(format!("xlattice webhook built a bad patch: {error}")),
+            };
             info!(namespace, %cluster, pod = ?pod.metadata.name.as_ref().or(pod.metadata.generate_name.as_ref()), "injecting the sidecar");
             match response.clone().with_patch(patch) {
                 Ok(r) => r,

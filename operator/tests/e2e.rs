@@ -1,0 +1,531 @@
+//! The operator against a real kube-apiserver (hack/control-plane.sh): the operator runs as
+//! a separate process, authenticated as its ServiceAccount with exactly the chart's RBAC.
+//!
+//!   hack/control-plane.sh up /tmp/xlattice-cp
+//!   XLATTICE_KUBECONFIG=/tmp/xlattice-cp/kubeconfig cargo test -p xlattice-operator --test e2e
+//!
+//! Without an API server these tests fail (set XLATTICE_SKIP_E2E=1 to skip them loudly).
+
+mod support;
+
+use std::{collections::BTreeMap, time::Duration, time::Instant};
+
+use k8s_openapi::{
+    api::{
+        admissionregistration::v1::{
+            MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+        },
+        core::v1::{ConfigMap, Container, ContainerPort, Pod, PodSpec, Secret, Service},
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+};
+use kube::{
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    core::ObjectMeta,
+    Api, Client, ResourceExt,
+};
+use serde_json::json;
+use support::*;
+use xlattice_operator::XLatticeCluster;
+use xlattice_protocol::{Identity, MemberDirectory};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn cluster_from(name: &str, spec: serde_json::Value) -> XLatticeCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "xlattice.io/v1alpha1",
+        "kind": "XLatticeCluster",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn bad_manifests_are_refused_naming_the_field() {
+    let Some(path) = kubeconfig_path() else { return };
+    let admin = admin_client(&path).await;
+    install_crd(&admin).await;
+    let ns = format!("xl-validate-{}", suffix());
+    create_namespace(&admin, &ns).await;
+    let api: Api<XLatticeCluster> = Api::namespaced(admin.clone(), &ns);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let base = json!({"selector": {"matchLabels": {"app": "store"}}, "clusterPort": 7000, "clientPort": 8000});
+
+    let ok = api
+        .create(&dry, &cluster_from("store", base.clone()))
+        .await
+        .expect("a valid cluster applies");
+    assert_eq!(
+        (
+            ok.spec.node_id_bits,
+            ok.spec.rsa_bits,
+            ok.spec.member_grace_period_seconds
+        ),
+        (256, 2048, 300),
+        "defaults"
+    );
+
+    let cases = [
+        (json!({"clusterPort": 0}), "spec.clusterPort"),
+        (json!({"clientPort": 70000}), "spec.clientPort"),
+        (
+            json!({"clientPort": 7000}),
+            "spec.clusterPort and spec.clientPort must differ",
+        ),
+        (json!({"rsaBits": 1024}), "spec.rsaBits"),
+        (json!({"nodeIdBits": 128}), "spec.nodeIdBits"),
+        (json!({"upstream": {"clusterPort": 8000}}), "spec.upstream.clusterPort"),
+        (json!({"service": {"type": "ExternalName"}}), "spec.service.type"),
+    ];
+    // Untyped: the Rust types could not even hold most of these values.
+    let resource = ApiResource::erase::<XLatticeCluster>(&());
+    let raw: Api<DynamicObject> = Api::namespaced_with(admin.clone(), &ns, &resource);
+    let manifest = |name: &str, spec: serde_json::Value| -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "xlattice.io/v1alpha1", "kind": "XLatticeCluster",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap()
+    };
+    for (change, needle) in cases {
+        let mut spec = base.clone();
+        spec.as_object_mut()
+            .unwrap()
+            .extend(change.as_object().unwrap().clone());
+        let err = raw
+            .create(&dry, &manifest("store", spec.clone()))
+            .await
+            .expect_err(&format!("{spec} must be refused"));
+        let kube::Error::Api(status) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(status.code, 422, "{status:?}");
+        assert!(
+            status.message.contains(needle),
+            "refusal of {change} should name {needle:?}: {}",
+            status.message
+        );
+    }
+    let err = raw.create(&dry, &manifest("Bad_Name", base)).await.unwrap_err();
+    assert!(err.to_string().contains("metadata.name"), "{err}");
+}
+
+struct Env {
+    admin: Client,
+    ns: String,
+    pods: Api<Pod>,
+    secrets: Api<Secret>,
+    clusters: Api<XLatticeCluster>,
+}
+
+fn member_pod(name: &str, ports: &[i32]) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(BTreeMap::from([("app".to_string(), "store".to_string())])),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some("registry.invalid/app:1".into()),
+                ports: (!ports.is_empty()).then(|| {
+                    ports
+                        .iter()
+                        .map(|p| ContainerPort {
+                            container_port: *p,
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl Env {
+    async fn secrets_by_member(&self) -> BTreeMap<String, Secret> {
+        let list = self
+            .secrets
+            .list(&ListParams::default().labels("xlattice.io/cluster=store"))
+            .await
+            .unwrap();
+        list.items
+            .into_iter()
+            .map(|s| (s.annotations()["xlattice.io/member"].clone(), s))
+            .collect()
+    }
+
+    async fn directory(&self) -> Option<MemberDirectory> {
+        let cm = Api::<ConfigMap>::namespaced(self.admin.clone(), &self.ns)
+            .get_opt("store-directory")
+            .await
+            .ok()??;
+        Some(MemberDirectory::from_slice(cm.data?.get("directory.yaml")?.as_bytes()).unwrap())
+    }
+
+    async fn ready(&self) -> bool {
+        let Ok(c) = self.clusters.get("store").await else {
+            return false;
+        };
+        c.status
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    }
+
+    /// Simulates a kubelet: a pod IP through the status subresource.
+    async fn set_pod_ip(&self, pod: &str, ip: &str) {
+        let status = json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}});
+        self.pods
+            .patch_status(pod, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+}
+
+/// One operator process, one namespace, the life of a cluster from creation to deletion.
+/// Sequential on purpose: a second operator with its own Lease would reconcile the same
+/// clusters and blur what each step measures.
+#[tokio::test]
+async fn operator_as_service_account_end_to_end() {
+    let Some(path) = kubeconfig_path() else { return };
+    let admin = admin_client(&path).await;
+    install_crd(&admin).await;
+    let run = suffix();
+    let ns = format!("xl-e2e-{run}");
+    let op_ns = format!("xl-op-{run}");
+    create_namespace(&admin, &ns).await;
+    let kubeconfig = operator_kubeconfig(&admin, &path, &op_ns, &run).await;
+    let webhook_port = free_port();
+    let mut operator = Operator::start(&kubeconfig, &op_ns, &run, webhook_port);
+    let env = Env {
+        admin: admin.clone(),
+        ns: ns.clone(),
+        pods: Api::namespaced(admin.clone(), &ns),
+        secrets: Api::namespaced(admin.clone(), &ns),
+        clusters: Api::namespaced(admin.clone(), &ns),
+    };
+    let started = Instant::now();
+
+    // --- three member pods, then the cluster: identities, directory, policy, services, Ready
+    for name in ["store-0", "store-1", "store-2"] {
+        env.pods
+            .create(&PostParams::default(), &member_pod(name, &[]))
+            .await
+            .unwrap();
+    }
+    let spec = json!({
+        "selector": {"matchLabels": {"app": "store"}},
+        "clusterPort": 7000, "clientPort": 8000,
+        "rsaBits": 2048, "nodeIdBits": 160,
+        "memberGracePeriodSeconds": 3,
+        "extraIngressPorts": [9100],
+    });
+    apply(&env.clusters, &cluster_from("store", spec)).await;
+    wait_for("three identity Secrets", WAIT, || async {
+        (env.secrets_by_member().await.len() == 3).then_some(())
+    })
+    .await;
+    for (pod, ip) in [
+        ("store-0", "10.1.0.10"),
+        ("store-1", "10.1.0.11"),
+        ("store-2", "10.1.0.12"),
+    ] {
+        env.set_pod_ip(pod, ip).await;
+    }
+    wait_for("Ready with endpoints in the directory", WAIT, || async {
+        let dir = env.directory().await?;
+        let endpoints = dir.members.len() == 3 && dir.members.iter().all(|m| m.cluster_endpoint.is_some());
+        (endpoints && env.ready().await).then_some(())
+    })
+    .await;
+    eprintln!("3 members Ready in {:?}", started.elapsed());
+
+    let secrets = env.secrets_by_member().await;
+    let dir = env.directory().await.unwrap();
+    assert_eq!(dir.cluster, format!("{ns}/store"));
+    assert_eq!(
+        dir.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        ["store-0", "store-1", "store-2"]
+    );
+    dir.index()
+        .expect("directory is consistent (unique NodeIDs, parseable keys)");
+    for member in &dir.members {
+        let secret = &secrets[&member.name];
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some(format!("xlattice-id-{}", member.name).as_str())
+        );
+        assert_eq!(secret.type_.as_deref(), Some("xlattice.io/identity"));
+        assert_eq!(secret.annotations()["xlattice.io/node-id"], member.node_id.to_string());
+        let data = secret.data.clone().unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["ck.pem", "node-id", "sk.pem"]);
+        let identity = Identity::from_files(|f| data.get(f).map(|b| b.0.as_slice())).expect("identity loads");
+        assert_eq!(identity.node_id, member.node_id);
+        assert_eq!(identity.sk_public().to_pem(), member.sk);
+        assert_eq!(identity.node_id.as_bytes().len(), 20, "nodeIdBits 160");
+        let ip = &member.cluster_endpoint.as_ref().unwrap()[..9];
+        assert_eq!(member.client_endpoint.as_deref(), Some(format!("{ip}:8000").as_str()));
+    }
+
+    let np = Api::<NetworkPolicy>::namespaced(admin.clone(), &ns)
+        .get("store-xlattice")
+        .await
+        .unwrap();
+    let np_spec = np.spec.unwrap();
+    assert_eq!(
+        np_spec.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app"],
+        "store"
+    );
+    assert_eq!(np_spec.policy_types.as_deref(), Some(&["Ingress".to_string()][..]));
+    let rules = np_spec.ingress.unwrap();
+    let port = |i: usize| {
+        rules[i]
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.port.clone().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(port(0), [IntOrString::Int(7000)]);
+    let peers = rules[0].from.as_ref().unwrap();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(
+        peers[0].pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["app"],
+        "store"
+    );
+    assert!(
+        peers[0].namespace_selector.is_none() && peers[0].ip_block.is_none(),
+        "cluster port: members only"
+    );
+    assert_eq!(port(1), [IntOrString::Int(8000)]);
+    assert!(rules[1].from.is_none(), "client port: anyone");
+    assert_eq!(port(2), [IntOrString::Int(9100), IntOrString::Int(15090)]);
+
+    let services: Api<Service> = Api::namespaced(admin.clone(), &ns);
+    let client_svc = services.get("store").await.unwrap().spec.unwrap();
+    assert_eq!(client_svc.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(client_svc.ports.as_ref().unwrap()[0].port, 8000);
+    let members_svc = services.get("store-members").await.unwrap().spec.unwrap();
+    assert_eq!(members_svc.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(members_svc.publish_not_ready_addresses, Some(true));
+    assert_eq!(members_svc.ports.as_ref().unwrap()[0].port, 7000);
+
+    let status = env.clusters.get("store").await.unwrap().status.unwrap();
+    assert_eq!((status.members, status.minted), (3, 3));
+    assert_eq!(status.pods_without_sidecar, ["store-0", "store-1", "store-2"]);
+    assert_eq!(status.directory_config_map.as_deref(), Some("store-directory"));
+
+    // --- a resync of a settled cluster writes nothing
+    let versions = |s: &BTreeMap<String, Secret>| s.values().map(|s| s.resource_version().unwrap()).collect::<Vec<_>>();
+    let before = versions(&env.secrets_by_member().await);
+    let writes = operator.metric("xlattice_operator_writes_total").await;
+    let reconciles = operator.metric("xlattice_operator_reconciles_total").await;
+    let touch = json!({"metadata": {"annotations": {"e2e/touch": "1"}}});
+    env.clusters
+        .patch("store", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .unwrap();
+    wait_for("a reconcile after the touch", WAIT, || async {
+        (operator.metric("xlattice_operator_reconciles_total").await > reconciles).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        operator.metric("xlattice_operator_writes_total").await,
+        writes,
+        "a resync wrote:\n{}",
+        operator.log_tail()
+    );
+    assert_eq!(versions(&env.secrets_by_member().await), before);
+
+    // --- restart: no identity changes, and the new process writes nothing at all
+    let node_ids: Vec<String> = secrets
+        .values()
+        .map(|s| s.annotations()["xlattice.io/node-id"].clone())
+        .collect();
+    operator.kill();
+    let mut operator = Operator::start(&kubeconfig, &op_ns, &run, webhook_port);
+    wait_for("the restarted operator reconciles", WAIT, || async {
+        (operator.metric("xlattice_operator_reconciles_total").await >= 1.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = env.secrets_by_member().await;
+    assert_eq!(versions(&after), before, "restart changed a Secret");
+    assert_eq!(
+        after
+            .values()
+            .map(|s| s.annotations()["xlattice.io/node-id"].clone())
+            .collect::<Vec<_>>(),
+        node_ids
+    );
+    assert_eq!(
+        operator.metric("xlattice_operator_writes_total").await,
+        0.0,
+        "restart wrote:\n{}",
+        operator.log_tail()
+    );
+
+    // --- webhook: registered by URL on loopback; the operator writes its caBundle
+    webhook_injects(&env, &operator, &ns).await;
+
+    // --- a member leaves: its identity goes after the grace period, the directory at once
+    env.pods.delete("store-2", &DeleteParams::default()).await.unwrap();
+    let left = Instant::now();
+    wait_for("store-2 leaves the directory", WAIT, || async {
+        env.directory()
+            .await
+            .filter(|d| d.members.iter().all(|m| m.name != "store-2"))
+            .map(|_| ())
+    })
+    .await;
+    eprintln!(
+        "store-2 left the directory {:?} after its pod was deleted",
+        left.elapsed()
+    );
+    assert!(
+        env.secrets_by_member().await.contains_key("store-2"),
+        "identity kept during the grace period"
+    );
+    wait_for("store-2's identity deleted after the grace period", WAIT, || async {
+        (!env.secrets_by_member().await.contains_key("store-2")).then_some(())
+    })
+    .await;
+    assert!(
+        left.elapsed() >= Duration::from_secs(3),
+        "deleted before the grace period: {:?}",
+        left.elapsed()
+    );
+
+    // --- deleting the cluster cleans up everything it owns (no garbage collector here)
+    env.clusters.delete("store", &DeleteParams::default()).await.unwrap();
+    wait_for("cluster gone after its finalizer ran", WAIT, || async {
+        env.clusters.get_opt("store").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(env.secrets_by_member().await.is_empty(), "identity Secrets left behind");
+    assert!(Api::<ConfigMap>::namespaced(admin.clone(), &ns)
+        .get_opt("store-directory")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(Api::<NetworkPolicy>::namespaced(admin.clone(), &ns)
+        .get_opt("store-xlattice")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(services.get_opt("store").await.unwrap().is_none());
+    assert!(services.get_opt("store-members").await.unwrap().is_none());
+    eprintln!("end to end in {:?}", started.elapsed());
+    operator.kill();
+}
+
+async fn webhook_injects(env: &Env, operator: &Operator, ns: &str) {
+    let mwc_api: Api<MutatingWebhookConfiguration> = Api::all(env.admin.clone());
+    let _ = mwc_api
+        .delete("xlattice-sidecar-injector", &DeleteParams::default())
+        .await;
+    let mwc = MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some("xlattice-sidecar-injector".into()),
+            ..Default::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: "inject.xlattice.io".into(),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some("Fail".into()),
+            reinvocation_policy: Some("Never".into()),
+            timeout_seconds: Some(10),
+            client_config: WebhookClientConfig {
+                url: Some(format!("https://127.0.0.1:{}/mutate-pods", operator.webhook)),
+                ..Default::default()
+            },
+            // Only this test's namespace: other tests' pods must not depend on this operator.
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    ns.to_string(),
+                )])),
+                ..Default::default()
+            }),
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                operations: Some(vec!["CREATE".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            ..Default::default()
+        }]),
+    };
+    mwc_api.create(&PostParams::default(), &mwc).await.unwrap();
+    wait_for("the operator writes the caBundle", WAIT, || async {
+        let mwc = mwc_api.get("xlattice-sidecar-injector").await.ok()?;
+        mwc.webhooks?.first()?.client_config.ca_bundle.as_ref().map(|_| ())
+    })
+    .await;
+
+    // A Deployment-style pod: generateName only. The webhook names it, so its Secret is known.
+    let mut pod = member_pod("", &[]);
+    pod.metadata.name = None;
+    pod.metadata.generate_name = Some("store-web-".into());
+    let created = wait_for("the webhook admits a pod", WAIT, || async {
+        match env.pods.create(&PostParams::default(), &pod).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("pod create (webhook may be starting): {e}");
+                None
+            }
+        }
+    })
+    .await;
+    let name = created.name_any();
+    assert!(
+        name.starts_with("store-web-") && name.len() == "store-web-".len() + 5,
+        "{name}"
+    );
+    assert_eq!(created.annotations()["xlattice.io/injected"], "store");
+    let spec = created.spec.unwrap();
+    let sidecar = &spec.init_containers.as_ref().expect("init containers")[0];
+    assert_eq!(sidecar.name, "xlattice-sidecar");
+    assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(sidecar.image.as_deref(), Some("xlattice-sidecar:e2e"));
+    let volumes = spec.volumes.unwrap();
+    let secret_volume = volumes.iter().find_map(|v| v.secret.as_ref()).unwrap();
+    assert_eq!(secret_volume.secret_name, Some(format!("xlattice-id-{name}")));
+    assert_eq!(secret_volume.default_mode, Some(0o400));
+    wait_for("the injected pod's identity is minted", WAIT, || async {
+        env.secrets_by_member().await.contains_key(&name).then_some(())
+    })
+    .await;
+
+    // A pod whose app already listens on the client port cannot be served.
+    let err = env
+        .pods
+        .create(&PostParams::default(), &member_pod("store-clash", &[8000]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("spec.clientPort"), "{err}");
+
+    // The injected pod is no longer "without sidecar"; the old ones still are.
+    wait_for("status lists only the un-injected members", WAIT, || async {
+        let status = env.clusters.get("store").await.ok()?.status?;
+        (status.members == 4 && !status.pods_without_sidecar.contains(&name)).then_some(())
+    })
+    .await;
+    env.pods.delete(&name, &DeleteParams::default()).await.unwrap();
+    mwc_api
+        .delete("xlattice-sidecar-injector", &DeleteParams::default())
+        .await
+        .unwrap();
+}

@@ -1,0 +1,304 @@
+//! Helpers for the tests against a real kube-apiserver (hack/control-plane.sh).
+
+#![allow(dead_code)]
+
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::{Namespace, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    api::{Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    Api, Client, Config, ResourceExt,
+};
+
+pub const MANAGER: &str = "xlattice-e2e";
+
+/// The control plane's kubeconfig, or a failure that says how to get one. A silent pass
+/// without an API server would hide that nothing was tested.
+pub fn kubeconfig_path() -> Option<PathBuf> {
+    let path = std::env::var("XLATTICE_KUBECONFIG")
+        .or_else(|_| std::env::var("KUBECONFIG"))
+        .ok();
+    match path {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ if std::env::var("XLATTICE_SKIP_E2E").as_deref() == Ok("1") => {
+            eprintln!("\n!!!!!!!! SKIPPED: operator e2e tests against the API server (XLATTICE_SKIP_E2E=1) !!!!!!!!\n");
+            None
+        }
+        _ => panic!(
+            "the operator e2e tests need a real API server. Start one with\n  \
+             hack/control-plane.sh install && hack/control-plane.sh up /tmp/xlattice-cp\n  \
+             export XLATTICE_KUBECONFIG=/tmp/xlattice-cp/kubeconfig\n\
+             or set XLATTICE_SKIP_E2E=1 to skip them explicitly"
+        ),
+    }
+}
+
+pub async fn admin_client(path: &Path) -> Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let kubeconfig = Kubeconfig::read_from(path).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// A short random lowercase suffix so runs and tests do not collide.
+pub fn suffix() -> String {
+    let mut bytes = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut bytes).unwrap();
+    hex::encode(bytes)
+}
+
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+pub async fn apply<K>(api: &Api<K>, object: &K) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.patch(
+        &object.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {}: {e}", object.name_any()))
+}
+
+/// Installs the committed CRD (not the generated one: what users apply is what is tested).
+pub async fn install_crd(client: &Client) {
+    let text = std::fs::read_to_string(repo_file("deploy/crds/xlatticeclusters.yaml")).unwrap();
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    apply(&api, &crd).await;
+    wait_for("CRD established", Duration::from_secs(30), || async {
+        let crd = api.get(&crd.name_any()).await.ok()?;
+        let established = crd
+            .status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await;
+}
+
+pub async fn create_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    apply(&api, &ns).await;
+}
+
+/// Polls `check` until it yields, or fails the test naming what was awaited.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The operator's identity: a ServiceAccount bound to exactly the roles of
+/// charts/xlattice-operator/rbac/roles.yaml, and a kubeconfig holding its token.
+pub async fn operator_kubeconfig(admin: &Client, admin_path: &Path, op_ns: &str, run: &str) -> PathBuf {
+    create_namespace(admin, op_ns).await;
+    let text = std::fs::read_to_string(repo_file("charts/xlattice-operator/rbac/roles.yaml")).unwrap();
+    let mut docs = serde_yaml::Deserializer::from_str(&text);
+    let cluster_role: ClusterRole = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
+    let mut role: Role = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
+    apply(&Api::<ClusterRole>::all(admin.clone()), &cluster_role).await;
+    role.metadata.namespace = Some(op_ns.into());
+    apply(&Api::<Role>::namespaced(admin.clone(), op_ns), &role).await;
+
+    let sa_api: Api<ServiceAccount> = Api::namespaced(admin.clone(), op_ns);
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("xlattice-operator".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    apply(&sa_api, &sa).await;
+    let subject = Subject {
+        kind: "ServiceAccount".into(),
+        name: "xlattice-operator".into(),
+        namespace: Some(op_ns.into()),
+        ..Default::default()
+    };
+    let crb = ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(format!("xlattice-operator-{run}")),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: "xlattice-operator".into(),
+        },
+        subjects: Some(vec![subject.clone()]),
+    };
+    apply(&Api::<ClusterRoleBinding>::all(admin.clone()), &crb).await;
+    let rb = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some("xlattice-operator".into()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: "xlattice-operator".into(),
+        },
+        subjects: Some(vec![subject]),
+    };
+    apply(&Api::<RoleBinding>::namespaced(admin.clone(), op_ns), &rb).await;
+
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = sa_api
+        .create_token_request("xlattice-operator", &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest")
+        .status
+        .expect("token")
+        .token;
+
+    let kubeconfig = Kubeconfig::read_from(admin_path).unwrap();
+    let cluster = kubeconfig.clusters[0].clone();
+    let yaml = serde_yaml::to_string(&serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "xl", "cluster": cluster.cluster}],
+        "users": [{"name": "xlattice-operator", "user": {"token": token}}],
+        "contexts": [{"name": "xl", "context": {"cluster": "xl", "user": "xlattice-operator"}}],
+        "current-context": "xl",
+    }))
+    .unwrap();
+    let path = std::env::temp_dir().join(format!("xlattice-operator-{run}.kubeconfig"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// The operator binary running as its ServiceAccount, killed on drop.
+pub struct Operator {
+    child: Child,
+    pub metrics: u16,
+    pub webhook: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(kubeconfig: &Path, op_ns: &str, run: &str, webhook: u16) -> Self {
+        let metrics = free_port();
+        let log = std::env::temp_dir().join(format!("xlattice-operator-{run}-{metrics}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_xlattice-operator"))
+            .args(["run", "--namespace", op_ns, "--lease-seconds", "6"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])
+            .args([
+                "--sidecar-image",
+                "xlattice-sidecar:e2e",
+                "--pod-name",
+                &format!("op-{metrics}"),
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(out.try_clone().unwrap())
+            .spawn()
+            .expect("spawn xlattice-operator");
+        Self {
+            child,
+            metrics,
+            webhook,
+            log,
+        }
+    }
+
+    pub async fn metrics_text(&self) -> Option<String> {
+        http_get(self.metrics, "/metrics").await
+    }
+
+    /// Sum of a metric's samples (all label sets), 0 when absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Minimal HTTP/1.0 GET on loopback (no client dependency for one probe).
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.lines().next()?.contains(" 200 ").then(|| body.to_string())
+}

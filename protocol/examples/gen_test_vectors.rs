@@ -27,8 +27,8 @@ use xlattice_protocol::{
     },
     record::{ContentType, RecordSealer},
     replay::MAX_CLOCK_SKEW,
-    DecryptionKey, DirectoryIndex, Identity, MemberDirectory, MemberRecord, NodeId, PortKind, ReplayGuard,
-    RsaBits, ServerContext, SigningKey,
+    DecryptionKey, DirectoryIndex, Identity, MemberDirectory, MemberRecord, NodeId, PortKind, ReplayGuard, RsaBits,
+    ServerContext, SigningKey,
 };
 use zeroize::Zeroizing;
 
@@ -43,7 +43,10 @@ fn out_path() -> PathBuf {
 
 /// Fixed "randomness": SHA-256 of a label, so the values look random but are reproducible.
 fn fixed(label: &str) -> [u8; 32] {
-    digest::digest(&SHA256, format!("xlattice/1 test vector: {label}").as_bytes()).as_ref().try_into().unwrap()
+    digest::digest(&SHA256, format!("xlattice/1 test vector: {label}").as_bytes())
+        .as_ref()
+        .try_into()
+        .unwrap()
 }
 
 fn client_secrets(case: &str) -> ClientSecrets {
@@ -84,7 +87,10 @@ fn aes_gcm_open(key: &[u8], nonce_last_byte: u8, aad: &[u8], sealed: &[u8]) -> V
     let mut nonce = [0u8; 12];
     nonce[11] = nonce_last_byte;
     let mut buf = sealed.to_vec();
-    let len = key.open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf).unwrap().len();
+    let len = key
+        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+        .unwrap()
+        .len();
     buf.truncate(len);
     buf
 }
@@ -132,7 +138,16 @@ fn load_or_mint(new_keys: bool) -> (Keys, Keys) {
         eprintln!("reusing the keys of {}", out_path().display());
         let server = identity_from_json(&v["identities"]["server"]);
         let member = identity_from_json(&v["identities"]["member"]);
-        return (Keys { name: "server", identity: server }, Keys { name: "member", identity: member });
+        return (
+            Keys {
+                name: "server",
+                identity: server,
+            },
+            Keys {
+                name: "member",
+                identity: member,
+            },
+        );
     }
     eprintln!("minting new keys");
     // The server: 256-bit NodeID, RSA-2048 sk and ck (the defaults).
@@ -144,7 +159,16 @@ fn load_or_mint(new_keys: bool) -> (Keys, Keys) {
         sk: SigningKey::generate(RsaBits::B3072).unwrap(),
         ck: DecryptionKey::generate(RsaBits::B2048).unwrap(),
     };
-    (Keys { name: "server", identity: server }, Keys { name: "member", identity: member })
+    (
+        Keys {
+            name: "server",
+            identity: server,
+        },
+        Keys {
+            name: "member",
+            identity: member,
+        },
+    )
 }
 
 // === one handshake ===
@@ -171,7 +195,10 @@ fn records(keys: &handshake::SessionKeys) -> Value {
             "server_to_client",
             &keys.server_to_client,
             vec![
-                (ContentType::Data, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec()),
+                (
+                    ContentType::Data,
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_vec(),
+                ),
                 (ContentType::Data, Vec::new()),
                 (ContentType::Close, Vec::new()),
             ],
@@ -218,7 +245,12 @@ fn handshake_vector(case: &Case, server: &Identity, member: &Identity, directory
     let (hello, pending) = client_hello(server.ck_public(), case.port, proving, cs).unwrap();
 
     let replay = ReplayGuard::default();
-    let ctx = ServerContext { port: case.port, identity: server, directory, replay: &replay };
+    let ctx = ServerContext {
+        port: case.port,
+        identity: server,
+        directory,
+        replay: &replay,
+    };
     let server_eph = *ss.ephemeral;
     let key2 = *ss.key2;
     let accepted = server_accept(&ctx, &hello, SERVER_NOW, ss).unwrap();
@@ -248,7 +280,10 @@ fn handshake_vector(case: &Case, server: &Identity, member: &Identity, directory
     assert_eq!(shared, x25519_shared(&server_eph, &client_eph_pub));
     let transcript = sha256(&[TRANSCRIPT_CONTEXT, &hello, reply]);
     assert_eq!(transcript, accepted.keys.transcript_hash);
-    let prk = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &transcript), &[&key2[..], &shared[..]].concat());
+    let prk = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, &transcript),
+        &[&key2[..], &shared[..]].concat(),
+    );
 
     json!({
         "name": case.name,
@@ -281,7 +316,15 @@ fn handshake_vector(case: &Case, server: &Identity, member: &Identity, directory
 
 // === hellos to refuse ===
 
-fn rejection(name: &str, handshake: &str, port: &str, hello: Vec<u8>, now: u64, accept_first: bool, error: &str) -> Value {
+fn rejection(
+    name: &str,
+    handshake: &str,
+    port: &str,
+    hello: Vec<u8>,
+    now: u64,
+    accept_first: bool,
+    error: &str,
+) -> Value {
     json!({
         "name": name,
         "handshake": handshake,
@@ -311,32 +354,155 @@ fn rejections(client: &Value, cluster: &Value, server: &Identity, directory: &Di
     let mut long = ch.clone();
     long.push(0);
     let out = vec![
-        rejection("bad magic", "client-port", "client", b"GET / HTTP/1.1\r\n\r\n".to_vec(), SERVER_NOW, false, "bad_magic"),
-        rejection("version 2 in the header", "client-port", "client", v2, SERVER_NOW, false, "unsupported_version"),
-        rejection("reply type in a hello", "client-port", "client", wrong_type, SERVER_NOW, false, "unexpected_type"),
-        rejection("one byte short", "client-port", "client", ch[..ch.len() - 1].to_vec(), SERVER_NOW, false, "bad_length"),
-        rejection("one byte too many", "client-port", "client", long, SERVER_NOW, false, "bad_length"),
-        rejection("a bit flipped in the OAEP ciphertext", "client-port", "client", flipped, SERVER_NOW, false, "undecryptable"),
-        rejection("timestamp too old", "client-port", "client", ch.clone(), TIMESTAMP + MAX_CLOCK_SKEW + 1, false, "clock_skew"),
-        rejection("timestamp too far ahead", "client-port", "client", ch.clone(), TIMESTAMP - MAX_CLOCK_SKEW - 1, false, "clock_skew"),
-        rejection("replayed", "client-port", "client", ch.clone(), SERVER_NOW, true, "replayed"),
-        rejection("client-port hello on the cluster port", "client-port", "cluster", ch, SERVER_NOW, false, "bad_length"),
-        rejection("cluster-port hello on the client port", "cluster-port", "client", kh.clone(), SERVER_NOW, false, "bad_length"),
-        rejection("cluster-port hello, proof stripped, on the client port", "cluster-port", "client", stripped, SERVER_NOW, false, "wrong_port"),
-        rejection("a bit flipped in the sealed proof", "cluster-port", "cluster", proof_flip, SERVER_NOW, false, "bad_proof"),
-        rejection("replayed on the cluster port", "cluster-port", "cluster", kh, SERVER_NOW, true, "replayed"),
+        rejection(
+            "bad magic",
+            "client-port",
+            "client",
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            SERVER_NOW,
+            false,
+            "bad_magic",
+        ),
+        rejection(
+            "version 2 in the header",
+            "client-port",
+            "client",
+            v2,
+            SERVER_NOW,
+            false,
+            "unsupported_version",
+        ),
+        rejection(
+            "reply type in a hello",
+            "client-port",
+            "client",
+            wrong_type,
+            SERVER_NOW,
+            false,
+            "unexpected_type",
+        ),
+        rejection(
+            "one byte short",
+            "client-port",
+            "client",
+            ch[..ch.len() - 1].to_vec(),
+            SERVER_NOW,
+            false,
+            "bad_length",
+        ),
+        rejection(
+            "one byte too many",
+            "client-port",
+            "client",
+            long,
+            SERVER_NOW,
+            false,
+            "bad_length",
+        ),
+        rejection(
+            "a bit flipped in the OAEP ciphertext",
+            "client-port",
+            "client",
+            flipped,
+            SERVER_NOW,
+            false,
+            "undecryptable",
+        ),
+        rejection(
+            "timestamp too old",
+            "client-port",
+            "client",
+            ch.clone(),
+            TIMESTAMP + MAX_CLOCK_SKEW + 1,
+            false,
+            "clock_skew",
+        ),
+        rejection(
+            "timestamp too far ahead",
+            "client-port",
+            "client",
+            ch.clone(),
+            TIMESTAMP - MAX_CLOCK_SKEW - 1,
+            false,
+            "clock_skew",
+        ),
+        rejection(
+            "replayed",
+            "client-port",
+            "client",
+            ch.clone(),
+            SERVER_NOW,
+            true,
+            "replayed",
+        ),
+        rejection(
+            "client-port hello on the cluster port",
+            "client-port",
+            "cluster",
+            ch,
+            SERVER_NOW,
+            false,
+            "bad_length",
+        ),
+        rejection(
+            "cluster-port hello on the client port",
+            "cluster-port",
+            "client",
+            kh.clone(),
+            SERVER_NOW,
+            false,
+            "bad_length",
+        ),
+        rejection(
+            "cluster-port hello, proof stripped, on the client port",
+            "cluster-port",
+            "client",
+            stripped,
+            SERVER_NOW,
+            false,
+            "wrong_port",
+        ),
+        rejection(
+            "a bit flipped in the sealed proof",
+            "cluster-port",
+            "cluster",
+            proof_flip,
+            SERVER_NOW,
+            false,
+            "bad_proof",
+        ),
+        rejection(
+            "replayed on the cluster port",
+            "cluster-port",
+            "cluster",
+            kh,
+            SERVER_NOW,
+            true,
+            "replayed",
+        ),
     ];
     // Check them here too, so a broken generator never writes a file.
     for r in &out {
-        let port = if r["port"] == "client" { PortKind::Client } else { PortKind::Cluster };
+        let port = if r["port"] == "client" {
+            PortKind::Client
+        } else {
+            PortKind::Cluster
+        };
         let hello = bytes(r);
         let replay = ReplayGuard::default();
-        let ctx = ServerContext { port, identity: server, directory, replay: &replay };
+        let ctx = ServerContext {
+            port,
+            identity: server,
+            directory,
+            replay: &replay,
+        };
         let now = r["server_now"].as_u64().unwrap();
         if r["accept_first"].as_bool().unwrap() {
             server_accept(&ctx, &hello, now, ServerSecrets::random()).unwrap();
         }
-        let err = server_accept(&ctx, &hello, now, ServerSecrets::random()).err().expect("refused");
+        let err = server_accept(&ctx, &hello, now, ServerSecrets::random())
+            .err()
+            .expect("refused");
         assert_eq!(err.reason(), r["expected_error"].as_str().unwrap(), "{}", r["name"]);
     }
     Value::Array(out)
@@ -358,8 +524,24 @@ fn main() {
     directory.members[1].client_endpoint = Some("10.0.0.6:8000".into());
     let index = directory.index().unwrap();
 
-    let client = handshake_vector(&Case { name: "client-port", port: PortKind::Client }, &server.identity, &member.identity, &index);
-    let cluster = handshake_vector(&Case { name: "cluster-port", port: PortKind::Cluster }, &server.identity, &member.identity, &index);
+    let client = handshake_vector(
+        &Case {
+            name: "client-port",
+            port: PortKind::Client,
+        },
+        &server.identity,
+        &member.identity,
+        &index,
+    );
+    let cluster = handshake_vector(
+        &Case {
+            name: "cluster-port",
+            port: PortKind::Cluster,
+        },
+        &server.identity,
+        &member.identity,
+        &index,
+    );
     let rejections = rejections(&client, &cluster, &server.identity, &index);
 
     let doc = json!({

@@ -37,7 +37,9 @@ fn hex_field(v: &Value, key: &str) -> Vec<u8> {
 }
 
 fn arr32(v: &Value, key: &str) -> [u8; 32] {
-    hex_field(v, key).try_into().unwrap_or_else(|_| panic!("{key} is not 32 bytes"))
+    hex_field(v, key)
+        .try_into()
+        .unwrap_or_else(|_| panic!("{key} is not 32 bytes"))
 }
 
 fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -75,7 +77,10 @@ fn gcm_nonce(last: u8) -> Nonce {
 fn gcm_open(key: &[u8], nonce: Nonce, aad: &[u8], sealed: &[u8]) -> Vec<u8> {
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap());
     let mut buf = sealed.to_vec();
-    let len = key.open_in_place(nonce, Aad::from(aad), &mut buf).expect("AES-GCM opens").len();
+    let len = key
+        .open_in_place(nonce, Aad::from(aad), &mut buf)
+        .expect("AES-GCM opens")
+        .len();
     buf.truncate(len);
     buf
 }
@@ -108,8 +113,16 @@ fn world() -> World {
     let v = vectors();
     let server = identity(&v["identities"]["server"]);
     let member = identity(&v["identities"]["member"]);
-    let directory = MemberDirectory::from_slice(v["directory"].to_string().as_bytes()).unwrap().index().unwrap();
-    World { v, server, member, directory }
+    let directory = MemberDirectory::from_slice(v["directory"].to_string().as_bytes())
+        .unwrap()
+        .index()
+        .unwrap();
+    World {
+        v,
+        server,
+        member,
+        directory,
+    }
 }
 
 #[test]
@@ -137,8 +150,16 @@ fn keys_node_ids_and_directory_are_consistent() {
     let w = world();
     for (name, id) in [("server", &w.server), ("member", &w.member)] {
         let j = &w.v["identities"][name];
-        assert_eq!(id.sk_public(), &PublicKey::from_pem(str_field(j, "sk_public_spki_pem")).unwrap(), "{name} sk");
-        assert_eq!(id.ck_public(), &PublicKey::from_pem(str_field(j, "ck_public_spki_pem")).unwrap(), "{name} ck");
+        assert_eq!(
+            id.sk_public(),
+            &PublicKey::from_pem(str_field(j, "sk_public_spki_pem")).unwrap(),
+            "{name} sk"
+        );
+        assert_eq!(
+            id.ck_public(),
+            &PublicKey::from_pem(str_field(j, "ck_public_spki_pem")).unwrap(),
+            "{name} ck"
+        );
         assert_eq!(id.sk_public().bits().bits() as u64, j["sk_bits"].as_u64().unwrap());
         assert_eq!(id.ck_public().bits().bits() as u64, j["ck_bits"].as_u64().unwrap());
         let member = w.directory.by_name(name).unwrap();
@@ -177,7 +198,11 @@ fn check_handshake(w: &World, hs: &Value) {
     assert_eq!(sealed_proof, hex_field(hs, "hello_sealed_proof"), "{name}");
     assert_eq!(&header[..4], &[b'X', b'L', 1, 1], "{name}");
     assert_eq!(u16::from_be_bytes([header[4], header[5]]) as usize, rsa_len, "{name}");
-    assert_eq!(u16::from_be_bytes([header[6], header[7]]) as usize, sealed_proof.len(), "{name}");
+    assert_eq!(
+        u16::from_be_bytes([header[6], header[7]]) as usize,
+        sealed_proof.len(),
+        "{name}"
+    );
     let lens = parse_hello_header(header.try_into().unwrap(), port, rsa_len).unwrap();
     assert_eq!((lens.rsa_len, lens.proof_len), (rsa_len, sealed_proof.len()));
 
@@ -187,16 +212,26 @@ fn check_handshake(w: &World, hs: &Value) {
     assert_eq!(plain.len(), HELLO_PLAIN_LEN);
     assert_eq!(plain[0], VERSION);
     assert_eq!(plain[1], port as u8);
-    assert_eq!(u64::from_be_bytes(plain[2..10].try_into().unwrap()), cs["timestamp"].as_u64().unwrap());
+    assert_eq!(
+        u64::from_be_bytes(plain[2..10].try_into().unwrap()),
+        cs["timestamp"].as_u64().unwrap()
+    );
     assert_eq!(&plain[10..42], hex_field(cs, "key1"));
     assert_eq!(&plain[42..74], hex_field(cs, "nonce"));
     assert_eq!(&plain[74..106], hex_field(cs, "ephemeral_public"));
-    assert!(w.server.ck.decrypt_oaep(rsa, b"").is_none(), "{name}: the label is part of OAEP");
+    assert!(
+        w.server.ck.decrypt_oaep(rsa, b"").is_none(),
+        "{name}: the label is part of OAEP"
+    );
 
     // X25519 public keys follow from the private ones; the shared secret agrees both ways.
     for (secrets, who) in [(cs, "client"), (ss, "server")] {
         let key = PrivateKey::from_private_key(&X25519, &hex_field(secrets, "ephemeral_private")).unwrap();
-        assert_eq!(key.compute_public_key().unwrap().as_ref(), hex_field(secrets, "ephemeral_public"), "{name} {who}");
+        assert_eq!(
+            key.compute_public_key().unwrap().as_ref(),
+            hex_field(secrets, "ephemeral_public"),
+            "{name} {who}"
+        );
     }
     let client_eph = PrivateKey::from_private_key(&X25519, &hex_field(cs, "ephemeral_private")).unwrap();
     let shared = agreement::agree(
@@ -229,7 +264,10 @@ fn check_handshake(w: &World, hs: &Value) {
             assert_eq!(signature, hex_field(hs, "proof_signature"));
             let signed = [PROOF_CONTEXT, &hello[..HELLO_HEADER_LEN + rsa_len]].concat();
             assert_eq!(signed, hex_field(hs, "proof_signed_message"));
-            assert!(w.member.sk_public().verify_pss(&signed, signature), "{name}: PSS signature verifies");
+            assert!(
+                w.member.sk_public().verify_pss(&signed, signature),
+                "{name}: PSS signature verifies"
+            );
             assert!(!w.member.sk_public().verify_pss(&signed[1..], signature));
             assert_eq!(hs["peer"].as_str(), Some(w.member.node_id.to_string().as_str()));
         }
@@ -237,14 +275,35 @@ fn check_handshake(w: &World, hs: &Value) {
 
     // The server, given the same hello, secrets and clock, answers with the same reply and keys.
     let replay = ReplayGuard::default();
-    let ctx = ServerContext { port, identity: &w.server, directory: &w.directory, replay: &replay };
+    let ctx = ServerContext {
+        port,
+        identity: &w.server,
+        directory: &w.directory,
+        replay: &replay,
+    };
     let accepted = server_accept(&ctx, &hello, now, server_secrets(ss)).expect("server accepts the vector hello");
     assert_eq!(accepted.reply, reply, "{name}: reply");
     assert_eq!(accepted.reply.len(), REPLY_LEN);
-    assert_eq!(accepted.keys.transcript_hash.to_vec(), hex_field(hs, "transcript_hash"), "{name}");
-    assert_eq!(accepted.keys.client_to_server.to_vec(), hex_field(hs, "client_to_server_key"), "{name}");
-    assert_eq!(accepted.keys.server_to_client.to_vec(), hex_field(hs, "server_to_client_key"), "{name}");
-    assert_eq!(accepted.peer.map(|p| p.to_string()).as_deref(), hs["peer"].as_str(), "{name}");
+    assert_eq!(
+        accepted.keys.transcript_hash.to_vec(),
+        hex_field(hs, "transcript_hash"),
+        "{name}"
+    );
+    assert_eq!(
+        accepted.keys.client_to_server.to_vec(),
+        hex_field(hs, "client_to_server_key"),
+        "{name}"
+    );
+    assert_eq!(
+        accepted.keys.server_to_client.to_vec(),
+        hex_field(hs, "server_to_client_key"),
+        "{name}"
+    );
+    assert_eq!(
+        accepted.peer.map(|p| p.to_string()).as_deref(),
+        hs["peer"].as_str(),
+        "{name}"
+    );
 
     // The reply, as documented: header, then AES-256-GCM(key1, nonce 0..02,
     // AAD = header | SHA-256(hello)) of key2 | server nonce | server X25519 public.
@@ -255,13 +314,21 @@ fn check_handshake(w: &World, hs: &Value) {
     assert_eq!(reply_plain, hex_field(hs, "reply_plaintext"));
     assert_eq!(
         reply_plain,
-        [hex_field(ss, "key2"), hex_field(ss, "nonce"), hex_field(ss, "ephemeral_public")].concat()
+        [
+            hex_field(ss, "key2"),
+            hex_field(ss, "nonce"),
+            hex_field(ss, "ephemeral_public")
+        ]
+        .concat()
     );
 
     // The key schedule written out: transcript hash, HKDF-Extract and -Expand as HMAC-SHA256.
     let transcript = sha256(&[TRANSCRIPT_CONTEXT, &hello, &reply]);
     assert_eq!(transcript, hex_field(hs, "transcript_hash"));
-    let prk = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &transcript), &[hex_field(ss, "key2"), shared].concat());
+    let prk = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, &transcript),
+        &[hex_field(ss, "key2"), shared].concat(),
+    );
     assert_eq!(prk.as_ref(), hex_field(hs, "hkdf_prk"));
     let prk_key = hmac::Key::new(hmac::HMAC_SHA256, prk.as_ref());
     let expand = |info: &[u8]| hmac::sign(&prk_key, &[info, &[1u8]].concat()).as_ref().to_vec();
@@ -283,12 +350,20 @@ fn check_records(hs: &Value, keys: &handshake::SessionKeys) {
     let records = hs["records"].as_array().unwrap();
     assert!(records.len() >= 4, "records in both directions");
     for direction in ["client_to_server", "server_to_client"] {
-        let key = if direction == "client_to_server" { &keys.client_to_server } else { &keys.server_to_client };
+        let key = if direction == "client_to_server" {
+            &keys.client_to_server
+        } else {
+            &keys.server_to_client
+        };
         let mut sealer = RecordSealer::new(key);
         let mut opener = RecordOpener::new(key);
         let mut seen_close = false;
         for (i, r) in records.iter().filter(|r| r["direction"] == direction).enumerate() {
-            assert_eq!(r["seq"].as_u64(), Some(i as u64), "{direction} records are in sequence order");
+            assert_eq!(
+                r["seq"].as_u64(),
+                Some(i as u64),
+                "{direction} records are in sequence order"
+            );
             let kind = match str_field(r, "type") {
                 "data" => ContentType::Data,
                 "close" => ContentType::Close,
@@ -298,7 +373,10 @@ fn check_records(hs: &Value, keys: &handshake::SessionKeys) {
             let record = hex_field(r, "record");
             let mut sealed = Vec::new();
             sealer.seal(kind, &payload, &mut sealed).unwrap();
-            assert_eq!(sealed, record, "{direction} seq {i}: RecordSealer reproduces the record");
+            assert_eq!(
+                sealed, record,
+                "{direction} seq {i}: RecordSealer reproduces the record"
+            );
 
             // Open it with the library and by hand (nonce = 0^4 | seq BE, AAD = length bytes).
             let header = [record[0], record[1]];
@@ -310,7 +388,12 @@ fn check_records(hs: &Value, keys: &handshake::SessionKeys) {
             assert_eq!((got_kind, got), (kind, &payload[..]), "{direction} seq {i}");
             let mut nonce = [0u8; 12];
             nonce[4..].copy_from_slice(&(i as u64).to_be_bytes());
-            let inner = gcm_open(&key[..], Nonce::assume_unique_for_key(nonce), &header, &record[RECORD_HEADER_LEN..]);
+            let inner = gcm_open(
+                &key[..],
+                Nonce::assume_unique_for_key(nonce),
+                &header,
+                &record[RECORD_HEADER_LEN..],
+            );
             assert_eq!(inner, [&payload[..], &[kind as u8]].concat());
             seen_close |= kind == ContentType::Close;
         }
@@ -328,9 +411,15 @@ fn rejections_fail_with_the_stated_reason_and_send_nothing() {
         let hello = hex_field(r, "hello");
         let now = r["server_now"].as_u64().unwrap();
         let replay = ReplayGuard::default();
-        let ctx = ServerContext { port: port(str_field(r, "port")), identity: &w.server, directory: &w.directory, replay: &replay };
+        let ctx = ServerContext {
+            port: port(str_field(r, "port")),
+            identity: &w.server,
+            directory: &w.directory,
+            replay: &replay,
+        };
         if r["accept_first"].as_bool().unwrap() {
-            server_accept(&ctx, &hello, now, ServerSecrets::random()).unwrap_or_else(|e| panic!("{name}: first use: {e}"));
+            server_accept(&ctx, &hello, now, ServerSecrets::random())
+                .unwrap_or_else(|e| panic!("{name}: first use: {e}"));
         }
         match server_accept(&ctx, &hello, now, ServerSecrets::random()) {
             Ok(_) => panic!("{name}: accepted"),

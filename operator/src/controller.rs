@@ -55,6 +55,8 @@ pub async fn run(ctx: Arc<Context>) {
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => debug!(cluster = %object, "reconciled"),
+                // A cluster deleted while queued: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(object)) => debug!(cluster = %object, "gone"),
                 Err(error) => warn!(%error, "controller"),
             }
         })

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod mint;
 pub mod names;
 pub mod reconcile;
+pub mod restart;
 pub mod status;
 pub mod webhook;
 

@@ -37,6 +37,7 @@ use crate::{
     metrics::Metrics,
     mint::{self, Minted},
     names::*,
+    restart,
     status::{self, Facts},
 };
 
@@ -314,6 +315,27 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
         ensure(&ctx.client, &ns, &service, desired::service_matches, ctx).await?;
     }
     facts.pods_without_sidecar = membership::without_sidecar(&members);
+    if cluster.spec.restart_workloads && !facts.pods_without_sidecar.is_empty() {
+        let stale: Vec<&Pod> = members
+            .iter()
+            .copied()
+            .filter(|p| facts.pods_without_sidecar.contains(&p.name_any()))
+            .collect();
+        let uid = cluster.uid().unwrap_or_default();
+        if let Some(workload) = restart::restart_one(&ctx.client, &ns, &uid, &stale, FIELD_MANAGER).await? {
+            ctx.metrics.write("WorkloadRestart");
+            info!(cluster = %key(cluster), ?workload, "restarted a workload so its pods gain the sidecar");
+            ctx.event(
+                cluster,
+                EventType::Normal,
+                "RestartedWorkload",
+                format!("restarted {workload:?}: its pods lack the sidecar"),
+            )
+            .await;
+        }
+        // Look again soon: the next workload waits for this one to finish rolling.
+        requeue = requeue.min(Duration::from_secs(5));
+    }
 
     if let Some(error) = &first_error {
         facts.degraded = Some(("MintingFailed".into(), error.to_string()));

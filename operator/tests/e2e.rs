@@ -15,10 +15,14 @@ use k8s_openapi::{
         admissionregistration::v1::{
             MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
         },
-        core::v1::{ConfigMap, Container, ContainerPort, Pod, PodSpec, Secret, Service},
+        apps::v1::{Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec},
+        core::v1::{ConfigMap, Container, ContainerPort, Pod, PodSpec, PodTemplateSpec, Secret, Service},
         networking::v1::NetworkPolicy,
     },
-    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, OwnerReference},
+        util::intstr::IntOrString,
+    },
 };
 use kube::{
     api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
@@ -378,6 +382,9 @@ async fn operator_as_service_account_end_to_end() {
     // --- webhook: registered by URL on loopback; the operator writes its caBundle
     webhook_injects(&env, &operator, &ns).await;
 
+    // --- restartWorkloads: owners of sidecar-less pods are rolled one at a time
+    restarts_workloads_one_at_a_time(&env).await;
+
     // --- a member leaves: its identity goes after the grace period, the directory at once
     env.pods.delete("store-2", &DeleteParams::default()).await.unwrap();
     let left = Instant::now();
@@ -427,6 +434,115 @@ async fn operator_as_service_account_end_to_end() {
     assert!(services.get_opt("store-members").await.unwrap().is_none());
     eprintln!("end to end in {:?}", started.elapsed());
     operator.kill();
+}
+
+/// No controller-manager here: the Deployment → ReplicaSet → Pod chain is made by hand and
+/// a finished rollout is simulated by writing the Deployment's status.
+async fn restarts_workloads_one_at_a_time(env: &Env) {
+    let deployments: Api<Deployment> = Api::namespaced(env.admin.clone(), &env.ns);
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(env.admin.clone(), &env.ns);
+    let owner = |kind: &str, name: &str, uid: Option<String>| OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: kind.into(),
+        name: name.into(),
+        uid: uid.unwrap(),
+        controller: Some(true),
+        ..Default::default()
+    };
+    for app in ["app-a", "app-b"] {
+        let labels = BTreeMap::from([
+            ("app".to_string(), "store".to_string()),
+            ("tier".to_string(), app.to_string()),
+        ]);
+        let template = PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels.clone()),
+                ..Default::default()
+            }),
+            spec: member_pod("x", &[]).spec,
+        };
+        let selector = LabelSelector {
+            match_labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        let d = Deployment {
+            metadata: ObjectMeta {
+                name: Some(app.into()),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(1),
+                selector: selector.clone(),
+                template: template.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let d = deployments.create(&PostParams::default(), &d).await.unwrap();
+        let rs = ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some(format!("{app}-5d8f7")),
+                owner_references: Some(vec![owner("Deployment", app, d.uid())]),
+                ..Default::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(1),
+                selector,
+                template: Some(template),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let rs = replica_sets.create(&PostParams::default(), &rs).await.unwrap();
+        let mut pod = member_pod(&format!("{app}-5d8f7-abcde"), &[]);
+        pod.metadata.labels = Some(labels);
+        pod.metadata.owner_references = Some(vec![owner("ReplicaSet", &rs.name_any(), rs.uid())]);
+        env.pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let restarted = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref()?.get("xlattice.io/restarted-for").cloned())
+    };
+    let enable = json!({"spec": {"restartWorkloads": true}});
+    env.clusters
+        .patch("store", &PatchParams::default(), &Patch::Merge(&enable))
+        .await
+        .unwrap();
+    wait_for("app-a restarted", WAIT, || async {
+        restarted(&deployments.get("app-a").await.ok()?).map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        restarted(&deployments.get("app-b").await.unwrap()),
+        None,
+        "app-b restarted while app-a still rolls"
+    );
+
+    // app-a's rollout finishes: now app-b's turn.
+    let a = deployments.get("app-a").await.unwrap();
+    let status = json!({"status": {"observedGeneration": a.metadata.generation, "replicas": 1, "updatedReplicas": 1}});
+    deployments
+        .patch_status("app-a", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    wait_for("app-b restarted after app-a rolled out", WAIT, || async {
+        restarted(&deployments.get("app-b").await.ok()?).map(|_| ())
+    })
+    .await;
+    let disable = json!({"spec": {"restartWorkloads": false}});
+    env.clusters
+        .patch("store", &PatchParams::default(), &Patch::Merge(&disable))
+        .await
+        .unwrap();
+    for pod in ["app-a-5d8f7-abcde", "app-b-5d8f7-abcde"] {
+        env.pods.delete(pod, &DeleteParams::default()).await.unwrap();
+    }
 }
 
 async fn webhook_injects(env: &Env, operator: &Operator, ns: &str) {

@@ -36,7 +36,12 @@ command -v python3 >/dev/null 2>&1 || die "python3 is required"
 TMP=$(mktemp -d /tmp/xlattice-chart-test.XXXXXX)
 LIVE_NS=""
 LIVE_RELEASE=xlattice-chart-test
+OPERATOR_PID=""
 cleanup() {
+  if [[ -n $OPERATOR_PID ]]; then
+    kill "$OPERATOR_PID" 2>/dev/null || true
+    wait "$OPERATOR_PID" 2>/dev/null || true
+  fi
   if [[ -n $LIVE_NS ]]; then
     helm uninstall "$LIVE_RELEASE" -n "$LIVE_NS" >/dev/null 2>&1 || true
     kubectl delete namespace "$LIVE_NS" --wait=false >/dev/null 2>&1 || true
@@ -61,16 +66,25 @@ cat >"$TMP/check.py" <<'PY'
 """Checks a `helm template` rendering of the chart against expectations (JSON, argv[2])."""
 import json, os, re, subprocess, sys
 
-def load(path):
+def load(path, namespace):
     if os.environ["LOADER"] == "yaml":
         import yaml
         with open(path) as f:
             return [d for d in yaml.safe_load_all(f) if d]
+    # kubectl puts objects without a namespace (as helm install would) in --namespace.
     out = subprocess.run(
         ["kubectl", "--kubeconfig", os.environ["XLATTICE_KUBECONFIG"], "create", "--dry-run=client",
-         "--validate=false", "-o", "json", "-f", path], check=True, capture_output=True, text=True).stdout
-    doc = json.loads(out)
-    return doc["items"] if doc.get("kind") == "List" else [doc]
+         "--validate=false", "--namespace", namespace, "-o", "json", "-f", path],
+        check=True, capture_output=True, text=True).stdout
+    # One JSON document per object, concatenated (or one List).
+    docs, i, dec = [], 0, json.JSONDecoder()
+    while i < len(out):
+        if out[i].isspace():
+            i += 1
+            continue
+        doc, i = dec.raw_decode(out, i)
+        docs.extend(doc["items"] if doc.get("kind") == "List" else [doc])
+    return docs
 
 def operator_flags():
     """Long flags of `xlattice-operator run`, read from operator/src/main.rs."""
@@ -95,9 +109,9 @@ def check(cond, what):
         errors.append(what)
     return cond
 
-objs = load(sys.argv[1])
 want = json.loads(sys.argv[2])
 ns = want["namespace"]
+objs = load(sys.argv[1], ns)
 by_kind = {}
 for o in objs:
     by_kind.setdefault(o["kind"], []).append(o)
@@ -436,8 +450,15 @@ def load(path):
         return [d for d in yaml.safe_load_all(open(path)) if d]
     out = subprocess.run(["kubectl", "--kubeconfig", os.environ["XLATTICE_KUBECONFIG"], "create", "--dry-run=client",
                           "--validate=false", "-o", "json", "-f", path], check=True, capture_output=True, text=True).stdout
-    doc = json.loads(out)
-    return doc["items"] if doc.get("kind") == "List" else [doc]
+    # One JSON document per object, concatenated (or one List).
+    docs, i, dec = [], 0, json.JSONDecoder()
+    while i < len(out):
+        if out[i].isspace():
+            i += 1
+            continue
+        doc, i = dec.raw_decode(out, i)
+        docs.extend(doc["items"] if doc.get("kind") == "List" else [doc])
+    return docs
 errors = []
 clusters = {}
 docs = {f: load(f) for f in sys.argv[1:]}
@@ -583,6 +604,127 @@ EOF
   else
     cat "$TMP/upgrade.out" >&2
     bad "helm upgrade failed"
+  fi
+
+  # The chart's webhook configuration with the real operator behind it: the operator
+  # binary runs on this host as the chart's ServiceAccount (token), with the args of the
+  # installed Deployment (addresses moved to free loopback ports). Checks: the args parse,
+  # the RBAC suffices to start, the caBundle gets written, a member pod gets the sidecar,
+  # and with the operator gone (failurePolicy Fail) pods are refused except in the
+  # release namespace, kube-system and opted-out namespaces.
+  OPERATOR_BIN=${XLATTICE_OPERATOR_BIN:-${CARGO_TARGET_DIR:-target}/debug/xlattice-operator}
+  if [[ ! -x $OPERATOR_BIN ]]; then
+    step "no operator binary at $OPERATOR_BIN (cargo build, or set XLATTICE_OPERATOR_BIN): skipping injection through the chart's webhook"
+  else
+    step "injection through the chart's webhook by $OPERATOR_BIN"
+    free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+    WPORT=$(free_port)
+    MPORT=$(free_port)
+    WURL=https://127.0.0.1:$WPORT/mutate-pods
+    helm upgrade "$LIVE_RELEASE" "$CHART" -n "$LIVE_NS" --reuse-values --set replicas=1 --set webhook.url="$WURL" \
+      --timeout 2m >"$TMP/upgrade.out" 2>&1 || { cat "$TMP/upgrade.out" >&2; bad "helm upgrade --set webhook.url=$WURL failed"; }
+    mapfile -t op_args < <(kubectl -n "$LIVE_NS" get deployment xlattice-operator -o json | python3 -c '
+import json, sys
+c = json.load(sys.stdin)["spec"]["template"]["spec"]["containers"][0]
+for a in c["args"]:
+    if a.startswith("--metrics-addr="):
+        a = "--metrics-addr=127.0.0.1:" + sys.argv[1]
+    elif a.startswith("--webhook-addr="):
+        a = "--webhook-addr=127.0.0.1:" + sys.argv[2]
+    print(a)
+' "$MPORT" "$WPORT")
+    server=$(kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.server}')
+    ca=$(kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+    token=$(kubectl -n "$LIVE_NS" create token xlattice-operator --duration=1h)
+    cat >"$TMP/operator.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: "$server", certificate-authority-data: "$ca"}}]
+users: [{name: operator, user: {token: "$token"}}]
+contexts: [{name: test, context: {cluster: test, user: operator}}]
+current-context: test
+EOF
+    KUBECONFIG=$TMP/operator.kubeconfig POD_NAMESPACE=$LIVE_NS POD_NAME=chart-test-operator RUST_LOG=info \
+      "$OPERATOR_BIN" "${op_args[@]}" >"$TMP/operator.log" 2>&1 &
+    OPERATOR_PID=$!
+    ready=""
+    for _ in $(seq 1 120); do
+      kill -0 "$OPERATOR_PID" 2>/dev/null || break
+      if curl -sf "http://127.0.0.1:$MPORT/readyz" >/dev/null 2>&1 &&
+        [[ -n $(kubectl get mutatingwebhookconfiguration "$WEBHOOK" -o jsonpath='{.webhooks[0].clientConfig.caBundle}') ]]; then
+        ready=1
+        break
+      fi
+      sleep 0.5
+    done
+    if [[ -n $ready ]]; then
+      ok "operator started with the chart's args (${op_args[*]:0:3} …) as ServiceAccount $LIVE_NS/xlattice-operator; caBundle written"
+    else
+      tail -20 "$TMP/operator.log" >&2
+      bad "the operator did not become ready or did not write the caBundle within 60 s (log above)"
+    fi
+
+    APP_NS=xl-chart-app-$(date +%s)-$$
+    kubectl create namespace "$APP_NS" >/dev/null
+    pod() { # NAMESPACE NAME [LABEL=VALUE]
+      local labels=""
+      [[ -n ${3:-} ]] && labels="labels: {${3%%=*}: ${3#*=}}"
+      kubectl apply -n "$1" -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $2, $labels}
+spec:
+  containers: [{name: app, image: registry.k8s.io/pause:3.10}]
+EOF
+    }
+    if [[ -n $ready ]]; then
+      kubectl apply -n "$APP_NS" -f deploy/examples/statefulset-cluster.yaml >/dev/null
+      if pod "$APP_NS" store-0 app.kubernetes.io/name=store >"$TMP/pod.out" 2>&1; then
+        got=$(kubectl -n "$APP_NS" get pod store-0 -o jsonpath='{.spec.initContainers[0].name} {.spec.initContainers[0].image} {.spec.initContainers[0].restartPolicy} {.spec.volumes[*].secret.secretName} {.spec.volumes[*].configMap.name}')
+        want="xlattice-sidecar ghcr.io/xlattice/xlattice-sidecar:$APP_VERSION Always xlattice-id-store-0 store-directory"
+        if [[ $got == "$want" ]]; then ok "member pod injected: $got"; else bad "member pod not injected as expected: got '$got', want '$want'"; fi
+      else
+        cat "$TMP/pod.out" >&2
+        bad "creating a member pod failed with the operator running"
+      fi
+      if pod "$APP_NS" bystander >/dev/null 2>&1 && [[ -z $(kubectl -n "$APP_NS" get pod bystander -o jsonpath='{.spec.initContainers}') ]]; then
+        ok "a pod of no cluster is admitted unchanged"
+      else
+        bad "a pod of no cluster was refused or changed"
+      fi
+      # Let the operator remove its finalizer while it runs.
+      kubectl -n "$APP_NS" delete xlatticecluster store --timeout=60s >/dev/null 2>&1 || bad "XLatticeCluster store was not deleted (finalizer) within 60 s"
+    fi
+    kill "$OPERATOR_PID" 2>/dev/null || true
+    wait "$OPERATOR_PID" 2>/dev/null || true
+    OPERATOR_PID=""
+
+    # failurePolicy Fail with no webhook serving.
+    if pod "$APP_NS" refused >"$TMP/pod.out" 2>&1; then
+      bad "with the operator down and failurePolicy Fail, a pod in $APP_NS was admitted"
+    elif grep -q "inject.xlattice.io" "$TMP/pod.out"; then
+      ok "operator down: pods in served namespaces are refused ($(grep -o 'failed calling webhook "[^"]*"' "$TMP/pod.out" | head -1))"
+    else
+      cat "$TMP/pod.out" >&2
+      bad "pod refused for another reason than the webhook"
+    fi
+    for ns in "$LIVE_NS" kube-system; do
+      if pod "$ns" xl-chart-test-$$ >"$TMP/pod.out" 2>&1; then
+        ok "operator down: pods in $ns are still admitted (never sent to the webhook)"
+        kubectl -n "$ns" delete pod "xl-chart-test-$$" --wait=false >/dev/null 2>&1 || true
+      else
+        cat "$TMP/pod.out" >&2
+        bad "operator down: a pod in $ns was refused; the operator could not restart"
+      fi
+    done
+    kubectl label namespace "$APP_NS" xlattice.io/injection=disabled >/dev/null
+    if pod "$APP_NS" opted-out >"$TMP/pod.out" 2>&1; then
+      ok "operator down: a namespace labelled xlattice.io/injection=disabled is not sent to the webhook"
+    else
+      cat "$TMP/pod.out" >&2
+      bad "the xlattice.io/injection=disabled namespace label does not bypass the webhook"
+    fi
+    kubectl delete namespace "$APP_NS" --wait=false >/dev/null 2>&1 || true
   fi
 
   if helm uninstall "$LIVE_RELEASE" -n "$LIVE_NS" >"$TMP/uninstall.out" 2>&1; then

@@ -13,11 +13,17 @@
 # values refused with a message naming the field; deploy/ in sync with the chart; the
 # examples consistent with their XLatticeCluster.
 #
-# With XLATTICE_KUBECONFIG (a running API server): deploy/ validated by the server
-# (dry run); helm install into a fresh namespace with webhook.url (pods stay Pending: no
+# With XLATTICE_KUBECONFIG (a running API server): deploy/ validated by the server (dry
+# run); helm install into a fresh namespace with webhook.url (pods stay Pending: no
 # kubelet, so no --wait); the RBAC bound to the operator's ServiceAccount; the examples
 # accepted by the CRD (server dry run) and a bad cluster refused; helm upgrade to 2
-# replicas adds the PDB; helm uninstall leaves no webhook configuration and keeps the CRD.
+# replicas adds the PDB; if an operator binary is at hand (XLATTICE_OPERATOR_BIN, default
+# target/debug/xlattice-operator), it runs with the installed Deployment's args as the
+# chart's ServiceAccount behind webhook.url: caBundle written, a member pod injected, and
+# with it stopped (failurePolicy Fail) pods refused except in the release namespace,
+# kube-system and opted-out namespaces; helm uninstall leaves no webhook configuration
+# and keeps the CRD; `kubectl apply -f deploy/` for real, and `kubectl delete -f
+# deploy/xlattice-operator.yaml` leaves no webhook configuration and keeps the CRD.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHART=charts/xlattice-operator
@@ -37,7 +43,11 @@ TMP=$(mktemp -d /tmp/xlattice-chart-test.XXXXXX)
 LIVE_NS=""
 LIVE_RELEASE=xlattice-chart-test
 OPERATOR_PID=""
+PLAIN_APPLIED=""
 cleanup() {
+  if [[ -n $PLAIN_APPLIED ]]; then
+    kubectl delete -f "$TMP/deploy-plain.yaml" --wait=false >/dev/null 2>&1 || true
+  fi
   if [[ -n $OPERATOR_PID ]]; then
     kill "$OPERATOR_PID" 2>/dev/null || true
     wait "$OPERATOR_PID" 2>/dev/null || true
@@ -427,10 +437,10 @@ refuse "metrics.port" --set webhook.port=8080
 
 step "deploy/ is rendered from the chart"
 if hack/render-deploy.sh --check >"$TMP/drift.out" 2>&1; then
-  ok "$(tail -1 "$TMP/drift.out")"
+  ok "$(paste -sd ';' "$TMP/drift.out")"
 else
   cat "$TMP/drift.out" >&2
-  bad "deploy/xlattice-operator.yaml differs from the chart: regenerate it with hack/render-deploy.sh and commit it"
+  bad "deploy/xlattice-crds.yaml or deploy/xlattice-operator.yaml differs from the chart: regenerate them with hack/render-deploy.sh and commit them"
 fi
 for f in charts/xlattice-operator/crds/xlatticeclusters.yaml deploy/crds/xlatticeclusters.yaml; do
   [[ -f $f ]] || bad "$f is missing"
@@ -528,11 +538,11 @@ else
 
   # deploy/ as the server sees it (dry run; its namespace swapped for the fresh one).
   sed "s/xlattice-system/$LIVE_NS/g" deploy/xlattice-operator.yaml >"$TMP/deploy-live.yaml"
-  if kubectl apply --dry-run=server -f "$TMP/deploy-live.yaml" >"$TMP/apply.out" 2>&1; then
-    ok "kubectl apply --dry-run=server -f deploy/xlattice-operator.yaml ($(wc -l <"$TMP/apply.out") objects)"
+  if kubectl apply --dry-run=server -f deploy/xlattice-crds.yaml -f "$TMP/deploy-live.yaml" >"$TMP/apply.out" 2>&1; then
+    ok "kubectl apply --dry-run=server -f deploy/xlattice-crds.yaml -f deploy/xlattice-operator.yaml ($(wc -l <"$TMP/apply.out") objects)"
   else
     cat "$TMP/apply.out" >&2
-    bad "the API server refuses deploy/xlattice-operator.yaml"
+    bad "the API server refuses deploy/xlattice-crds.yaml or deploy/xlattice-operator.yaml"
   fi
 
   if helm install "$LIVE_RELEASE" "$CHART" -n "$LIVE_NS" --set webhook.url=$URL --timeout 2m >"$TMP/install.out" 2>&1; then
@@ -751,6 +761,39 @@ EOF
       bad "$o left after helm uninstall"
     fi
   done
+
+  # The plain manifests for real, as `kubectl apply -f deploy/` (namespace swapped for a
+  # fresh one: namespaces never finish deleting on a bare API server), then their
+  # uninstall: `kubectl delete -f deploy/xlattice-operator.yaml` keeps the CRD.
+  PLAIN_NS=$LIVE_NS-plain
+  sed "s/xlattice-system/$PLAIN_NS/g" deploy/xlattice-operator.yaml >"$TMP/deploy-plain.yaml"
+  PLAIN_APPLIED=1
+  if kubectl apply -f deploy/xlattice-crds.yaml -f "$TMP/deploy-plain.yaml" >"$TMP/apply.out" 2>&1; then
+    ok "kubectl apply -f deploy/ ($(wc -l <"$TMP/apply.out") objects, namespace $PLAIN_NS)"
+  else
+    cat "$TMP/apply.out" >&2
+    bad "kubectl apply -f deploy/ failed"
+  fi
+  kubectl -n "$PLAIN_NS" get deployment/xlattice-operator role/xlattice-operator rolebinding/xlattice-operator >/dev/null ||
+    bad "deploy/: Deployment, Role or RoleBinding not in namespace $PLAIN_NS"
+  if kubectl delete -f "$TMP/deploy-plain.yaml" --wait=false >"$TMP/delete.out" 2>&1; then
+    ok "kubectl delete -f deploy/xlattice-operator.yaml"
+  else
+    cat "$TMP/delete.out" >&2
+    bad "kubectl delete -f deploy/xlattice-operator.yaml failed"
+  fi
+  if kubectl get mutatingwebhookconfiguration "$WEBHOOK" >/dev/null 2>&1; then
+    bad "kubectl delete -f deploy/xlattice-operator.yaml left MutatingWebhookConfiguration $WEBHOOK behind"
+  else
+    ok "no MutatingWebhookConfiguration left after kubectl delete -f deploy/xlattice-operator.yaml"
+  fi
+  PLAIN_APPLIED=""
+  if kubectl get crd "$CRD" >/dev/null 2>&1; then
+    ok "CRD kept after kubectl delete -f deploy/xlattice-operator.yaml"
+  else
+    bad "CRD $CRD deleted by kubectl delete -f deploy/xlattice-operator.yaml"
+  fi
+
   kubectl delete namespace "$LIVE_NS" --wait=false >/dev/null 2>&1 || true
   LIVE_NS=""
 fi

@@ -1,6 +1,7 @@
 //! Member records and the member directory: the public halves of every member.
 //!
-//! Serialized form (JSON or YAML, field names camelCase), documented in docs/directory.md:
+//! Serialized form (JSON or YAML, field names camelCase), documented in docs/protocol.md
+//! ("Member directory"):
 //! ```yaml
 //! cluster: default/store
 //! members:

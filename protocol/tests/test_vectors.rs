@@ -446,3 +446,34 @@ fn a_tampered_reply_is_refused_by_the_client() {
         assert!(pending.finish(&reply).is_err());
     }
 }
+
+#[test]
+fn member_signatures_must_use_a_32_byte_salt() {
+    use aws_lc_rs::{
+        rand::SystemRandom,
+        signature::{RsaKeyPair, RsaPssSaltLength, RsaSignatureEncoding, RSA_PSS_SHA256},
+    };
+    let w = world();
+    let pem = str_field(&w.v["identities"]["member"], "sk_private_pkcs8_pem");
+    let der = pem::parse(pem).unwrap().into_contents();
+    let pair = RsaKeyPair::from_pkcs8(&der).unwrap();
+    let message = b"xlattice/1 member-proof\0 any message";
+    let sign = |encoding: &'static RsaSignatureEncoding| {
+        let mut sig = vec![0u8; pair.public_modulus_len()];
+        pair.sign(encoding, &SystemRandom::new(), message, &mut sig).unwrap();
+        sig
+    };
+    const SALT_32: RsaSignatureEncoding = RSA_PSS_SHA256.with_pss_salt_length(RsaPssSaltLength::Custom(32));
+    const SALT_20: RsaSignatureEncoding = RSA_PSS_SHA256.with_pss_salt_length(RsaPssSaltLength::Custom(20));
+    const SALT_0: RsaSignatureEncoding = RSA_PSS_SHA256.with_pss_salt_length(RsaPssSaltLength::Custom(0));
+    const SALT_MAX: RsaSignatureEncoding = RSA_PSS_SHA256.with_pss_salt_length(RsaPssSaltLength::Max);
+    let sk = w.member.sk_public();
+    assert!(sk.verify_pss(message, &sign(&SALT_32)));
+    assert!(sk.verify_pss(message, &w.member.sk.sign_pss(message)));
+    for (name, encoding) in [("20", &SALT_20), ("0", &SALT_0), ("max", &SALT_MAX)] {
+        assert!(
+            !sk.verify_pss(message, &sign(encoding)),
+            "a PSS salt of {name} bytes must be refused"
+        );
+    }
+}

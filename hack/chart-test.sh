@@ -539,7 +539,7 @@ else
   # deploy/ as the server sees it (dry run; its namespace swapped for the fresh one).
   sed "s/xlattice-system/$LIVE_NS/g" deploy/xlattice-operator.yaml >"$TMP/deploy-live.yaml"
   if kubectl apply --dry-run=server -f deploy/xlattice-crds.yaml -f "$TMP/deploy-live.yaml" >"$TMP/apply.out" 2>&1; then
-    ok "kubectl apply --dry-run=server -f deploy/xlattice-crds.yaml -f deploy/xlattice-operator.yaml ($(wc -l <"$TMP/apply.out") objects)"
+    ok "kubectl apply --dry-run=server -f deploy/xlattice-crds.yaml -f deploy/xlattice-operator.yaml ($(grep -cE '^[^ ]+ (created|configured|unchanged)' "$TMP/apply.out") objects)"
   else
     cat "$TMP/apply.out" >&2
     bad "the API server refuses deploy/xlattice-crds.yaml or deploy/xlattice-operator.yaml"
@@ -769,7 +769,7 @@ EOF
   sed "s/xlattice-system/$PLAIN_NS/g" deploy/xlattice-operator.yaml >"$TMP/deploy-plain.yaml"
   PLAIN_APPLIED=1
   if kubectl apply -f deploy/xlattice-crds.yaml -f "$TMP/deploy-plain.yaml" >"$TMP/apply.out" 2>&1; then
-    ok "kubectl apply -f deploy/ ($(wc -l <"$TMP/apply.out") objects, namespace $PLAIN_NS)"
+    ok "kubectl apply -f deploy/ ($(grep -cE '^[^ ]+ (created|configured|unchanged)' "$TMP/apply.out") objects, namespace $PLAIN_NS)"
   else
     cat "$TMP/apply.out" >&2
     bad "kubectl apply -f deploy/ failed"

@@ -5,6 +5,11 @@
 //! every accepted nonce for at least twice that long, in two rotating generations.
 //! Memory is bounded: when a generation is full, further hellos are refused (fail
 //! closed) until it rotates.
+//!
+//! Generations follow the server's clock forward. A reading up to one generation
+//! behind the newest (concurrent handshakes reach the lock in any order) counts as the
+//! newest; a clock stepped back further is followed, keeping what was remembered for
+//! one more generation.
 
 use std::{collections::HashSet, sync::Mutex};
 
@@ -54,16 +59,28 @@ impl ReplayGuard {
         }
         let key: [u8; 16] = nonce[..16].try_into().expect("16 of 32 bytes");
         let mut state = self.state.lock().expect("replay guard poisoned");
-        // Generations only move forward. Concurrent handshakes read the clock before
-        // their RSA work and reach this lock in any order, so a `now` one second behind
-        // the last one seen is normal at a generation boundary; going back a generation
-        // must not throw away the nonces remembered so far (nor would a clock stepped back).
-        let generation = (now / GENERATION_SECS).max(state.number);
-        if generation != state.number {
+        let generation = now / GENERATION_SECS;
+        if generation > state.number {
             let current = std::mem::take(&mut state.current);
             state.previous = if generation == state.number + 1 { current } else { HashSet::new() };
             state.number = generation;
+        } else if generation + 1 < state.number {
+            // The clock was stepped back by more than a generation. Follow it (or the
+            // cache would not rotate, fill up and refuse every hello until the clock
+            // caught up again), keeping every nonce remembered so far for one more
+            // generation.
+            let current = std::mem::take(&mut state.current);
+            if state.previous.len() + current.len() <= 2 * self.capacity {
+                state.previous.extend(current);
+            } else {
+                state.previous = current; // bounded even if the clock keeps going back
+            }
+            state.number = generation + 1;
         }
+        // Otherwise `now` is in the newest generation or one behind it, and counts as
+        // the newest: concurrent handshakes read the clock before their RSA work and
+        // reach this lock in any order, so at a boundary a reading one second late is
+        // normal, and it must not rotate anything away.
         if state.previous.contains(&key) || state.current.contains(&key) {
             return Err(ReplayError::Replayed);
         }
@@ -105,6 +122,23 @@ mod tests {
         for nonce in [[1u8; 32], [2u8; 32], [3u8; 32]] {
             assert_eq!(guard.check(&nonce, t, t + 1), Err(ReplayError::Replayed), "{:?}", &nonce[..1]);
         }
+    }
+
+    #[test]
+    fn a_clock_stepped_back_neither_jams_nor_forgets_at_once() {
+        let guard = ReplayGuard::with_capacity(2);
+        let t = 1_000_000 * GENERATION_SECS + 10;
+        guard.check(&[1u8; 32], t, t).unwrap();
+        guard.check(&[2u8; 32], t, t).unwrap();
+        assert_eq!(guard.check(&[3u8; 32], t, t), Err(ReplayError::Full));
+        // An hour back: the cache follows the clock instead of staying full until it
+        // catches up, and what it knew is still there.
+        let back = t - 3600;
+        guard.check(&[3u8; 32], back, back).unwrap();
+        assert_eq!(guard.check(&[1u8; 32], back, back), Err(ReplayError::Replayed));
+        assert_eq!(guard.check(&[3u8; 32], back, back + 1), Err(ReplayError::Replayed));
+        guard.check(&[4u8; 32], back + GENERATION_SECS, back + GENERATION_SECS).unwrap();
+        assert_eq!(guard.check(&[3u8; 32], back, back + MAX_CLOCK_SKEW), Err(ReplayError::Replayed));
     }
 
     #[test]

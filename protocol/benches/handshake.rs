@@ -42,6 +42,11 @@ use xlattice_protocol::{
 const SERVER_NAME: &str = "member.xlattice.test";
 const RECORD: usize = 16 * 1024;
 
+/// A named benchmark: runs once, returns its rate.
+type StaticRow<'a> = (&'static str, Box<dyn FnMut() -> f64 + 'a>);
+/// A named primitive operation.
+type Op<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+
 struct Options {
     secs: f64,
     rounds: usize,
@@ -416,7 +421,7 @@ fn main() {
     let key_bytes = [0x42u8; 32];
     let aws = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key_bytes).unwrap());
     let rc = <aes_gcm::Aes256Gcm as aes_gcm::KeyInit>::new_from_slice(&key_bytes).unwrap();
-    let mut aead_rows: Vec<(&str, Box<dyn FnMut() -> f64>)> = vec![
+    let mut aead_rows: Vec<StaticRow> = vec![
         (
             "aws-lc-rs AES-256-GCM (seal + open in place)",
             Box::new(move || {
@@ -488,7 +493,7 @@ fn primitives(o: &Ours, secs: f64) {
         .unwrap()
         .compute_public_key()
         .unwrap();
-    let ops: Vec<(&str, Box<dyn FnMut()>)> = vec![
+    let ops: Vec<Op> = vec![
         (
             "RSA-2048 OAEP-SHA256 decrypt (server, private)",
             Box::new(|| {

@@ -178,10 +178,13 @@ struct Case {
     port: PortKind,
 }
 
+/// A direction's name, its key and the records to seal in it.
+type Direction<'a> = (&'static str, &'a [u8; 32], Vec<(ContentType, Vec<u8>)>);
+
 fn records(keys: &handshake::SessionKeys) -> Value {
     let mut out = Vec::new();
     let long: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
-    let plan: [(&str, &[u8; 32], Vec<(ContentType, Vec<u8>)>); 2] = [
+    let plan: [Direction; 2] = [
         (
             "client_to_server",
             &keys.client_to_server,

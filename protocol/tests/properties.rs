@@ -196,17 +196,30 @@ proptest! {
     #![proptest_config(config(2000))]
 
     #[test]
-    fn hello_header_decoding_is_total(header in any::<[u8; HELLO_HEADER_LEN]>(), port in port_strategy(), ck in prop_oneof![Just(256usize), Just(384), Just(512)]) {
-        match parse_hello_header(&header, port, ck) {
-            Ok(lens) => {
-                prop_assert_eq!(&header[..4], b"XL\x01\x01");
-                prop_assert_eq!(lens.rsa_len, ck);
-                match port {
-                    PortKind::Client => prop_assert_eq!(lens.proof_len, 0),
-                    PortKind::Cluster => prop_assert!((MIN_PROOF_LEN..=MAX_PROOF_LEN).contains(&lens.proof_len)),
-                }
-            }
-            Err(_) => {}
+    fn hello_header_decoding_is_total_and_exact(
+        header in prop_oneof![
+            any::<[u8; HELLO_HEADER_LEN]>(),
+            (any::<u16>(), 0u16..700).prop_map(|(rsa, proof)| {
+                let [r0, r1] = (rsa % 600).to_be_bytes();
+                let [p0, p1] = proof.to_be_bytes();
+                [b'X', b'L', 1, 1, r0, r1, p0, p1]
+            }),
+        ],
+        port in port_strategy(),
+        ck in prop_oneof![Just(256usize), Just(384), Just(512)],
+    ) {
+        let rsa = u16::from_be_bytes([header[4], header[5]]) as usize;
+        let proof = u16::from_be_bytes([header[6], header[7]]) as usize;
+        let valid = &header[..4] == b"XL\x01\x01"
+            && rsa == ck
+            && match port {
+                PortKind::Client => proof == 0,
+                PortKind::Cluster => (MIN_PROOF_LEN..=MAX_PROOF_LEN).contains(&proof),
+            };
+        let result = parse_hello_header(&header, port, ck);
+        prop_assert_eq!(result.is_ok(), valid, "{:?}", result);
+        if let Ok(lens) = result {
+            prop_assert_eq!((lens.rsa_len, lens.proof_len), (rsa, proof));
         }
     }
 

@@ -6,14 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${XLATTICE_CACHE:-$HOME/.cache/xlattice}
 TOOLS=$CACHE/tools
-CARGO_AUDIT_VERSION=0.22.1
+CARGO_AUDIT_VERSION=0.22.2
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "control plane: kube-apiserver, etcd, kubectl, helm (cached in $CACHE)"
 hack/control-plane.sh install >&2
 
-if [ ! -x "$TOOLS/bin/cargo-audit" ]; then
+export PATH="$TOOLS/bin:$PATH"
+if ! command -v cargo-audit >/dev/null 2>&1; then
   step "cargo-audit $CARGO_AUDIT_VERSION (cached in $TOOLS)"
   cargo install cargo-audit --version "$CARGO_AUDIT_VERSION" --locked --root "$TOOLS" \
     --target-dir "$CACHE/target-tools" >&2

@@ -35,7 +35,12 @@ pub fn kubeconfig_path() -> Option<PathBuf> {
     match path {
         Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
         _ if std::env::var("XLATTICE_SKIP_E2E").as_deref() == Ok("1") => {
-            eprintln!("\n!!!!!!!! SKIPPED: operator e2e tests against the API server (XLATTICE_SKIP_E2E=1) !!!!!!!!\n");
+            // Straight to the stderr handle: the test harness captures eprintln!.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!!!!!! SKIPPED: operator e2e tests against the API server (XLATTICE_SKIP_E2E=1) !!!!!!!!\n"
+            );
             None
         }
         _ => panic!(
@@ -275,6 +280,10 @@ impl Operator {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill(&mut self) {

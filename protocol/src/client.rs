@@ -47,16 +47,27 @@ pub async fn open(
     let address = target
         .address
         .or(endpoint.as_deref())
-        .ok_or_else(|| ClientError::NoEndpoint { member: member.record.name.clone(), port: port_name })?
+        .ok_or_else(|| ClientError::NoEndpoint {
+            member: member.record.name.clone(),
+            port: port_name,
+        })?
         .to_string();
     let attempt = async {
         let tcp = TcpStream::connect(&address)
             .await
-            .map_err(|source| ClientError::Connect { address: address.clone(), source })?;
+            .map_err(|source| ClientError::Connect {
+                address: address.clone(),
+                source,
+            })?;
         tcp.set_nodelay(true).ok();
         session::connect(tcp, &member.ck, target.port, target.identity)
             .await
-            .map_err(|source| ClientError::Handshake { member: member.record.name.clone(), source })
+            .map_err(|source| ClientError::Handshake {
+                member: member.record.name.clone(),
+                source,
+            })
     };
-    tokio::time::timeout(timeout, attempt).await.map_err(|_| ClientError::Timeout(timeout))?
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| ClientError::Timeout(timeout))?
 }

@@ -80,7 +80,11 @@ pub enum DirectoryError {
     #[error("member directory is not valid JSON or YAML: {0}")]
     Syntax(String),
     #[error("member {name:?}: {field}: {source}")]
-    Key { name: String, field: &'static str, source: KeyError },
+    Key {
+        name: String,
+        field: &'static str,
+        source: KeyError,
+    },
     #[error("NodeID {0} appears twice")]
     DuplicateNodeId(NodeId),
     #[error("member name {0:?} appears twice")]
@@ -110,7 +114,11 @@ impl MemberRecord {
                 source,
             })
         };
-        Ok(Member { sk: key("sk", &self.sk)?, ck: key("ck", &self.ck)?, record: self.clone() })
+        Ok(Member {
+            sk: key("sk", &self.sk)?,
+            ck: key("ck", &self.ck)?,
+            record: self.clone(),
+        })
     }
 }
 
@@ -131,7 +139,10 @@ impl MemberDirectory {
     }
 
     pub fn index(&self) -> Result<DirectoryIndex, DirectoryError> {
-        let mut index = DirectoryIndex { cluster: self.cluster.clone(), ..Default::default() };
+        let mut index = DirectoryIndex {
+            cluster: self.cluster.clone(),
+            ..Default::default()
+        };
         for record in &self.members {
             let member = Arc::new(record.parse()?);
             if index.by_node_id.insert(record.node_id, member.clone()).is_some() {
@@ -162,7 +173,10 @@ impl DirectoryIndex {
 
     /// By NodeID (hex) or by name.
     pub fn lookup(&self, key: &str) -> Option<&Arc<Member>> {
-        key.parse::<NodeId>().ok().and_then(|id| self.by_node_id(&id)).or_else(|| self.by_name(key))
+        key.parse::<NodeId>()
+            .ok()
+            .and_then(|id| self.by_node_id(&id))
+            .or_else(|| self.by_name(key))
     }
 
     pub fn len(&self) -> usize {
@@ -189,7 +203,10 @@ mod tests {
         let mut ra = MemberRecord::for_identity("a", &a);
         ra.cluster_endpoint = Some("127.0.0.1:7000".into());
         ra.attributes = vec![Attribute::Ephemeral];
-        MemberDirectory { cluster: "ns/c".into(), members: vec![ra, MemberRecord::for_identity("b", &b)] }
+        MemberDirectory {
+            cluster: "ns/c".into(),
+            members: vec![ra, MemberRecord::for_identity("b", &b)],
+        }
     }
 
     #[test]

@@ -214,12 +214,9 @@ fn derive_keys(
     peer_public: &[u8],
 ) -> Option<SessionKeys> {
     let transcript_hash = sha256(&[TRANSCRIPT_CONTEXT, hello, reply]);
-    let shared = agreement::agree(
-        ephemeral,
-        UnparsedPublicKey::new(&X25519, peer_public),
-        (),
-        |shared| Ok(Zeroizing::new(shared.to_vec())),
-    )
+    let shared = agreement::agree(ephemeral, UnparsedPublicKey::new(&X25519, peer_public), (), |shared| {
+        Ok(Zeroizing::new(shared.to_vec()))
+    })
     .ok()?;
     // A low-order peer key gives an all-zero secret; aws-lc refuses it, check anyway.
     if shared.iter().all(|b| *b == 0) {
@@ -229,7 +226,9 @@ fn derive_keys(
     let prk = hkdf::Salt::new(HKDF_SHA256, &transcript_hash).extract(&ikm);
     let expand = |info: &[u8]| {
         let mut out = Zeroizing::new([0u8; 32]);
-        prk.expand(&[info], HKDF_SHA256).and_then(|okm| okm.fill(&mut out[..])).ok()?;
+        prk.expand(&[info], HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut out[..]))
+            .ok()?;
         Some(out)
     };
     Some(SessionKeys {
@@ -261,7 +260,11 @@ impl ClientSecrets {
 
 impl ServerSecrets {
     pub fn random() -> Self {
-        Self { key2: Zeroizing::new(random32()), nonce: random32(), ephemeral: Zeroizing::new(random32()) }
+        Self {
+            key2: Zeroizing::new(random32()),
+            nonce: random32(),
+            ephemeral: Zeroizing::new(random32()),
+        }
     }
 }
 
@@ -287,9 +290,7 @@ pub fn client_hello(
     let proof_len = match (port, member) {
         (PortKind::Client, _) => 0,
         (PortKind::Cluster, None) => return Err(HandshakeError::MissingIdentity),
-        (PortKind::Cluster, Some(id)) => {
-            1 + id.node_id.as_bytes().len() + 2 + id.sk_public().bits().bytes() + TAG_LEN
-        }
+        (PortKind::Cluster, Some(id)) => 1 + id.node_id.as_bytes().len() + 2 + id.sk_public().bits().bytes() + TAG_LEN,
     };
     let mut hello = Vec::with_capacity(HELLO_HEADER_LEN + rsa.len() + proof_len);
     hello.extend_from_slice(&MAGIC);
@@ -307,14 +308,25 @@ pub fn client_hello(
         let sealed = seal_once(&secrets.key1, PROOF_NONCE, &hello, &proof);
         hello.extend_from_slice(&sealed);
     }
-    Ok((hello.clone(), ClientPending { key1: secrets.key1, ephemeral, hello }))
+    Ok((
+        hello.clone(),
+        ClientPending {
+            key1: secrets.key1,
+            ephemeral,
+            hello,
+        },
+    ))
 }
 
 impl ClientPending {
     /// Rebuilds the client state for a hello already on the wire (test vectors:
     /// OAEP and PSS are randomized, so a vector fixes the hello bytes themselves).
     pub fn resume(secrets: ClientSecrets, hello: Vec<u8>) -> Self {
-        Self { key1: secrets.key1, ephemeral: x25519(&secrets.ephemeral), hello }
+        Self {
+            key1: secrets.key1,
+            ephemeral: x25519(&secrets.ephemeral),
+            hello,
+        }
     }
 
     pub fn hello(&self) -> &[u8] {
@@ -323,7 +335,9 @@ impl ClientPending {
 
     /// Checks the reply and derives the session keys.
     pub fn finish(self, reply: &[u8]) -> Result<SessionKeys, HandshakeError> {
-        let (header, body) = reply.split_at_checked(REPLY_HEADER_LEN).ok_or(HandshakeError::BadReply)?;
+        let (header, body) = reply
+            .split_at_checked(REPLY_HEADER_LEN)
+            .ok_or(HandshakeError::BadReply)?;
         check_magic_version(header)?;
         if header[3] != TYPE_REPLY {
             return Err(HandshakeError::UnexpectedType(header[3]));
@@ -365,14 +379,20 @@ pub fn parse_hello_header(
     let rsa_len = u16::from_be_bytes([header[4], header[5]]) as usize;
     let proof_len = u16::from_be_bytes([header[6], header[7]]) as usize;
     if rsa_len != ck_size {
-        return Err(HandshakeError::BadLength { what: "hello RSA ciphertext", len: rsa_len });
+        return Err(HandshakeError::BadLength {
+            what: "hello RSA ciphertext",
+            len: rsa_len,
+        });
     }
     let proof_ok = match port {
         PortKind::Client => proof_len == 0,
         PortKind::Cluster => (MIN_PROOF_LEN..=MAX_PROOF_LEN).contains(&proof_len),
     };
     if !proof_ok {
-        return Err(HandshakeError::BadLength { what: "member proof", len: proof_len });
+        return Err(HandshakeError::BadLength {
+            what: "member proof",
+            len: proof_len,
+        });
     }
     Ok(HelloHeader { rsa_len, proof_len })
 }
@@ -393,14 +413,21 @@ pub fn server_accept(
     now: u64,
     secrets: ServerSecrets,
 ) -> Result<Accepted, HandshakeError> {
-    let header: &[u8; HELLO_HEADER_LEN] = hello
-        .get(..HELLO_HEADER_LEN)
-        .and_then(|h| h.try_into().ok())
-        .ok_or(HandshakeError::BadLength { what: "hello", len: hello.len() })?;
+    let header: &[u8; HELLO_HEADER_LEN] =
+        hello
+            .get(..HELLO_HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(HandshakeError::BadLength {
+                what: "hello",
+                len: hello.len(),
+            })?;
     let ck: &DecryptionKey = &ctx.identity.ck;
     let lens = parse_hello_header(header, ctx.port, ck.size_bytes())?;
     if hello.len() != HELLO_HEADER_LEN + lens.rsa_len + lens.proof_len {
-        return Err(HandshakeError::BadLength { what: "hello", len: hello.len() });
+        return Err(HandshakeError::BadLength {
+            what: "hello",
+            len: hello.len(),
+        });
     }
     let signed_part = &hello[..HELLO_HEADER_LEN + lens.rsa_len];
     let rsa = &signed_part[HELLO_HEADER_LEN..];
@@ -422,7 +449,12 @@ pub fn server_accept(
 
     let peer = match ctx.port {
         PortKind::Client => None,
-        PortKind::Cluster => Some(check_proof(ctx.directory, &key1, signed_part, &hello[signed_part.len()..])?),
+        PortKind::Cluster => Some(check_proof(
+            ctx.directory,
+            &key1,
+            signed_part,
+            &hello[signed_part.len()..],
+        )?),
     };
     ctx.replay.check(&client_nonce, timestamp, now)?;
 
@@ -456,9 +488,17 @@ fn check_proof(
         .and_then(|raw| NodeId::from_bytes(raw).ok())
         .ok_or(HandshakeError::BadProof)?;
     let rest = &proof[1 + id_len..];
-    let sig_len = rest.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize).ok_or(HandshakeError::BadProof)?;
-    let signature = rest.get(2..).filter(|s| s.len() == sig_len).ok_or(HandshakeError::BadProof)?;
-    let member = directory.by_node_id(&node_id).ok_or(HandshakeError::NotMember(node_id))?;
+    let sig_len = rest
+        .get(..2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+        .ok_or(HandshakeError::BadProof)?;
+    let signature = rest
+        .get(2..)
+        .filter(|s| s.len() == sig_len)
+        .ok_or(HandshakeError::BadProof)?;
+    let member = directory
+        .by_node_id(&node_id)
+        .ok_or(HandshakeError::NotMember(node_id))?;
     if !member.sk.verify_pss(&[PROOF_CONTEXT, signed_part].concat(), signature) {
         return Err(HandshakeError::BadSignature(node_id));
     }

@@ -82,10 +82,10 @@ impl Identity {
     pub fn from_files<'a>(get: impl Fn(&str) -> Option<&'a [u8]>) -> Result<Self, IdentityError> {
         let read = |file: &'static str| get(file).ok_or(IdentityError::Missing { file });
         let node_id_text = String::from_utf8_lossy(read(NODE_ID_FILE)?);
-        let node_id = node_id_text
-            .trim()
-            .parse()
-            .map_err(|source| IdentityError::NodeId { file: NODE_ID_FILE, source })?;
+        let node_id = node_id_text.trim().parse().map_err(|source| IdentityError::NodeId {
+            file: NODE_ID_FILE,
+            source,
+        })?;
         let sk = SigningKey::from_pkcs8_pem(read(SK_FILE)?)
             .map_err(|source| IdentityError::Key { file: SK_FILE, source })?;
         let ck = DecryptionKey::from_pkcs8_pem(read(CK_FILE)?)
@@ -100,7 +100,12 @@ impl Identity {
             match fs::read(&path) {
                 Ok(bytes) => files.push((name, Zeroizing::new(bytes))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(IdentityError::Io { path: path.display().to_string(), source }),
+                Err(source) => {
+                    return Err(IdentityError::Io {
+                        path: path.display().to_string(),
+                        source,
+                    })
+                }
             }
         }
         Self::from_files(|name| files.iter().find(|(n, _)| *n == name).map(|(_, b)| b.as_slice()))

@@ -6,8 +6,8 @@ use std::{fmt, sync::Arc};
 use aws_lc_rs::{
     encoding::{AsDer, Pkcs8V1Der},
     rsa::{
-        KeySize, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey,
-        PublicEncryptingKey, OAEP_SHA256_MGF1SHA256,
+        KeySize, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
+        OAEP_SHA256_MGF1SHA256,
     },
     signature::{self, KeyPair, ParsedPublicKey, RsaKeyPair, UnparsedPublicKey},
 };
@@ -78,7 +78,10 @@ impl TryFrom<usize> for RsaBits {
 fn decode_pem(text: &[u8], expected: &'static str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
     let block = pem::parse(text)?;
     if block.tag() != expected {
-        return Err(KeyError::PemTag { found: block.tag().to_string(), expected });
+        return Err(KeyError::PemTag {
+            found: block.tag().to_string(),
+            expected,
+        });
     }
     Ok(Zeroizing::new(block.into_contents()))
 }
@@ -129,7 +132,12 @@ impl SigningKey {
     pub fn sign_pss(&self, message: &[u8]) -> Vec<u8> {
         let mut sig = vec![0u8; self.pair.public_modulus_len()];
         self.pair
-            .sign(&signature::RSA_PSS_SHA256, &aws_lc_rs::rand::SystemRandom::new(), message, &mut sig)
+            .sign(
+                &signature::RSA_PSS_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                message,
+                &mut sig,
+            )
             .expect("RSA-PSS signing with a valid key");
         sig
     }
@@ -137,7 +145,9 @@ impl SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -162,8 +172,7 @@ impl DecryptionKey {
     }
 
     fn from_pkcs8_der(pkcs8: Zeroizing<Vec<u8>>) -> Result<Self, KeyError> {
-        let key = PrivateDecryptingKey::from_pkcs8(&pkcs8)
-            .map_err(|e| KeyError::Rejected(e.to_string()))?;
+        let key = PrivateDecryptingKey::from_pkcs8(&pkcs8).map_err(|e| KeyError::Rejected(e.to_string()))?;
         RsaBits::try_from(key.key_size_bits())?;
         let spki = key
             .public_key()
@@ -203,7 +212,9 @@ impl DecryptionKey {
 
 impl fmt::Debug for DecryptionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DecryptionKey").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("DecryptionKey")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -220,14 +231,18 @@ pub struct PublicKey {
 
 impl PublicKey {
     pub fn from_spki_der(der: &[u8]) -> Result<Self, KeyError> {
-        let encrypting =
-            PublicEncryptingKey::from_der(der).map_err(|e| KeyError::Rejected(e.to_string()))?;
+        let encrypting = PublicEncryptingKey::from_der(der).map_err(|e| KeyError::Rejected(e.to_string()))?;
         let bits = RsaBits::try_from(encrypting.key_size_bits())?;
         let encryptor = OaepPublicEncryptingKey::new(encrypting).map_err(|e| KeyError::Rejected(e.to_string()))?;
         let verifier = UnparsedPublicKey::new(&signature::RSA_PSS_2048_8192_SHA256, der)
             .parse()
             .map_err(|e| KeyError::Rejected(e.to_string()))?;
-        Ok(Self { spki: der.into(), bits, verifier, encryptor: Arc::new(encryptor) })
+        Ok(Self {
+            spki: der.into(),
+            bits,
+            verifier,
+            encryptor: Arc::new(encryptor),
+        })
     }
 
     pub fn from_pem(pem_text: &str) -> Result<Self, KeyError> {
@@ -274,7 +289,12 @@ impl Eq for PublicKey {}
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.spki);
-        write!(f, "PublicKey(rsa{}, sha256:{})", self.bits.bits(), hex::encode(&digest.as_ref()[..8]))
+        write!(
+            f,
+            "PublicKey(rsa{}, sha256:{})",
+            self.bits.bits(),
+            hex::encode(&digest.as_ref()[..8])
+        )
     }
 }
 

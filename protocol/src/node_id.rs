@@ -65,7 +65,10 @@ impl NodeId {
     pub fn random(bits: NodeIdBits) -> Self {
         let mut bytes = [0u8; 32];
         aws_lc_rs::rand::fill(&mut bytes[..bits.bytes()]).expect("system RNG failed");
-        Self { len: bits.bytes() as u8, bytes }
+        Self {
+            len: bits.bytes() as u8,
+            bytes,
+        }
     }
 
     pub fn from_bytes(raw: &[u8]) -> Result<Self, NodeIdError> {
@@ -74,7 +77,10 @@ impl NodeId {
         }
         let mut bytes = [0u8; 32];
         bytes[..raw.len()].copy_from_slice(raw);
-        Ok(Self { len: raw.len() as u8, bytes })
+        Ok(Self {
+            len: raw.len() as u8,
+            bytes,
+        })
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -94,10 +100,7 @@ impl FromStr for NodeId {
     type Err = NodeIdError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        if let Some((position, found)) = text
-            .char_indices()
-            .find(|(_, c)| !matches!(c, '0'..='9' | 'a'..='f'))
-        {
+        if let Some((position, found)) = text.char_indices().find(|(_, c)| !matches!(c, '0'..='9' | 'a'..='f')) {
             return Err(NodeIdError::NotLowercaseHex { position, found });
         }
         if text.len() != 40 && text.len() != 64 {
@@ -157,7 +160,10 @@ mod tests {
         let upper = "A".repeat(40);
         assert_eq!(
             upper.parse::<NodeId>(),
-            Err(NodeIdError::NotLowercaseHex { position: 0, found: 'A' })
+            Err(NodeIdError::NotLowercaseHex {
+                position: 0,
+                found: 'A'
+            })
         );
         let msg = format!("{}", "0g".repeat(20).parse::<NodeId>().unwrap_err());
         assert!(msg.contains("position 1"), "{msg}");

@@ -65,7 +65,10 @@ pub struct RecordSealer {
 
 impl RecordSealer {
     pub fn new(key_bytes: &[u8; 32]) -> Self {
-        Self { key: key(key_bytes), seq: 0 }
+        Self {
+            key: key(key_bytes),
+            seq: 0,
+        }
     }
 
     /// Appends one record carrying `payload` to `out`.
@@ -99,7 +102,10 @@ pub struct RecordOpener {
 
 impl RecordOpener {
     pub fn new(key_bytes: &[u8; 32]) -> Self {
-        Self { key: key(key_bytes), seq: 0 }
+        Self {
+            key: key(key_bytes),
+            seq: 0,
+        }
     }
 
     /// The ciphertext length a record header announces, checked against the bounds
@@ -187,16 +193,28 @@ mod tests {
 
         let mut flipped = a.clone();
         flipped[4] ^= 1;
-        assert_eq!(open_all(&mut RecordOpener::new(&key), &mut flipped), Err(RecordError::Forged));
+        assert_eq!(
+            open_all(&mut RecordOpener::new(&key), &mut flipped),
+            Err(RecordError::Forged)
+        );
 
         let mut reordered = [b.clone(), a.clone()].concat();
-        assert_eq!(open_all(&mut RecordOpener::new(&key), &mut reordered), Err(RecordError::Forged));
+        assert_eq!(
+            open_all(&mut RecordOpener::new(&key), &mut reordered),
+            Err(RecordError::Forged)
+        );
 
         let mut replayed = [a.clone(), a.clone()].concat();
-        assert_eq!(open_all(&mut RecordOpener::new(&key), &mut replayed), Err(RecordError::Forged));
+        assert_eq!(
+            open_all(&mut RecordOpener::new(&key), &mut replayed),
+            Err(RecordError::Forged)
+        );
 
         let mut wrong_key = a.clone();
-        assert_eq!(open_all(&mut RecordOpener::new(&[2u8; 32]), &mut wrong_key), Err(RecordError::Forged));
+        assert_eq!(
+            open_all(&mut RecordOpener::new(&[2u8; 32]), &mut wrong_key),
+            Err(RecordError::Forged)
+        );
     }
 
     #[test]
@@ -204,25 +222,44 @@ mod tests {
         // An authentic AES-GCM sealing of nothing at all: a bare 16-byte tag.
         let k = [3u8; 32];
         let mut tag_only = Vec::new();
-        key(&k).seal_in_place_append_tag(nonce(0), Aad::from([0u8, 16]), &mut tag_only).unwrap();
+        key(&k)
+            .seal_in_place_append_tag(nonce(0), Aad::from([0u8, 16]), &mut tag_only)
+            .unwrap();
         assert_eq!(tag_only.len(), TAG_LEN);
         let mut opener = RecordOpener::new(&k);
-        assert_eq!(opener.open([0, 16], &mut tag_only).unwrap_err(), RecordError::TooShort(16));
+        assert_eq!(
+            opener.open([0, 16], &mut tag_only).unwrap_err(),
+            RecordError::TooShort(16)
+        );
 
         let mut wire = Vec::new();
-        RecordSealer::new(&k).seal(ContentType::Data, b"abc", &mut wire).unwrap();
+        RecordSealer::new(&k)
+            .seal(ContentType::Data, b"abc", &mut wire)
+            .unwrap();
         let header = [wire[0], wire[1]];
         let mut short = wire[2..wire.len() - 1].to_vec();
-        assert_eq!(RecordOpener::new(&k).open(header, &mut short), Err(RecordError::TooShort(19)));
+        assert_eq!(
+            RecordOpener::new(&k).open(header, &mut short),
+            Err(RecordError::TooShort(19))
+        );
         let mut long = [&wire[2..], &[0][..]].concat();
-        assert_eq!(RecordOpener::new(&k).open(header, &mut long), Err(RecordError::TooLarge(21)));
+        assert_eq!(
+            RecordOpener::new(&k).open(header, &mut long),
+            Err(RecordError::TooLarge(21))
+        );
         let mut exact = wire[2..].to_vec();
-        assert_eq!(RecordOpener::new(&k).open(header, &mut exact).unwrap(), (ContentType::Data, &b"abc"[..]));
+        assert_eq!(
+            RecordOpener::new(&k).open(header, &mut exact).unwrap(),
+            (ContentType::Data, &b"abc"[..])
+        );
     }
 
     #[test]
     fn lengths_are_bounded_before_reading() {
-        assert_eq!(RecordOpener::ciphertext_len([0xff, 0xff]), Err(RecordError::TooLarge(65535)));
+        assert_eq!(
+            RecordOpener::ciphertext_len([0xff, 0xff]),
+            Err(RecordError::TooLarge(65535))
+        );
         assert_eq!(RecordOpener::ciphertext_len([0, 3]), Err(RecordError::TooShort(3)));
         let mut sealer = RecordSealer::new(&[0; 32]);
         assert_eq!(

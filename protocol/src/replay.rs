@@ -48,7 +48,10 @@ impl Default for ReplayGuard {
 
 impl ReplayGuard {
     pub fn with_capacity(capacity: usize) -> Self {
-        Self { capacity, state: Mutex::default() }
+        Self {
+            capacity,
+            state: Mutex::default(),
+        }
     }
 
     /// Checks freshness and records `nonce`; `now` and `timestamp` in Unix seconds.
@@ -62,7 +65,11 @@ impl ReplayGuard {
         let generation = now / GENERATION_SECS;
         if generation > state.number {
             let current = std::mem::take(&mut state.current);
-            state.previous = if generation == state.number + 1 { current } else { HashSet::new() };
+            state.previous = if generation == state.number + 1 {
+                current
+            } else {
+                HashSet::new()
+            };
             state.number = generation;
         } else if generation + 1 < state.number {
             // The clock was stepped back by more than a generation. Follow it (or the
@@ -106,7 +113,10 @@ mod tests {
         // One second later the generation rotates; the nonce must still be remembered
         // for as long as the timestamp is fresh.
         assert_eq!(guard.check(&nonce, t, t + MAX_CLOCK_SKEW), Err(ReplayError::Replayed));
-        assert_eq!(guard.check(&nonce, t, t + MAX_CLOCK_SKEW + 1), Err(ReplayError::ClockSkew(-31)));
+        assert_eq!(
+            guard.check(&nonce, t, t + MAX_CLOCK_SKEW + 1),
+            Err(ReplayError::ClockSkew(-31))
+        );
         guard.check(&[8u8; 32], t, t + 1).unwrap();
     }
 
@@ -120,7 +130,12 @@ mod tests {
         guard.check(&[2u8; 32], t, t).unwrap();
         guard.check(&[3u8; 32], t - 1, t - 1).unwrap();
         for nonce in [[1u8; 32], [2u8; 32], [3u8; 32]] {
-            assert_eq!(guard.check(&nonce, t, t + 1), Err(ReplayError::Replayed), "{:?}", &nonce[..1]);
+            assert_eq!(
+                guard.check(&nonce, t, t + 1),
+                Err(ReplayError::Replayed),
+                "{:?}",
+                &nonce[..1]
+            );
         }
     }
 
@@ -137,8 +152,13 @@ mod tests {
         guard.check(&[3u8; 32], back, back).unwrap();
         assert_eq!(guard.check(&[1u8; 32], back, back), Err(ReplayError::Replayed));
         assert_eq!(guard.check(&[3u8; 32], back, back + 1), Err(ReplayError::Replayed));
-        guard.check(&[4u8; 32], back + GENERATION_SECS, back + GENERATION_SECS).unwrap();
-        assert_eq!(guard.check(&[3u8; 32], back, back + MAX_CLOCK_SKEW), Err(ReplayError::Replayed));
+        guard
+            .check(&[4u8; 32], back + GENERATION_SECS, back + GENERATION_SECS)
+            .unwrap();
+        assert_eq!(
+            guard.check(&[3u8; 32], back, back + MAX_CLOCK_SKEW),
+            Err(ReplayError::Replayed)
+        );
     }
 
     #[test]

@@ -65,7 +65,9 @@ fn invalid(e: RecordError) -> io::Error {
 
 impl<S> std::fmt::Debug for SecureStream<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecureStream").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("SecureStream")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -125,7 +127,10 @@ impl<S> SecureStream<S> {
             return Ok(false);
         }
         let body = r.start + RECORD_HEADER_LEN;
-        let (kind, payload) = self.opener.open(header, &mut r.buf[body..body + len]).map_err(invalid)?;
+        let (kind, payload) = self
+            .opener
+            .open(header, &mut r.buf[body..body + len])
+            .map_err(invalid)?;
         r.plain = body..body + payload.len();
         r.start = body + len;
         if kind == ContentType::Close {
@@ -205,14 +210,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
         if this.write.closed {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, "session already closed for writing")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "session already closed for writing",
+            )));
         }
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
         let n = data.len().min(BATCH_RECORDS * MAX_PAYLOAD);
         for chunk in data[..n].chunks(MAX_PAYLOAD) {
-            this.sealer.seal(ContentType::Data, chunk, &mut this.write.buf).map_err(invalid)?;
+            this.sealer
+                .seal(ContentType::Data, chunk, &mut this.write.buf)
+                .map_err(invalid)?;
         }
         // Start sending now; what does not fit stays buffered for the next call or flush.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
@@ -231,7 +241,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
         if !this.write.closed {
-            this.sealer.seal(ContentType::Close, &[], &mut this.write.buf).map_err(invalid)?;
+            this.sealer
+                .seal(ContentType::Close, &[], &mut this.write.buf)
+                .map_err(invalid)?;
             this.write.closed = true;
             ready!(this.poll_drain(cx))?;
         }

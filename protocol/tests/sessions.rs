@@ -26,9 +26,17 @@ fn cluster() -> Cluster {
     let (server, member, outsider) = (gen(), gen(), gen());
     let directory = MemberDirectory {
         cluster: "test/c".into(),
-        members: vec![MemberRecord::for_identity("server", &server), MemberRecord::for_identity("member", &member)],
+        members: vec![
+            MemberRecord::for_identity("server", &server),
+            MemberRecord::for_identity("member", &member),
+        ],
     };
-    Cluster { directory: Arc::new(directory.index().unwrap()), server, member, outsider }
+    Cluster {
+        directory: Arc::new(directory.index().unwrap()),
+        server,
+        member,
+        outsider,
+    }
 }
 
 /// An echo server behind the handshake; reports each connection's handshake result.
@@ -43,7 +51,12 @@ async fn serve(c: &Cluster, port: PortKind) -> (std::net::SocketAddr, mpsc::Unbo
             let (tcp, _) = listener.accept().await.unwrap();
             let (identity, directory, replay, tx) = (identity.clone(), directory.clone(), replay.clone(), tx.clone());
             tokio::spawn(async move {
-                let ctx = xlattice_protocol::ServerContext { port, identity: &identity, directory: &directory, replay: &replay };
+                let ctx = xlattice_protocol::ServerContext {
+                    port,
+                    identity: &identity,
+                    directory: &directory,
+                    replay: &replay,
+                };
                 match tokio::time::timeout(Duration::from_secs(5), accept(tcp, &ctx)).await {
                     Ok(Ok(mut session)) => {
                         tx.send(Ok(())).ok();
@@ -80,7 +93,9 @@ async fn serve(c: &Cluster, port: PortKind) -> (std::net::SocketAddr, mpsc::Unbo
 /// Reads until EOF or error; returns the bytes the server sent back.
 async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got)).await.expect("server closed");
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got))
+        .await
+        .expect("server closed");
     got
 }
 
@@ -89,7 +104,9 @@ async fn client_port_round_trip_carries_bulk_data_both_ways() {
     let c = cluster();
     let (addr, mut results) = serve(&c, PortKind::Client).await;
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let session = connect(tcp, c.server.ck_public(), PortKind::Client, None).await.unwrap();
+    let session = connect(tcp, c.server.ck_public(), PortKind::Client, None)
+        .await
+        .unwrap();
     assert_eq!(results.recv().await.unwrap(), Ok(()));
 
     let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -111,7 +128,9 @@ async fn cluster_port_serves_members_and_drops_others_silently() {
     let (addr, mut results) = serve(&c, PortKind::Cluster).await;
 
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut session = connect(tcp, c.server.ck_public(), PortKind::Cluster, Some(&c.member)).await.unwrap();
+    let mut session = connect(tcp, c.server.ck_public(), PortKind::Cluster, Some(&c.member))
+        .await
+        .unwrap();
     assert_eq!(results.recv().await.unwrap(), Ok(()));
     session.write_all(b"ping").await.unwrap();
     session.flush().await.unwrap();
@@ -120,8 +139,13 @@ async fn cluster_port_serves_members_and_drops_others_silently() {
     assert_eq!(&buf, b"ping");
 
     // A valid identity that is not in the directory: nothing comes back.
-    let (hello, _) =
-        client_hello(c.server.ck_public(), PortKind::Cluster, Some(&c.outsider), ClientSecrets::random()).unwrap();
+    let (hello, _) = client_hello(
+        c.server.ck_public(),
+        PortKind::Cluster,
+        Some(&c.outsider),
+        ClientSecrets::random(),
+    )
+    .unwrap();
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(&hello).await.unwrap();
     assert_eq!(read_to_close(&mut tcp).await, b"");
@@ -146,9 +170,17 @@ async fn a_member_signature_by_the_wrong_key_is_refused() {
     let c = cluster();
     let (addr, mut results) = serve(&c, PortKind::Cluster).await;
     // The outsider claims the member's NodeID but signs with its own sk.
-    let impostor = Identity { node_id: c.member.node_id, ..Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap() };
-    let (hello, _) =
-        client_hello(c.server.ck_public(), PortKind::Cluster, Some(&impostor), ClientSecrets::random()).unwrap();
+    let impostor = Identity {
+        node_id: c.member.node_id,
+        ..Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap()
+    };
+    let (hello, _) = client_hello(
+        c.server.ck_public(),
+        PortKind::Cluster,
+        Some(&impostor),
+        ClientSecrets::random(),
+    )
+    .unwrap();
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(&hello).await.unwrap();
     assert_eq!(read_to_close(&mut tcp).await, b"");
@@ -159,8 +191,13 @@ async fn a_member_signature_by_the_wrong_key_is_refused() {
 async fn a_member_on_the_client_port_is_just_a_client() {
     let c = cluster();
     let (addr, mut results) = serve(&c, PortKind::Client).await;
-    let (hello, _) =
-        client_hello(c.server.ck_public(), PortKind::Cluster, Some(&c.member), ClientSecrets::random()).unwrap();
+    let (hello, _) = client_hello(
+        c.server.ck_public(),
+        PortKind::Cluster,
+        Some(&c.member),
+        ClientSecrets::random(),
+    )
+    .unwrap();
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(&hello).await.unwrap();
     assert_eq!(read_to_close(&mut tcp).await, b"");
@@ -171,11 +208,21 @@ async fn a_member_on_the_client_port_is_just_a_client() {
 async fn hostile_hellos_close_only_their_own_connection() {
     let c = cluster();
     let (addr, mut results) = serve(&c, PortKind::Client).await;
-    let good = || client_hello(c.server.ck_public(), PortKind::Client, None, ClientSecrets::random()).unwrap().0;
+    let good = || {
+        client_hello(c.server.ck_public(), PortKind::Client, None, ClientSecrets::random())
+            .unwrap()
+            .0
+    };
 
     // An established session that must survive all of the below.
-    let mut survivor =
-        connect(TcpStream::connect(addr).await.unwrap(), c.server.ck_public(), PortKind::Client, None).await.unwrap();
+    let mut survivor = connect(
+        TcpStream::connect(addr).await.unwrap(),
+        c.server.ck_public(),
+        PortKind::Client,
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(results.recv().await.unwrap(), Ok(()));
 
     let mut tampered = good();
@@ -187,7 +234,9 @@ async fn hostile_hellos_close_only_their_own_connection() {
     let replayed = good();
     let mut stale_secrets = ClientSecrets::random();
     stale_secrets.timestamp -= 3600;
-    let stale = client_hello(c.server.ck_public(), PortKind::Client, None, stale_secrets).unwrap().0;
+    let stale = client_hello(c.server.ck_public(), PortKind::Client, None, stale_secrets)
+        .unwrap()
+        .0;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("tampered", tampered, "undecryptable"),
         ("wrong version", wrong_version, "unsupported_version"),
@@ -229,7 +278,9 @@ async fn a_reply_from_the_wrong_member_is_refused_by_the_client() {
     // Addressed to the member's ck, answered by the server: it cannot decrypt, so it
     // drops the connection; the client sees a closed stream, never a session.
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let err = connect(tcp, c.member.ck_public(), PortKind::Client, None).await.unwrap_err();
+    let err = connect(tcp, c.member.ck_public(), PortKind::Client, None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, HandshakeError::Io(_)), "{err}");
 }
 
@@ -242,7 +293,12 @@ async fn tampered_or_truncated_records_end_the_session_with_an_error() {
     let directory = c.directory.clone();
     let handle = tokio::spawn(async move {
         let replay = ReplayGuard::default();
-        let ctx = xlattice_protocol::ServerContext { port: PortKind::Client, identity: &server, directory: &directory, replay: &replay };
+        let ctx = xlattice_protocol::ServerContext {
+            port: PortKind::Client,
+            identity: &server,
+            directory: &directory,
+            replay: &replay,
+        };
         let mut results = Vec::new();
         for _ in 0..2 {
             let (tcp, _) = listener.accept().await.unwrap();
@@ -255,7 +311,9 @@ async fn tampered_or_truncated_records_end_the_session_with_an_error() {
 
     // 1: a raw byte flipped inside an established record stream.
     let (tcp, mut raw_side) = relay(addr).await;
-    let mut session = connect(tcp, c.server.ck_public(), PortKind::Client, None).await.unwrap();
+    let mut session = connect(tcp, c.server.ck_public(), PortKind::Client, None)
+        .await
+        .unwrap();
     raw_side.flip_next_byte_after(5);
     session.write_all(b"hello, member").await.unwrap();
     session.flush().await.unwrap();
@@ -263,13 +321,18 @@ async fn tampered_or_truncated_records_end_the_session_with_an_error() {
 
     // 2: the TCP connection closes without a close record.
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut session = connect(tcp, c.server.ck_public(), PortKind::Client, None).await.unwrap();
+    let mut session = connect(tcp, c.server.ck_public(), PortKind::Client, None)
+        .await
+        .unwrap();
     session.write_all(b"partial").await.unwrap();
     session.flush().await.unwrap();
     drop(session);
 
     let results = handle.await.unwrap();
-    assert!(results[0].as_ref().unwrap_err().contains("failed authentication"), "{results:?}");
+    assert!(
+        results[0].as_ref().unwrap_err().contains("failed authentication"),
+        "{results:?}"
+    );
     assert!(results[1].as_ref().unwrap_err().contains("truncated"), "{results:?}");
 }
 

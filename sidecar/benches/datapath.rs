@@ -66,7 +66,6 @@ async fn start_app() -> (u16, u16) {
 
 struct Sidecar {
     child: Child,
-    client_port: u16,
     directory: xlattice_protocol::DirectoryIndex,
     _dir: tempdir::TempDir,
 }
@@ -152,7 +151,6 @@ async fn start_sidecar(upstream: u16) -> Sidecar {
     tokio::time::sleep(Duration::from_millis(200)).await;
     Sidecar {
         child,
-        client_port,
         directory: directory.index().unwrap(),
         _dir: tempdir::TempDir(dir),
     }

@@ -183,9 +183,8 @@ async fn cluster(base: u8) -> Cluster {
         });
     }
     write_directory(&dir, &members.iter().collect::<Vec<_>>());
-    for i in 0..3 {
-        let child = spawn_sidecar(&dir, &members[i]);
-        members[i].process = Some(child);
+    for member in &mut members {
+        member.process = Some(spawn_sidecar(&dir, member));
     }
     for m in &members {
         wait_ready(&m.host).await;

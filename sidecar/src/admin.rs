@@ -17,12 +17,8 @@ use crate::Runtime;
 
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
     loop {
-        let tcp = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(_) => continue,
-            },
+        let Some((tcp, _)) = crate::next_connection(&listener, &stop, "admin").await else {
+            return;
         };
         let rt = rt.clone();
         tokio::spawn(async move {

@@ -33,17 +33,8 @@ pub async fn serve(
 ) {
     let label = PortLabel { port: port_label(port) };
     loop {
-        let (tcp, remote) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(%error, port = label.port, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, remote)) = crate::next_connection(&listener, &stop, label.port).await else {
+            return;
         };
         let Ok(permit) = rt.connections.clone().try_acquire_owned() else {
             rt.shared.metrics.refused_connections.get_or_create(&label).inc();

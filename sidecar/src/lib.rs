@@ -45,6 +45,27 @@ pub enum RunError {
     },
 }
 
+/// The next accepted connection, or `None` once `stop` is cancelled. Accept errors
+/// (EMFILE and friends) back off briefly instead of spinning.
+pub(crate) async fn next_connection(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    listener_name: &'static str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(error) => {
+                    tracing::warn!(%error, listener = listener_name, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
     TcpListener::bind(addr)
         .await

@@ -1,7 +1,7 @@
 //! The HTTP CONNECT listener on loopback: the application asks for
 //! `CONNECT <nodeid or member name>:<port>` and the sidecar opens the session.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -50,16 +50,8 @@ pub fn parse_connect(head: &[u8]) -> Result<ConnectRequest, &'static str> {
 
 pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
     loop {
-        let tcp = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed on the CONNECT listener");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, _)) = crate::next_connection(&listener, &stop, "connect").await else {
+            return;
         };
         let Ok(permit) = rt.connections.clone().try_acquire_owned() else {
             rt.shared

@@ -35,6 +35,7 @@ elif engine_works podman; then
 else
   die "no container engine: neither 'docker info' nor 'podman info' succeeds.
 Install Docker (with a running daemon) or Podman, or build elsewhere and push:
+  cargo build --release --locked -p xlattice-operator -p xlattice-sidecar
   docker build --target operator -t $OPERATOR_IMAGE .
   docker build --target sidecar  -t $SIDECAR_IMAGE ."
 fi
@@ -48,10 +49,17 @@ if [[ $ENGINE == docker ]]; then
   export DOCKER_BUILDKIT=1
 fi
 
-echo "==> $ENGINE build --target operator -t $OPERATOR_IMAGE"
-"$ENGINE" build "${args[@]}" --target operator -t "$OPERATOR_IMAGE" .
-echo "==> $ENGINE build --target sidecar -t $SIDECAR_IMAGE"
-"$ENGINE" build "${args[@]}" --target sidecar -t "$SIDECAR_IMAGE" .
+# The images package exactly this build (see the Containerfile); set
+# STATIC=1 to build static musl binaries inside the container instead.
+if [[ -z ${STATIC:-} ]]; then
+  echo "==> cargo build --release --locked -p xlattice-operator -p xlattice-sidecar"
+  cargo build --release --locked -p xlattice-operator -p xlattice-sidecar
+fi
+suffix=${STATIC:+-static}
+echo "==> $ENGINE build --target operator$suffix -t $OPERATOR_IMAGE"
+"$ENGINE" build "${args[@]}" --target "operator$suffix" -t "$OPERATOR_IMAGE" .
+echo "==> $ENGINE build --target sidecar$suffix -t $SIDECAR_IMAGE"
+"$ENGINE" build "${args[@]}" --target "sidecar$suffix" -t "$SIDECAR_IMAGE" .
 
 cat <<EOF
 

@@ -5,7 +5,8 @@
 //!   memory       sidecar RSS idle and with N idle sessions open
 //!
 //! Run: cargo bench -p xlattice-sidecar --bench datapath
-//! Env: XL_BENCH_MIB (default 1024), XL_BENCH_ECHOES (20000), XL_BENCH_SESSIONS (1000)
+//! Env: XL_BENCH_MIB (default 1024), XL_BENCH_ECHOES (20000), XL_BENCH_SESSIONS (1000),
+//!      XL_BENCH_SIDECAR_THREADS (sidecar worker threads, default 2)
 
 use std::{
     process::{Child, Command, Stdio},
@@ -140,6 +141,10 @@ async fn start_sidecar(upstream: u16) -> Sidecar {
         ])
         .args(["--max-connections", "100000"])
         .env("XLATTICE_LOG", "warn")
+        .env(
+            "XLATTICE_WORKER_THREADS",
+            std::env::var("XL_BENCH_SIDECAR_THREADS").unwrap_or_else(|_| "2".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -132,10 +132,15 @@ async fn connect(args: ConnectArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // Worker threads: XLATTICE_WORKER_THREADS, else one per CPU the process may use.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("XLATTICE_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().build().expect("tokio runtime");
     let outcome = runtime.block_on(async move {
         match cli.command {
             Command::Run(config) => {

@@ -94,7 +94,9 @@ pub struct XLatticeClusterSpec {
     #[serde(default)]
     pub restart_workloads: bool,
 
-    /// Periodic key rotation (new keys, same NodeID), e.g. "720h".
+    /// Periodic key rotation: new keys, same NodeID, for each member whose keys are older than
+    /// the period. On demand: annotate the cluster (every member) or a member pod with
+    /// `xlattice.io/rotate=<a new value>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationSettings>,
 
@@ -135,7 +137,7 @@ pub enum ServiceType {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationSettings {
-    /// Go duration ("720h", "30m").
+    /// Go duration ("720h", "30m"); at least 1s is honoured, a negative one disables.
     pub period: kube::core::Duration,
 }
 
@@ -159,6 +161,9 @@ pub struct XLatticeClusterStatus {
     /// The ConfigMap holding the member directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory_config_map: Option<String>,
+    /// When keys of a member were last rotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 fn default_node_id_bits() -> u16 {

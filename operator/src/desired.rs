@@ -43,27 +43,50 @@ fn owned_meta(cluster: &XLatticeCluster, name: String) -> ObjectMeta {
     }
 }
 
-/// The identity Secret of `pod`: the only place the private keys live.
-pub fn identity_secret(cluster: &XLatticeCluster, pod: &str, identity: &Identity) -> Secret {
+/// The identity Secret of `pod`: the only place the private keys live. `stamp`: the
+/// rotation bookkeeping annotations (see `rotation::stamp`).
+pub fn identity_secret(
+    cluster: &XLatticeCluster,
+    pod: &str,
+    identity: &Identity,
+    stamp: BTreeMap<String, String>,
+) -> Secret {
     let mut meta = owned_meta(cluster, identity_secret_name(pod));
     meta.labels
         .get_or_insert_default()
         .insert(MEMBER_LABEL.into(), label_value(pod));
-    meta.annotations = Some(BTreeMap::from([
+    let mut annotations = stamp;
+    annotations.extend([
         (NODE_ID_ANNOTATION.to_string(), identity.node_id.to_string()),
         (MEMBER_ANNOTATION.to_string(), pod.to_string()),
-    ]));
-    let data = identity
-        .to_files()
-        .into_iter()
-        .map(|(name, bytes)| (name.to_string(), ByteString(bytes.to_vec())))
-        .collect();
+    ]);
+    meta.annotations = Some(annotations);
     Secret {
         metadata: meta,
         type_: Some(IDENTITY_SECRET_TYPE.into()),
-        data: Some(data),
+        data: Some(identity_data(identity)),
         ..Default::default()
     }
+}
+
+/// The data of an identity Secret: `node-id`, `sk.pem`, `ck.pem`.
+pub fn identity_data(identity: &Identity) -> BTreeMap<String, ByteString> {
+    identity
+        .to_files()
+        .into_iter()
+        .map(|(name, bytes)| (name.to_string(), ByteString(bytes.to_vec())))
+        .collect()
+}
+
+/// `observed` with the keys of `rotated` (same NodeID) and the new rotation stamp; its
+/// resourceVersion kept, so the write is refused if the Secret changed meanwhile.
+pub fn rotated_secret(observed: &Secret, rotated: &Identity, stamp: BTreeMap<String, String>) -> Secret {
+    let mut secret = observed.clone();
+    secret.metadata.managed_fields = None;
+    secret.metadata.annotations.get_or_insert_default().extend(stamp);
+    secret.data = Some(identity_data(rotated));
+    secret.string_data = None;
+    secret
 }
 
 /// The pod an identity Secret belongs to, from its annotation (the label may be hashed).
@@ -272,7 +295,7 @@ pub(crate) mod tests {
     fn secret_has_the_contracted_shape() {
         let c = cluster(serde_json::json!({}));
         let id = Identity::generate(NodeIdBits::B160, RsaBits::B2048).unwrap();
-        let s = identity_secret(&c, "store-0", &id);
+        let s = identity_secret(&c, "store-0", &id, BTreeMap::new());
         assert_eq!(s.metadata.name.as_deref(), Some("xlattice-id-store-0"));
         assert_eq!(s.type_.as_deref(), Some("xlattice.io/identity"));
         let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
@@ -282,6 +305,34 @@ pub(crate) mod tests {
         assert_eq!(secret_member(&s), Some("store-0"));
         let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.controller), ("XLatticeCluster", Some(true)));
+    }
+
+    #[test]
+    fn rotated_secret_keeps_node_id_metadata_and_version_with_new_keys() {
+        let c = cluster(serde_json::json!({}));
+        let id = Identity::generate(NodeIdBits::B160, RsaBits::B2048).unwrap();
+        let mut observed = identity_secret(&c, "store-0", &id, BTreeMap::new());
+        observed.metadata.resource_version = Some("42".into());
+        let new = id.rotated(RsaBits::B2048).unwrap();
+        let stamp = BTreeMap::from([(ROTATED_FOR_CLUSTER_ANNOTATION.to_string(), "1".to_string())]);
+        let s = rotated_secret(&observed, &new, stamp);
+        assert_eq!(
+            s.metadata.resource_version.as_deref(),
+            Some("42"),
+            "conditional on what was read"
+        );
+        assert_eq!(s.metadata.name, observed.metadata.name);
+        assert_eq!(s.metadata.labels, observed.metadata.labels);
+        assert_eq!(s.metadata.owner_references, observed.metadata.owner_references);
+        assert_eq!(s.annotations()[NODE_ID_ANNOTATION], id.node_id.to_string());
+        assert_eq!(s.annotations()[ROTATED_FOR_CLUSTER_ANNOTATION], "1");
+        let (old, data) = (observed.data.unwrap(), s.data.unwrap());
+        assert_eq!(data["node-id"], old["node-id"]);
+        assert_ne!(data["sk.pem"], old["sk.pem"]);
+        assert_ne!(data["ck.pem"], old["ck.pem"]);
+        let back = Identity::from_files(|f| data.get(f).map(|b| b.0.as_slice())).unwrap();
+        assert_eq!(back.node_id, id.node_id);
+        assert_eq!(back.sk_public().to_pem(), new.sk_public().to_pem());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod mint;
 pub mod names;
 pub mod reconcile;
 pub mod restart;
+pub mod rotation;
 pub mod status;
 pub mod webhook;
 

@@ -57,7 +57,7 @@ pub enum Orphan {
 
 /// Remembers since when each identity has been without its pod. In memory on purpose: after
 /// a restart the grace period starts over, which can only delay a deletion, never hasten it,
-/// and needs no write to the Secret (the operator may not update identity Secrets).
+/// and needs no write to the Secret (the operator updates identity Secrets only to rotate keys).
 #[derive(Debug, Default)]
 pub struct OrphanClock {
     since: HashMap<String, Instant>,
@@ -107,7 +107,7 @@ mod tests {
     fn secret_for(name: &str, uid: &str) -> Secret {
         let c = cluster(serde_json::json!({}));
         let id = Identity::generate(NodeIdBits::B160, RsaBits::B2048).unwrap();
-        let mut s = identity_secret(&c, name, &id);
+        let mut s = identity_secret(&c, name, &id, Default::default());
         s.metadata.uid = Some(uid.into());
         s
     }

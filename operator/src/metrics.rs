@@ -33,6 +33,7 @@ pub struct Metrics {
     pub failures: Family<ReasonLabel, Counter>,
     pub duration: Histogram,
     pub minted: Counter,
+    pub rotated: Counter,
     pub deleted: Counter,
     /// Writes by kind, so "a settled cluster writes nothing" can be checked from outside.
     pub writes: Family<KindLabel, Counter>,
@@ -48,12 +49,18 @@ impl Default for Metrics {
         let failures = Family::<ReasonLabel, Counter>::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
         let minted = Counter::default();
+        let rotated = Counter::default();
         let deleted = Counter::default();
         let writes = Family::<KindLabel, Counter>::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register("reconcile_failures", "Reconciles failed, by reason", failures.clone());
         registry.register("reconcile_duration_seconds", "Time a reconcile took", duration.clone());
         registry.register("identities_minted", "Identities minted into Secrets", minted.clone());
+        registry.register(
+            "identities_rotated",
+            "Identities whose keys were rotated (same NodeID)",
+            rotated.clone(),
+        );
         registry.register(
             "identities_deleted",
             "Identities deleted after their grace period",
@@ -70,6 +77,7 @@ impl Default for Metrics {
             failures,
             duration,
             minted,
+            rotated,
             deleted,
             writes,
             ready: AtomicBool::new(false),

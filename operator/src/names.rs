@@ -17,7 +17,14 @@ pub const MEMBER_ANNOTATION: &str = "xlattice.io/member";
 pub const NODE_ID_ANNOTATION: &str = "xlattice.io/node-id";
 /// Set by the webhook on pods it injected, value: the cluster name.
 pub const INJECTED_ANNOTATION: &str = "xlattice.io/injected";
+/// On the cluster (every member) or a member pod (that member): a new value rotates keys.
 pub const ROTATE_ANNOTATION: &str = "xlattice.io/rotate";
+/// On an identity Secret: the cluster's rotate token its keys were made under.
+pub const ROTATED_FOR_CLUSTER_ANNOTATION: &str = "xlattice.io/rotated-for-cluster";
+/// On an identity Secret: the pod's rotate token its keys were made under.
+pub const ROTATED_FOR_POD_ANNOTATION: &str = "xlattice.io/rotated-for-pod";
+/// On an identity Secret: when its keys were made (RFC 3339), at mint and at each rotation.
+pub const KEYS_CREATED_AT_ANNOTATION: &str = "xlattice.io/keys-created-at";
 
 pub const IDENTITY_SECRET_TYPE: &str = "xlattice.io/identity";
 pub const DIRECTORY_KEY: &str = "directory.yaml";

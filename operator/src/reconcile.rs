@@ -38,6 +38,7 @@ use crate::{
     mint::{self, Minted},
     names::*,
     restart,
+    rotation::{self, Due, Tokens},
     status::{self, Facts},
 };
 
@@ -52,8 +53,9 @@ pub struct Context {
     /// Bounds RSA key generation across all clusters (about one permit per core).
     pub keygen: Arc<Semaphore>,
     orphans: Mutex<HashMap<String, OrphanClock>>,
-    /// Public halves parsed from identity Secrets, by Secret uid (Secrets are never updated).
-    publics: Mutex<HashMap<String, MemberRecord>>,
+    /// Public halves parsed from identity Secrets, by Secret uid, with the resourceVersion
+    /// they were parsed at (a rotation updates a Secret in place).
+    publics: Mutex<HashMap<String, (String, MemberRecord)>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -88,8 +90,11 @@ impl Context {
     /// The public record of an identity Secret, parsed once per Secret.
     fn record(&self, secret: &Secret, member: &str) -> Result<MemberRecord> {
         let uid = secret.uid().unwrap_or_default();
-        if let Some(record) = self.publics.lock().expect("lock poisoned").get(&uid) {
-            return Ok(record.clone());
+        let version = secret.resource_version().unwrap_or_default();
+        if let Some((seen, record)) = self.publics.lock().expect("lock poisoned").get(&uid) {
+            if *seen == version {
+                return Ok(record.clone());
+            }
         }
         let data = secret.data.clone().unwrap_or_default();
         let identity = Identity::from_files(|name| data.get(name).map(|b| b.0.as_slice())).map_err(|e| {
@@ -99,7 +104,10 @@ impl Context {
             }
         })?;
         let record = MemberRecord::for_identity(member, &identity);
-        self.publics.lock().expect("lock poisoned").insert(uid, record.clone());
+        self.publics
+            .lock()
+            .expect("lock poisoned")
+            .insert(uid, (version, record.clone()));
         Ok(record)
     }
 }
@@ -182,10 +190,19 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     // Mint what is missing. Failures do not stop the rest of the reconcile: the members
     // that have identities still get a directory.
     let mut first_error = None;
+    let cluster_token = cluster.annotations().get(ROTATE_ANNOTATION).cloned();
+    let tokens = |pod: &str| Tokens {
+        cluster: cluster_token.clone(),
+        pod: members
+            .iter()
+            .find(|p| p.name_any() == pod)
+            .and_then(|p| p.annotations().get(ROTATE_ANNOTATION).cloned()),
+    };
     let need = membership::need_identity(&members, &secrets);
     if !need.is_empty() {
         info!(cluster = %key(cluster), pods = need.len(), "minting identities");
         let taken = mint::taken_node_ids(&secrets);
+        let need = need.into_iter().map(|pod| (pod.clone(), tokens(&pod))).collect();
         let results = mint::mint_all(&secrets_api, cluster, need, taken, sizes, ctx.keygen.clone()).await;
         let mut created = Vec::new();
         for (pod, result) in results {
@@ -231,6 +248,86 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
         }
     }
 
+    // Key rotation of members whose token changed or whose keys outlived the period.
+    let mut requeue = RESYNC;
+    let period = rotation::period(&cluster.spec);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut due = Vec::new();
+    let mut rotation_error = None;
+    for secret in &secrets {
+        let Some(member) = desired::secret_member(secret) else {
+            continue;
+        };
+        if !members.iter().any(|p| p.name_any() == member) {
+            continue;
+        }
+        let tokens = tokens(member);
+        match rotation::due(secret, &tokens, period, now) {
+            Due::Now(reason) => due.push((member.to_string(), secret.clone(), tokens, reason)),
+            Due::Later(left) => requeue = requeue.min(left + Duration::from_millis(100)),
+            Due::Never => {}
+        }
+    }
+    if !due.is_empty() {
+        info!(cluster = %key(cluster), pods = due.len(), "rotating keys");
+        let reasons: HashMap<String, rotation::Reason> = due
+            .iter()
+            .map(|(pod, _, _, reason)| (pod.clone(), reason.clone()))
+            .collect();
+        let due = due
+            .into_iter()
+            .map(|(pod, secret, tokens, _)| (pod, secret, tokens))
+            .collect();
+        let results = mint::rotate_all(&secrets_api, due, sizes.1, ctx.keygen.clone()).await;
+        let mut rotated = Vec::new();
+        for (pod, result) in results {
+            match result {
+                Ok(secret) => {
+                    ctx.metrics.rotated.inc();
+                    ctx.metrics.write("Secret");
+                    let node_id = secret
+                        .annotations()
+                        .get(NODE_ID_ANNOTATION)
+                        .cloned()
+                        .unwrap_or_default();
+                    let reason = &reasons[&pod];
+                    info!(cluster = %key(cluster), %pod, %node_id, %reason, "rotated keys");
+                    rotated.push((pod, node_id, reason.clone()));
+                    if let Some(slot) = secrets.iter_mut().find(|s| s.name_any() == secret.name_any()) {
+                        *slot = secret;
+                    }
+                }
+                Err(error) => {
+                    // A conflict (the Secret changed since it was read) retries with backoff.
+                    warn!(cluster = %key(cluster), %pod, %error, "rotation failed");
+                    rotation_error.get_or_insert(error);
+                }
+            }
+        }
+        if !rotated.is_empty() {
+            facts.last_rotation = Some(Time(now));
+        }
+        if rotated.len() <= 10 {
+            for (pod, node_id, reason) in &rotated {
+                ctx.event(
+                    cluster,
+                    EventType::Normal,
+                    "RotatedKeys",
+                    format!("rotated the keys of pod {pod} (NodeID {node_id} kept): {reason}"),
+                )
+                .await;
+            }
+        } else {
+            ctx.event(
+                cluster,
+                EventType::Normal,
+                "RotatedKeys",
+                format!("rotated the keys of {} members (NodeIDs kept)", rotated.len()),
+            )
+            .await;
+        }
+    }
+
     // Identities whose pod is gone: deleted after the grace period, never before.
     let grace = Duration::from_secs(cluster.spec.member_grace_period_seconds.max(0) as u64);
     let verdicts = {
@@ -240,7 +337,6 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
             .or_default()
             .judge(&members, &secrets, grace, Instant::now())
     };
-    let mut requeue = RESYNC;
     for (secret_name, verdict) in verdicts {
         match verdict {
             Orphan::Wait(left) => requeue = requeue.min(left + Duration::from_millis(100)),
@@ -339,9 +435,14 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
 
     if let Some(error) = &first_error {
         facts.degraded = Some(("MintingFailed".into(), error.to_string()));
+    } else if let Some(error) = &rotation_error {
+        // A conflict is transient (retried at once with backoff): not worth a Degraded.
+        if !matches!(error, Error::Kube(kube::Error::Api(s)) if s.code == 409) {
+            facts.degraded = Some(("RotationFailed".into(), error.to_string()));
+        }
     }
     write_status(cluster, ctx, &facts).await?;
-    match first_error {
+    match first_error.or(rotation_error) {
         Some(error) => Err(error),
         None => Ok(Action::requeue(requeue)),
     }

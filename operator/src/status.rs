@@ -20,6 +20,8 @@ pub struct Facts {
     pub directory: Option<String>,
     /// Why the cluster cannot be served as asked: (reason, message).
     pub degraded: Option<(String, String)>,
+    /// Set when this reconcile rotated keys; else the observed value is kept.
+    pub last_rotation: Option<Time>,
 }
 
 /// The status to report. Conditions keep their lastTransitionTime while their status holds,
@@ -79,6 +81,10 @@ pub fn desired(observed: Option<&XLatticeClusterStatus>, facts: &Facts, now: Tim
         conditions,
         pods_without_sidecar: facts.pods_without_sidecar.clone(),
         directory_config_map: facts.directory.clone(),
+        last_rotation: facts
+            .last_rotation
+            .clone()
+            .or_else(|| observed.and_then(|s| s.last_rotation.clone())),
     }
 }
 
@@ -139,5 +145,17 @@ mod tests {
         assert_eq!(ready.last_transition_time, at(300));
         let minted = second.conditions.iter().find(|c| c.type_ == IDENTITIES_MINTED).unwrap();
         assert_eq!(minted.last_transition_time, at(100));
+
+        // A rotation is remembered by later reconciles that rotate nothing.
+        let rotated = desired(
+            Some(&second),
+            &Facts {
+                last_rotation: Some(at(400)),
+                ..degraded.clone()
+            },
+            at(400),
+        );
+        assert_eq!(rotated.last_rotation, Some(at(400)));
+        assert_eq!(desired(Some(&rotated), &degraded, at(500)), rotated);
     }
 }

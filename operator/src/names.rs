@@ -15,6 +15,16 @@ pub const MEMBER_LABEL: &str = "xlattice.io/member";
 /// Pod name in full: the label may be hashed.
 pub const MEMBER_ANNOTATION: &str = "xlattice.io/member";
 pub const NODE_ID_ANNOTATION: &str = "xlattice.io/node-id";
+
+/// The NodeID an identity Secret announces in its annotation ("" when absent).
+pub fn announced_node_id(secret: &k8s_openapi::api::core::v1::Secret) -> String {
+    use kube::ResourceExt;
+    secret
+        .annotations()
+        .get(NODE_ID_ANNOTATION)
+        .cloned()
+        .unwrap_or_default()
+}
 /// Set by the webhook on pods it injected, value: the cluster name.
 pub const INJECTED_ANNOTATION: &str = "xlattice.io/injected";
 /// On the cluster (every member) or a member pod (that member): a new value rotates keys.

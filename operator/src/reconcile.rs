@@ -222,11 +222,7 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
                 Ok(Minted::Created(secret)) => {
                     ctx.metrics.minted.inc();
                     ctx.metrics.write("Secret");
-                    let node_id = secret
-                        .annotations()
-                        .get(NODE_ID_ANNOTATION)
-                        .cloned()
-                        .unwrap_or_default();
+                    let node_id = announced_node_id(&secret);
                     info!(cluster = %key(cluster), %pod, %node_id, "minted identity");
                     created.push((pod, node_id));
                     secrets.push(secret);
@@ -283,11 +279,7 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
                 Ok(secret) => {
                     ctx.metrics.rotated.inc();
                     ctx.metrics.write("Secret");
-                    let node_id = secret
-                        .annotations()
-                        .get(NODE_ID_ANNOTATION)
-                        .cloned()
-                        .unwrap_or_default();
+                    let node_id = announced_node_id(&secret);
                     let reason = &reasons[&pod];
                     info!(cluster = %key(cluster), %pod, %node_id, %reason, "rotated keys");
                     rotated.push((pod, node_id, reason.clone()));

@@ -199,16 +199,18 @@ impl Env {
 /// clusters and blur what each step measures.
 #[tokio::test]
 async fn operator_as_service_account_end_to_end() {
-    let Some(path) = kubeconfig_path() else { return };
-    let admin = admin_client(&path).await;
-    install_crd(&admin).await;
-    let run = suffix();
-    let ns = format!("xl-e2e-{run}");
-    let op_ns = format!("xl-op-{run}");
-    create_namespace(&admin, &ns).await;
-    let kubeconfig = operator_kubeconfig(&admin, &path, &op_ns, &run).await;
     let webhook_port = free_port();
-    let mut operator = Operator::start(&kubeconfig, &op_ns, &run, webhook_port);
+    let Some((harness, mut operator)) = Harness::start_with_webhook("e2e", webhook_port).await else {
+        return;
+    };
+    let Harness {
+        admin,
+        run,
+        ns,
+        op_ns,
+        kubeconfig,
+        ..
+    } = harness;
     let env = Env {
         admin: admin.clone(),
         ns: ns.clone(),

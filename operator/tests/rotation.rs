@@ -130,15 +130,17 @@ where
 
 #[tokio::test]
 async fn keys_rotate_on_demand_and_on_a_period_keeping_node_ids() {
-    let Some(path) = kubeconfig_path() else { return };
-    let admin = admin_client(&path).await;
-    install_crd(&admin).await;
-    let run = suffix();
-    let ns = format!("xl-rot-{run}");
-    let op_ns = format!("xl-rot-op-{run}");
-    create_namespace(&admin, &ns).await;
-    let kubeconfig = operator_kubeconfig(&admin, &path, &op_ns, &run).await;
-    let mut operator = Operator::start(&kubeconfig, &op_ns, &run, free_port());
+    let Some((harness, mut operator)) = Harness::start("rot").await else {
+        return;
+    };
+    let Harness {
+        admin,
+        run,
+        ns,
+        op_ns,
+        kubeconfig,
+        ..
+    } = harness;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
     let clusters: Api<XLatticeCluster> = Api::namespaced(admin.clone(), &ns);
     let env = Env {

@@ -311,3 +311,44 @@ pub async fn http_get(port: u16, path: &str) -> Option<String> {
     let (head, body) = out.split_once("\r\n\r\n")?;
     head.lines().next()?.contains(" 200 ").then(|| body.to_string())
 }
+
+/// What every e2e test starts from: an admin client, the CRD, a fresh namespace for the
+/// clusters and one for the operator, and the operator running as its ServiceAccount.
+pub struct Harness {
+    pub admin: Client,
+    pub path: PathBuf,
+    pub run: String,
+    pub ns: String,
+    pub op_ns: String,
+    pub kubeconfig: PathBuf,
+}
+
+impl Harness {
+    /// `None` only when the e2e tests are explicitly skipped (see `kubeconfig_path`).
+    pub async fn start(prefix: &str) -> Option<(Self, Operator)> {
+        Self::start_with_webhook(prefix, free_port()).await
+    }
+
+    pub async fn start_with_webhook(prefix: &str, webhook_port: u16) -> Option<(Self, Operator)> {
+        let path = kubeconfig_path()?;
+        let admin = admin_client(&path).await;
+        install_crd(&admin).await;
+        let run = suffix();
+        let ns = format!("xl-{prefix}-{run}");
+        let op_ns = format!("xl-{prefix}-op-{run}");
+        create_namespace(&admin, &ns).await;
+        let kubeconfig = operator_kubeconfig(&admin, &path, &op_ns, &run).await;
+        let operator = Operator::start(&kubeconfig, &op_ns, &run, webhook_port);
+        Some((
+            Self {
+                admin,
+                path,
+                run,
+                ns,
+                op_ns,
+                kubeconfig,
+            },
+            operator,
+        ))
+    }
+}

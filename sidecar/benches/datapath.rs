@@ -5,7 +5,7 @@
 //!   memory       sidecar RSS idle and with N idle sessions open
 //!
 //! Run: cargo bench -p xlattice-sidecar --bench datapath
-//! Env: XL_BENCH_MIB (default 1024), XL_BENCH_ECHOES (20000), XL_BENCH_SESSIONS (1000),
+//! Env: XL_BENCH_MIB (default 1024), XL_BENCH_ROUNDS (5), XL_BENCH_ECHOES (20000), XL_BENCH_SESSIONS (1000),
 //!      XL_BENCH_SIDECAR_THREADS (sidecar worker threads, default 2)
 
 use std::{
@@ -205,6 +205,21 @@ async fn echo_latencies<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, count:
     out
 }
 
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// User plus system CPU time of a process so far, from /proc (clock ticks of 10 ms).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p) as usize]
 }
@@ -224,17 +239,31 @@ fn main() {
         let (sink_port, echo_port) = start_app().await;
 
         println!("xlattice sidecar data path (sidecar: separate process; client and app: this process, 1 worker)");
-        // Throughput: best of three each, interleaved.
+        // Throughput: interleaved rounds, the median of each path. CPU time (this
+        // process plus the sidecar) per GiB is steadier than wall time on a shared
+        // two-core machine, so it is reported too.
         let sidecar = start_sidecar(sink_port).await;
-        let (mut direct, mut via) = (0f64, 0f64);
-        for _ in 0..3 {
+        let rounds = if quick { 1 } else { env_or("XL_BENCH_ROUNDS", 5) };
+        let (mut direct, mut via) = (Vec::new(), Vec::new());
+        let (mut direct_cpu, mut via_cpu) = (0f64, 0f64);
+        for _ in 0..rounds {
+            let cpu = cpu_seconds(std::process::id());
             let tcp = TcpStream::connect((HOST, sink_port)).await.unwrap();
-            direct = direct.max(upload(tcp, mib << 20).await);
-            via = via.max(upload(open(&sidecar).await, mib << 20).await);
+            direct.push(upload(tcp, mib << 20).await);
+            direct_cpu += cpu_seconds(std::process::id()) - cpu;
+            let cpu = cpu_seconds(std::process::id()) + cpu_seconds(sidecar.child.id());
+            via.push(upload(open(&sidecar).await, mib << 20).await);
+            via_cpu += cpu_seconds(std::process::id()) + cpu_seconds(sidecar.child.id()) - cpu;
         }
-        println!("throughput  direct TCP        {direct:>9.0} MiB/s");
+        let gib = (rounds * mib) as f64 / 1024.0;
+        let (direct, via) = (median(&mut direct), median(&mut via));
         println!(
-            "throughput  via sidecar       {via:>9.0} MiB/s   ratio {:.2}",
+            "throughput  direct TCP        {direct:>9.0} MiB/s   cpu {:>5.0} ms/GiB",
+            direct_cpu / gib * 1e3
+        );
+        println!(
+            "throughput  via sidecar       {via:>9.0} MiB/s   cpu {:>5.0} ms/GiB   ratio {:.2} (median of {rounds})",
+            via_cpu / gib * 1e3,
             via / direct
         );
         drop(sidecar);

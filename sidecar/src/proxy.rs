@@ -17,8 +17,11 @@ use tokio::{
     time::Instant,
 };
 
-/// Matches the record layer's batch: four full records per read or write.
-const BUFFER: usize = 64 * 1024;
+/// A direction's buffer starts at one record's payload and doubles while reads fill
+/// it, up to the record layer's largest batch: bulk transfers get few, large syscalls
+/// and small exchanges stay small.
+const MIN_BUFFER: usize = 16 * 1024;
+const MAX_BUFFER: usize = 256 * 1024;
 
 /// Bytes moved each way: (a to b, b to a).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,6 +33,8 @@ pub struct Transferred {
 #[derive(Default)]
 struct OneWay {
     buf: Vec<u8>,
+    /// Size of the next allocation.
+    capacity: usize,
     start: usize,
     end: usize,
     unflushed: bool,
@@ -72,8 +77,9 @@ impl OneWay {
                 self.buf = Vec::new();
                 continue;
             }
-            if self.buf.is_empty() {
-                self.buf = vec![0u8; BUFFER];
+            self.capacity = self.capacity.max(MIN_BUFFER);
+            if self.buf.len() < self.capacity {
+                self.buf = vec![0u8; self.capacity];
             }
             let mut read = ReadBuf::new(&mut self.buf);
             match from.as_mut().poll_read(cx, &mut read) {
@@ -84,12 +90,16 @@ impl OneWay {
                         self.eof = true;
                     } else {
                         (self.start, self.end) = (0, n);
+                        if n == self.buf.len() {
+                            self.capacity = (self.capacity * 2).min(MAX_BUFFER);
+                        }
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     // Going quiet: give the buffer back and push out what the sink holds.
                     self.buf = Vec::new();
+                    self.capacity = MIN_BUFFER;
                     if self.unflushed {
                         ready!(to.as_mut().poll_flush(cx))?;
                         self.unflushed = false;

@@ -504,12 +504,16 @@ for f, objs in docs.items():
         if o["kind"] != "Job":
             continue
         pod = o["spec"]["template"]["spec"]
-        cms = {v["name"]: v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v}
+        projected = {
+            v["name"]: sorted(s["configMap"]["name"] for s in v["projected"].get("sources", []) if "configMap" in s)
+            for v in pod.get("volumes", []) if "projected" in v
+        }
         c = pod["containers"][0]
         mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
         vol = mounts.get("/var/run/xlattice/directory")
-        if not vol or cms.get(vol) not in {f"{n}-directory" for n in clusters}:
-            errors.append(f"{f}: the Job does not mount a cluster's <cluster>-directory ConfigMap at /var/run/xlattice/directory")
+        shards = [sorted(f"{n}-directory-{k}" for k in range(16)) for n in clusters]
+        if not vol or projected.get(vol) not in shards:
+            errors.append(f"{f}: the Job does not project all 16 shards <cluster>-directory-0..15 of a cluster at /var/run/xlattice/directory")
         if c.get("args", [None])[0] != "connect":
             errors.append(f"{f}: the Job does not run `xlattice connect`")
 for e in errors:
@@ -690,8 +694,8 @@ EOF
     if [[ -n $ready ]]; then
       kubectl apply -n "$APP_NS" -f deploy/examples/statefulset-cluster.yaml >/dev/null
       if pod "$APP_NS" store-0 app.kubernetes.io/name=store >"$TMP/pod.out" 2>&1; then
-        got=$(kubectl -n "$APP_NS" get pod store-0 -o jsonpath='{.spec.initContainers[0].name} {.spec.initContainers[0].image} {.spec.initContainers[0].restartPolicy} {.spec.volumes[*].secret.secretName} {.spec.volumes[*].configMap.name}')
-        want="xlattice-sidecar ghcr.io/xlattice/xlattice-sidecar:$APP_VERSION Always xlattice-id-store-0 store-directory"
+        got=$(kubectl -n "$APP_NS" get pod store-0 -o jsonpath='{.spec.initContainers[0].name} {.spec.initContainers[0].image} {.spec.initContainers[0].restartPolicy} {.spec.volumes[*].secret.secretName} {.spec.volumes[*].projected.sources[15].configMap.name}')
+        want="xlattice-sidecar ghcr.io/xlattice/xlattice-sidecar:$APP_VERSION Always xlattice-id-store-0 store-directory-15"
         if [[ $got == "$want" ]]; then ok "member pod injected: $got"; else bad "member pod not injected as expected: got '$got', want '$want'"; fi
       else
         cat "$TMP/pod.out" >&2

@@ -5,7 +5,7 @@
 #   3. runs the operator as its own ServiceAccount (there is no kubelet to run its pod)
 #   4. applies an XLatticeCluster and three member pods; the webhook injects the sidecar
 #   5. stands in for a kubelet: gives the pods loopback IPs, mounts their Secrets and
-#      the directory ConfigMap as files, and runs each member's sidecar and app locally
+#      the directory shards as files, and runs each member's sidecar and app locally
 #   6. shows a client session with every member, members talking on the private port,
 #      and an outsider refused there
 # Options: --keep leaves everything running (stop with: hack/demo.sh --down)
@@ -98,6 +98,7 @@ kubectl -n $NS wait xlatticecluster/store --for=condition=Ready --timeout=120s >
 show kubectl -n $NS get xlatticecluster store
 show kubectl -n $NS get secrets -l xlattice.io/cluster=store
 show kubectl -n $NS get networkpolicy,services
+show kubectl -n $NS get configmaps -l xlattice.io/cluster=store
 
 # The kubelet would mount these; read them back from the API server into files.
 mount_volumes() {
@@ -108,8 +109,12 @@ mount_volumes() {
     chmod 600 "$dir/identity/$key.tmp"
     mv "$dir/identity/$key.tmp" "$dir/identity/$key"
   done
-  kubectl -n $NS get configmap store-directory -o 'jsonpath={.data.directory\.yaml}' >"$dir/directory/directory.yaml.tmp"
-  mv "$dir/directory/directory.yaml.tmp" "$dir/directory/directory.yaml"
+  # The directory's shards, side by side, as the webhook's projected volume lays them out.
+  local cm
+  for cm in $(kubectl -n $NS get xlatticecluster store -o 'jsonpath={.status.directoryConfigMaps[*]}'); do
+    kubectl -n $NS get configmap "$cm" -o 'jsonpath={.data.directory\.yaml}' >"$dir/directory/.$cm.tmp"
+    mv "$dir/directory/.$cm.tmp" "$dir/directory/shard-${cm##*-}.yaml"
+  done
 }
 
 say "members: each runs its app and its sidecar on its own loopback address"
@@ -119,7 +124,7 @@ for i in 0 1 2; do
   setsid python3 hack/demo/app.py "store-$i" "$ip" 17000 18000 >"$DEMO/logs/app-$i.log" 2>&1 &
   echo $! >"$DEMO/pids/app-$i"
   XLATTICE_LOG=info setsid "$BIN/xlattice" run \
-    --identity-dir "$DEMO/store-$i/identity" --directory "$DEMO/store-$i/directory/directory.yaml" \
+    --identity-dir "$DEMO/store-$i/identity" --directory "$DEMO/store-$i/directory" \
     --listen-host "$ip" --cluster-port 7000 --client-port 8000 \
     --cluster-upstream "$ip:17000" --client-upstream "$ip:18000" \
     --connect-listen "$ip:15001" --admin-listen "$ip:15090" >"$DEMO/logs/sidecar-$i.log" 2>&1 &
@@ -132,7 +137,8 @@ for i in 0 1 2; do
 done
 
 say "a client opens an encrypted session on the client port of each member"
-kubectl -n $NS get configmap store-directory -o 'jsonpath={.data.directory\.yaml}' >"$DEMO/directory.yaml"
+printf '  $ xlattice-operator directory store -n %s > directory.yaml   # every shard, merged\n' "$NS"
+"$BIN/xlattice-operator" directory store -n $NS >"$DEMO/directory.yaml"
 for i in 0 1 2; do
   printf '  $ echo "hello" | xlattice connect store-%s --directory directory.yaml\n' "$i"
   echo "hello" | "$BIN/xlattice" connect "store-$i" --directory "$DEMO/directory.yaml" | sed 's/^/    /'

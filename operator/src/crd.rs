@@ -158,9 +158,10 @@ pub struct XLatticeClusterStatus {
     /// Members that do not run the sidecar yet (a restart of their workload would inject it).
     #[serde(default)]
     pub pods_without_sidecar: Vec<String>,
-    /// The ConfigMap holding the member directory.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub directory_config_map: Option<String>,
+    /// The ConfigMaps holding the member directory, one per shard with members; together
+    /// they are the directory (`xlattice-operator directory <cluster>` prints it whole).
+    #[serde(default)]
+    pub directory_config_maps: Vec<String>,
     /// When keys of a member were last rotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,

@@ -125,24 +125,44 @@ fn endpoint(ip: &str, port: i32) -> String {
 /// What one ConfigMap may hold in total is 1 MiB; the rest of the object needs room too.
 pub const MAX_DIRECTORY_BYTES: usize = 1_000_000;
 
-/// Why a directory cannot be published as one ConfigMap, if it cannot: with RSA-2048
-/// keys a member takes about 1.2 KB, so the limit falls near 800 members.
+/// The directory as ConfigMaps, one per shard that has members (`names::directory_shard`
+/// decides where a member goes), in shard order. Each is a directory of its own, naming
+/// the cluster; the sidecar merges the shards it finds.
+pub fn directory_config_maps(cluster: &XLatticeCluster, dir: &MemberDirectory) -> Vec<ConfigMap> {
+    let mut shards = vec![Vec::new(); DIRECTORY_SHARDS];
+    for record in &dir.members {
+        shards[directory_shard(&record.name)].push(record.clone());
+    }
+    shards
+        .into_iter()
+        .enumerate()
+        .filter(|(_, members)| !members.is_empty())
+        .map(|(shard, members)| {
+            let part = MemberDirectory {
+                cluster: dir.cluster.clone(),
+                members,
+            };
+            ConfigMap {
+                metadata: owned_meta(cluster, directory_shard_name(&cluster.name_any(), shard)),
+                data: Some(BTreeMap::from([(DIRECTORY_KEY.to_string(), part.to_yaml())])),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// Why a directory shard cannot be published, if it cannot: with RSA-2048 keys a member
+/// takes about 1.2 KB, so a shard fills near 800 members and the directory near 12,000.
 pub fn directory_too_large(config_map: &ConfigMap) -> Option<String> {
     let bytes: usize = config_map.data.iter().flatten().map(|(k, v)| k.len() + v.len()).sum();
     (bytes > MAX_DIRECTORY_BYTES).then(|| {
         format!(
-            "the member directory is {bytes} bytes, over the {MAX_DIRECTORY_BYTES} one ConfigMap can hold; \
-             split the members into several XLatticeClusters"
+            "member directory shard {} is {bytes} bytes, over the {MAX_DIRECTORY_BYTES} one ConfigMap can hold \
+             ({DIRECTORY_SHARDS} shards hold about 12,000 members with RSA-2048 keys); \
+             split the members into several XLatticeClusters",
+            config_map.name_any()
         )
     })
-}
-
-pub fn directory_config_map(cluster: &XLatticeCluster, dir: &MemberDirectory) -> ConfigMap {
-    ConfigMap {
-        metadata: owned_meta(cluster, directory_name(&cluster.name_any())),
-        data: Some(BTreeMap::from([(DIRECTORY_KEY.to_string(), dir.to_yaml())])),
-        ..Default::default()
-    }
 }
 
 fn tcp_port(port: i32) -> NetworkPolicyPort {
@@ -275,6 +295,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::crd::XLatticeClusterSpec;
     use k8s_openapi::api::core::v1::PodStatus;
+    use std::collections::BTreeSet;
     use xlattice_protocol::{NodeIdBits, RsaBits};
 
     pub fn cluster(spec: serde_json::Value) -> XLatticeCluster {
@@ -367,9 +388,25 @@ pub(crate) mod tests {
         assert_eq!(dir.members[0].cluster_endpoint.as_deref(), Some("10.0.0.1:7000"));
         assert_eq!(dir.members[0].client_endpoint.as_deref(), Some("10.0.0.1:8000"));
         assert_eq!(dir.members[1].cluster_endpoint, None);
-        let cm = directory_config_map(&c, &dir);
-        assert_eq!(cm.metadata.name.as_deref(), Some("store-directory"));
-        assert!(config_map_matches(&cm, &cm.clone()));
+        let shards = directory_config_maps(&c, &dir);
+        let names: Vec<_> = shards.iter().map(|cm| cm.name_any()).collect();
+        let expected: BTreeSet<usize> = [directory_shard("a"), directory_shard("b")].into();
+        assert_eq!(
+            names,
+            expected
+                .iter()
+                .map(|&k| directory_shard_name("store", k))
+                .collect::<Vec<_>>()
+        );
+        let parts = shards
+            .iter()
+            .map(|cm| MemberDirectory::from_slice(cm.data.as_ref().unwrap()[DIRECTORY_KEY].as_bytes()).unwrap());
+        assert_eq!(
+            MemberDirectory::merge(parts).unwrap(),
+            dir,
+            "the shards hold the directory, nothing more"
+        );
+        assert!(config_map_matches(&shards[0], &shards[0].clone()));
     }
 
     #[test]
@@ -414,10 +451,11 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_directory_over_the_configmap_limit_is_refused_with_the_reason() {
+    fn a_directory_over_what_its_shards_hold_is_refused_with_the_reason() {
         let c = cluster(serde_json::json!({
             "selector": {"matchLabels": {"app": "x"}}, "clusterPort": 7000, "clientPort": 8000
         }));
+        // A member record the size an RSA-2048 one is.
         let record = |i: usize| xlattice_protocol::MemberRecord {
             name: format!("pod-{i}"),
             node_id: xlattice_protocol::NodeId::from_bytes(&[i as u8; 32]).unwrap(),
@@ -431,8 +469,25 @@ pub(crate) mod tests {
             cluster: "ns/x".into(),
             members: (0..n).map(record).collect(),
         };
-        assert_eq!(directory_too_large(&directory_config_map(&c, &dir(100))), None);
-        let message = directory_too_large(&directory_config_map(&c, &dir(1000))).expect("1000 members do not fit");
-        assert!(message.contains("over the 1000000"), "{message}");
+        // One ConfigMap held about 800 such members; the shards hold 1,000 with room to spare.
+        let thousand = directory_config_maps(&c, &dir(1000));
+        assert_eq!(thousand.len(), DIRECTORY_SHARDS);
+        assert!(thousand.iter().all(|cm| directory_too_large(cm).is_none()));
+        let largest = thousand
+            .iter()
+            .map(|cm| cm.data.as_ref().unwrap()[DIRECTORY_KEY].len())
+            .max()
+            .unwrap();
+        assert!(largest < MAX_DIRECTORY_BYTES / 8, "{largest}");
+
+        let too_many = directory_config_maps(&c, &dir(16_000));
+        let message = too_many
+            .iter()
+            .find_map(directory_too_large)
+            .expect("16,000 members do not fit");
+        assert!(
+            message.contains("over the 1000000") && message.contains("store-directory-"),
+            "{message}"
+        );
     }
 }

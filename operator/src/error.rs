@@ -18,6 +18,9 @@ pub enum Error {
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
 
+    #[error("member directory: {0}")]
+    Directory(String),
+
     #[error("webhook TLS: {0}")]
     Tls(String),
 
@@ -45,6 +48,7 @@ impl Error {
             Self::KeyGeneration { .. } => "keygen",
             Self::CorruptIdentity { .. } => "corrupt_identity",
             Self::InvalidSpec(_) => "invalid_spec",
+            Self::Directory(_) => "directory",
             Self::Tls(_) => "tls",
             Self::LostLease(_) => "lease",
         }

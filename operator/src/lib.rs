@@ -6,6 +6,7 @@
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod directory;
 pub mod error;
 pub mod leader;
 pub mod membership;

@@ -32,6 +32,18 @@ enum Command {
     Crd,
     /// Run the controller (when leading) and the webhook.
     Run(Box<RunArgs>),
+    /// Print a cluster's member directory, all shards merged, for clients outside the
+    /// cluster: `xlattice connect --directory FILE` reads it. Uses the kubeconfig.
+    Directory {
+        /// The XLatticeCluster.
+        cluster: String,
+        /// Its namespace; the kubeconfig's by default.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// JSON instead of YAML.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -89,6 +101,23 @@ fn main() -> std::process::ExitCode {
             print!("{}", crd_yaml());
             std::process::ExitCode::SUCCESS
         }
+        Command::Directory {
+            cluster,
+            namespace,
+            json,
+        } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match runtime.block_on(print_directory(&cluster, namespace, json)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("xlattice-operator directory {cluster}: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -103,6 +132,22 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+}
+
+async fn print_directory(
+    cluster: &str,
+    namespace: Option<String>,
+    json: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = Client::try_default().await?;
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let dir = xlattice_operator::directory::fetch(&client, &namespace, cluster).await?;
+    if dir.members.is_empty() {
+        return Err(format!("no directory published for XLatticeCluster {namespace}/{cluster} (yet)").into());
+    }
+    print!("{}", if json { dir.to_json() + "\n" } else { dir.to_yaml() });
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {

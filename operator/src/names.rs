@@ -55,8 +55,29 @@ pub fn label_value(value: &str) -> String {
     shorten(value, MAX_LABEL_VALUE)
 }
 
-pub fn directory_name(cluster: &str) -> String {
-    format!("{cluster}-directory")
+/// The member directory is spread over this many ConfigMaps ("shards"), so that no one
+/// object nears the API server's 1 MiB limit: about 800 RSA-2048 members fit in one, so
+/// 16 hold some 12,000 (about 7,000 with RSA-4096 keys). Only shards with members exist.
+pub const DIRECTORY_SHARDS: usize = 16;
+
+/// `<cluster>-directory-<shard>`.
+pub fn directory_shard_name(cluster: &str, shard: usize) -> String {
+    format!("{cluster}-directory-{shard}")
+}
+
+/// The file a shard becomes in the sidecar's directory volume.
+pub fn directory_shard_file(shard: usize) -> String {
+    format!("shard-{shard}.yaml")
+}
+
+/// Which shard holds a member's record: fixed by its name, so a member never moves
+/// between ConfigMaps (a move, being two writes, could leave it for a moment in none).
+/// FNV-1a, because std's hasher may change between releases and this must not.
+pub fn directory_shard(member: &str) -> usize {
+    let hash = member.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % DIRECTORY_SHARDS as u64) as usize
 }
 
 pub fn network_policy_name(cluster: &str) -> String {
@@ -97,5 +118,18 @@ mod tests {
         let dotted = format!("{}.{}", "y".repeat(51), "z".repeat(20));
         let v = label_value(&dotted);
         assert!(v.len() <= 63 && !v.contains(".-"), "{v}");
+    }
+
+    #[test]
+    fn members_spread_over_all_shards_and_never_move() {
+        // Pinned (FNV-1a of "store-0" is 0xad14_0f68_35bb_968b): a different value here
+        // would move every member of every cluster.
+        assert_eq!(directory_shard("store-0"), 0xb);
+        let mut counts = [0usize; DIRECTORY_SHARDS];
+        for i in 0..1000 {
+            counts[directory_shard(&format!("store-{i}"))] += 1;
+        }
+        // 62.5 each on average; a lopsided hash would overfill one ConfigMap early.
+        assert!(counts.iter().all(|&n| (40..=85).contains(&n)), "{counts:?}");
     }
 }

@@ -31,7 +31,7 @@ use xlattice_protocol::{Identity, MemberRecord};
 
 use crate::{
     crd::{XLatticeCluster, XLatticeClusterStatus},
-    desired,
+    desired, directory,
     error::{backoff, Error, Result},
     membership::{self, Orphan, OrphanClock},
     metrics::Metrics,
@@ -172,7 +172,6 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
     let mut facts = Facts {
         generation: cluster.metadata.generation,
-        directory: Some(directory_name(&name)),
         ..Default::default()
     };
     let selector = Selector::try_from(cluster.spec.selector.clone())
@@ -367,10 +366,10 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     facts.members = members.len();
     facts.minted = records.len().min(members.len());
     let dir = desired::directory(cluster, records, &members);
-    let directory = desired::directory_config_map(cluster, &dir);
-    if let Some(message) = desired::directory_too_large(&directory) {
-        // The API server would refuse it; say so in status instead of retrying forever,
-        // and in an Event once, when the cluster becomes degraded for this reason.
+    let published = directory::publish(&ctx.client, &ctx.metrics, cluster, &dir).await?;
+    if let Some(message) = published.too_large {
+        // Retrying would not help: say so in status, and in an Event once, when the
+        // cluster becomes degraded for this reason.
         let already = cluster
             .status
             .iter()
@@ -381,9 +380,8 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
                 .await;
         }
         facts.degraded = Some(("DirectoryTooLarge".into(), message));
-    } else {
-        ensure(&ctx.client, &ns, &directory, desired::config_map_matches, ctx).await?;
     }
+    facts.directory = published.config_maps;
     ensure(
         &ctx.client,
         &ns,

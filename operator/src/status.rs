@@ -17,7 +17,8 @@ pub struct Facts {
     pub minted: usize,
     pub network_policy_ready: bool,
     pub pods_without_sidecar: Vec<String>,
-    pub directory: Option<String>,
+    /// The directory shard ConfigMaps that exist.
+    pub directory: Vec<String>,
     /// Why the cluster cannot be served as asked: (reason, message).
     pub degraded: Option<(String, String)>,
     /// Set when this reconcile rotated keys; else the observed value is kept.
@@ -80,7 +81,7 @@ pub fn desired(observed: Option<&XLatticeClusterStatus>, facts: &Facts, now: Tim
         minted: facts.minted as i32,
         conditions,
         pods_without_sidecar: facts.pods_without_sidecar.clone(),
-        directory_config_map: facts.directory.clone(),
+        directory_config_maps: facts.directory.clone(),
         last_rotation: facts
             .last_rotation
             .clone()

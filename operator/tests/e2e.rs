@@ -31,7 +31,10 @@ use kube::{
 };
 use serde_json::json;
 use support::*;
-use xlattice_operator::XLatticeCluster;
+use xlattice_operator::{
+    names::{directory_shard, directory_shard_name},
+    XLatticeCluster,
+};
 use xlattice_protocol::{Identity, MemberDirectory};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -168,12 +171,27 @@ impl Env {
             .collect()
     }
 
+    /// The directory as published (every shard merged); None before any shard exists.
     async fn directory(&self) -> Option<MemberDirectory> {
-        let cm = Api::<ConfigMap>::namespaced(self.admin.clone(), &self.ns)
-            .get_opt("store-directory")
+        let dir = xlattice_operator::directory::fetch(&self.admin, &self.ns, "store")
             .await
-            .ok()??;
-        Some(MemberDirectory::from_slice(cm.data?.get("directory.yaml")?.as_bytes()).unwrap())
+            .unwrap();
+        (!dir.members.is_empty()).then_some(dir)
+    }
+
+    /// Names of the directory shard ConfigMaps that exist.
+    async fn directory_shards(&self) -> Vec<String> {
+        let mut names: Vec<String> = Api::<ConfigMap>::namespaced(self.admin.clone(), &self.ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|cm| cm.name_any())
+            .filter(|n| n.starts_with("store-directory"))
+            .collect();
+        names.sort_by_key(|n| shard_number(n));
+        names
     }
 
     async fn ready(&self) -> bool {
@@ -205,6 +223,7 @@ async fn operator_as_service_account_end_to_end() {
     };
     let Harness {
         admin,
+        path: admin_kubeconfig,
         run,
         ns,
         op_ns,
@@ -328,7 +347,28 @@ async fn operator_as_service_account_end_to_end() {
     let status = env.clusters.get("store").await.unwrap().status.unwrap();
     assert_eq!((status.members, status.minted), (3, 3));
     assert_eq!(status.pods_without_sidecar, ["store-0", "store-1", "store-2"]);
-    assert_eq!(status.directory_config_map.as_deref(), Some("store-directory"));
+    // Each member's record sits in the shard its name hashes to; only those shards exist.
+    let shards = shards_of(&["store-0", "store-1", "store-2"]);
+    assert_eq!(status.directory_config_maps, shards);
+    assert_eq!(env.directory_shards().await, shards);
+
+    // --- the directory command prints what external clients need: every shard, merged
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_xlattice-operator"))
+        .args(["directory", "store", "--namespace", &ns])
+        .env("KUBECONFIG", &admin_kubeconfig)
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let printed = MemberDirectory::from_slice(&printed.stdout).unwrap();
+    assert_eq!(Some(printed.clone()), env.directory().await);
+    assert_eq!(printed.members.len(), 3);
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_xlattice-operator"))
+        .args(["directory", "nonesuch", "--namespace", &ns])
+        .env("KUBECONFIG", &admin_kubeconfig)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no directory published for XLatticeCluster"));
 
     // --- a resync of a settled cluster writes nothing
     let versions = |s: &BTreeMap<String, Secret>| s.values().map(|s| s.resource_version().unwrap()).collect::<Vec<_>>();
@@ -401,6 +441,8 @@ async fn operator_as_service_account_end_to_end() {
         "store-2 left the directory {:?} after its pod was deleted",
         left.elapsed()
     );
+    // store-2 was alone in its shard: the emptied shard is deleted.
+    assert_eq!(env.directory_shards().await, shards_of(&["store-0", "store-1"]));
     assert!(
         env.secrets_by_member().await.contains_key("store-2"),
         "identity kept during the grace period"
@@ -422,11 +464,11 @@ async fn operator_as_service_account_end_to_end() {
     })
     .await;
     assert!(env.secrets_by_member().await.is_empty(), "identity Secrets left behind");
-    assert!(Api::<ConfigMap>::namespaced(admin.clone(), &ns)
-        .get_opt("store-directory")
-        .await
-        .unwrap()
-        .is_none());
+    assert_eq!(
+        env.directory_shards().await,
+        Vec::<String>::new(),
+        "directory shards left behind"
+    );
     assert!(Api::<NetworkPolicy>::namespaced(admin.clone(), &ns)
         .get_opt("store-xlattice")
         .await
@@ -646,4 +688,17 @@ async fn webhook_injects(env: &Env, operator: &Operator, ns: &str) {
         .delete("xlattice-sidecar-injector", &DeleteParams::default())
         .await
         .unwrap();
+}
+
+fn shard_number(name: &str) -> usize {
+    name.rsplit('-')
+        .next()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+/// The shard ConfigMaps the members' names put their records in, in shard order.
+fn shards_of(members: &[&str]) -> Vec<String> {
+    let shards: std::collections::BTreeSet<usize> = members.iter().map(|m| directory_shard(m)).collect();
+    shards.into_iter().map(|k| directory_shard_name("store", k)).collect()
 }

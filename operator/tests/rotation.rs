@@ -12,7 +12,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Container, Pod, PodSpec, Secret},
+    core::v1::{Container, Pod, PodSpec, Secret},
     events::v1::Event,
 };
 use kube::{
@@ -23,7 +23,7 @@ use kube::{
 use serde_json::json;
 use support::*;
 use xlattice_operator::XLatticeCluster;
-use xlattice_protocol::{Identity, MemberDirectory};
+use xlattice_protocol::Identity;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -75,7 +75,8 @@ fn keys(secret: &Secret) -> Keys {
 
 struct Env {
     secrets: Api<Secret>,
-    config_maps: Api<ConfigMap>,
+    admin: kube::Client,
+    ns: String,
 }
 
 impl Env {
@@ -101,10 +102,9 @@ impl Env {
 
     /// The directory's sk PEM by member.
     async fn directory_sks(&self) -> BTreeMap<String, String> {
-        let Ok(Some(cm)) = self.config_maps.get_opt("rot-directory").await else {
-            return BTreeMap::new();
-        };
-        let dir = MemberDirectory::from_slice(cm.data.unwrap()["directory.yaml"].as_bytes()).unwrap();
+        let dir = xlattice_operator::directory::fetch(&self.admin, &self.ns, "rot")
+            .await
+            .unwrap();
         dir.members.into_iter().map(|m| (m.name, m.sk)).collect()
     }
 
@@ -145,7 +145,8 @@ async fn keys_rotate_on_demand_and_on_a_period_keeping_node_ids() {
     let clusters: Api<XLatticeCluster> = Api::namespaced(admin.clone(), &ns);
     let env = Env {
         secrets: Api::namespaced(admin.clone(), &ns),
-        config_maps: Api::namespaced(admin.clone(), &ns),
+        admin: admin.clone(),
+        ns: ns.clone(),
     };
 
     // --- two members minted

@@ -14,7 +14,11 @@
 //!     attributes: [ephemeral]
 //! ```
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +93,10 @@ pub enum DirectoryError {
     DuplicateNodeId(NodeId),
     #[error("member name {0:?} appears twice")]
     DuplicateName(String),
+    #[error("parts of one directory name different clusters: {0:?} and {1:?}")]
+    MixedClusters(String, String),
+    #[error("{path}: {message}")]
+    Read { path: String, message: String },
 }
 
 // === impl MemberRecord ===
@@ -128,6 +136,66 @@ impl MemberDirectory {
     /// Parses JSON or YAML (JSON is YAML, so one parser serves both).
     pub fn from_slice(bytes: &[u8]) -> Result<Self, DirectoryError> {
         serde_yaml::from_slice(bytes).map_err(|e| DirectoryError::Syntax(e.to_string()))
+    }
+
+    /// Joins the parts of a directory split over several files (the operator's shards):
+    /// they must name the same cluster; members come out sorted by name. Duplicates
+    /// are left for `index` to refuse.
+    pub fn merge(parts: impl IntoIterator<Item = MemberDirectory>) -> Result<Self, DirectoryError> {
+        let mut merged = MemberDirectory::default();
+        for part in parts {
+            if merged.cluster.is_empty() {
+                merged.cluster = part.cluster;
+            } else if !part.cluster.is_empty() && part.cluster != merged.cluster {
+                return Err(DirectoryError::MixedClusters(merged.cluster, part.cluster));
+            }
+            merged.members.extend(part.members);
+        }
+        merged.members.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(merged)
+    }
+
+    /// The files a directory is read from: `path` itself when it is a file, else the
+    /// `*.yaml`, `*.yml` and `*.json` files in it, sorted. Hidden entries are skipped:
+    /// Kubernetes keeps its `..data` bookkeeping in a mounted volume.
+    pub fn files(path: &Path) -> Result<Vec<PathBuf>, DirectoryError> {
+        let read_err = |e: std::io::Error| DirectoryError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        if !std::fs::metadata(path).map_err(read_err)?.is_dir() {
+            return Ok(vec![path.to_path_buf()]);
+        }
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(read_err)? {
+            let entry = entry.map_err(read_err)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let wanted = [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext));
+            // metadata() follows the symlinks a mounted ConfigMap is made of.
+            if wanted && !name.starts_with('.') && entry.path().metadata().is_ok_and(|m| m.is_file()) {
+                files.push(entry.path());
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Reads a directory from a file, or from a folder of shards (see `files`), merged.
+    /// An empty folder is an empty directory: the shards may not be published yet.
+    pub fn read_path(path: &Path) -> Result<Self, DirectoryError> {
+        let mut parts = Vec::new();
+        for file in Self::files(path)? {
+            let bytes = std::fs::read(&file).map_err(|e| DirectoryError::Read {
+                path: file.display().to_string(),
+                message: e.to_string(),
+            })?;
+            parts.push(Self::from_slice(&bytes).map_err(|e| DirectoryError::Read {
+                path: file.display().to_string(),
+                message: e.to_string(),
+            })?);
+        }
+        Self::merge(parts)
     }
 
     pub fn to_yaml(&self) -> String {
@@ -235,5 +303,46 @@ mod tests {
 
         let err = MemberDirectory::from_slice(b"cluster: x\nmembers: []\nextra: 1\n").unwrap_err();
         assert!(err.to_string().contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn a_folder_of_shards_reads_as_one_directory() {
+        let dir = two_members();
+        let folder = std::env::temp_dir().join(format!("xl-shards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir_all(folder.join("..2026_11_24")).unwrap();
+        assert_eq!(MemberDirectory::read_path(&folder).unwrap().members, vec![]);
+
+        let shard = |members: &[MemberRecord]| MemberDirectory {
+            cluster: dir.cluster.clone(),
+            members: members.to_vec(),
+        };
+        // As the kubelet lays out a projected volume: files are symlinks into a hidden dir.
+        std::fs::write(
+            folder.join("..2026_11_24/shard-3.yaml"),
+            shard(&dir.members[1..]).to_yaml(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("..2026_11_24/shard-3.yaml", folder.join("shard-3.yaml")).unwrap();
+        std::fs::write(folder.join("shard-0.json"), shard(&dir.members[..1]).to_json()).unwrap();
+        std::fs::write(folder.join("notes.txt"), "not a shard").unwrap();
+        assert_eq!(MemberDirectory::read_path(&folder).unwrap(), dir);
+
+        // A member in two shards is refused when indexed; so is a shard of another cluster.
+        std::fs::write(folder.join("shard-9.yaml"), shard(&dir.members[..1]).to_yaml()).unwrap();
+        let twice = MemberDirectory::read_path(&folder).unwrap().index().unwrap_err();
+        assert!(matches!(twice, DirectoryError::DuplicateNodeId(_)), "{twice}");
+        let other = MemberDirectory {
+            cluster: "ns/other".into(),
+            members: vec![],
+        };
+        std::fs::write(folder.join("shard-9.yaml"), other.to_yaml()).unwrap();
+        let err = MemberDirectory::read_path(&folder).unwrap_err().to_string();
+        assert!(err.contains("ns/c") && err.contains("ns/other"), "{err}");
+
+        std::fs::write(folder.join("shard-9.yaml"), "members: [").unwrap();
+        let err = MemberDirectory::read_path(&folder).unwrap_err().to_string();
+        assert!(err.contains("shard-9.yaml"), "{err}");
+        std::fs::remove_dir_all(&folder).unwrap();
     }
 }

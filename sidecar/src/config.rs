@@ -10,12 +10,9 @@ pub struct SidecarConfig {
     /// Directory holding node-id, sk.pem and ck.pem (the mounted identity Secret).
     #[arg(long, env = "XLATTICE_IDENTITY_DIR", default_value = "/var/run/xlattice/identity")]
     pub identity_dir: PathBuf,
-    /// The member directory file (the mounted directory ConfigMap).
-    #[arg(
-        long,
-        env = "XLATTICE_DIRECTORY",
-        default_value = "/var/run/xlattice/directory/directory.yaml"
-    )]
+    /// The member directory: a file, or a folder whose *.yaml/*.json files are merged
+    /// (the operator's directory shards, mounted side by side).
+    #[arg(long, env = "XLATTICE_DIRECTORY", default_value = "/var/run/xlattice/directory")]
     pub directory: PathBuf,
     /// Address to listen on; the ports come from --cluster-port and --client-port.
     #[arg(long, env = "XLATTICE_LISTEN_HOST", default_value = "0.0.0.0")]

@@ -62,7 +62,8 @@ enum Port {
 struct ConnectArgs {
     /// The member: its NodeID (hex) or its name.
     member: String,
-    /// The member directory (YAML or JSON), e.g. from `kubectl get configmap <cluster>-directory`.
+    /// The member directory (YAML or JSON), e.g. from `xlattice-operator directory <cluster>`;
+    /// or a folder whose *.yaml/*.json files are parts of it.
     #[arg(long, env = "XLATTICE_DIRECTORY")]
     directory: PathBuf,
     /// Which port to open the session on.
@@ -101,8 +102,7 @@ async fn shutdown_signal(stop: CancellationToken) {
 }
 
 async fn connect(args: ConnectArgs) -> Result<(), String> {
-    let bytes = std::fs::read(&args.directory).map_err(|e| format!("{}: {e}", args.directory.display()))?;
-    let directory: DirectoryIndex = MemberDirectory::from_slice(&bytes)
+    let directory: DirectoryIndex = MemberDirectory::read_path(&args.directory)
         .and_then(|d| d.index())
         .map_err(|e| format!("{}: {e}", args.directory.display()))?;
     let identity = match &args.identity_dir {

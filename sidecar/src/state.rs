@@ -49,7 +49,11 @@ impl Sources {
         for name in xlattice_protocol::identity::IDENTITY_FILES {
             std::fs::read(self.identity_dir.join(name)).ok().hash(&mut hasher);
         }
-        std::fs::read(&self.directory).ok().hash(&mut hasher);
+        // Which shard files exist counts as much as what they hold.
+        for file in MemberDirectory::files(&self.directory).unwrap_or_default() {
+            file.hash(&mut hasher);
+            std::fs::read(&file).ok().hash(&mut hasher);
+        }
         hasher.finish()
     }
 
@@ -60,8 +64,7 @@ impl Sources {
             path: self.directory.display().to_string(),
             message,
         };
-        let bytes = std::fs::read(&self.directory).map_err(|e| dir_err(e.to_string()))?;
-        let directory = MemberDirectory::from_slice(&bytes)
+        let directory = MemberDirectory::read_path(&self.directory)
             .and_then(|d| d.index())
             .map_err(|e| dir_err(e.to_string()))?;
         Ok(Loaded {

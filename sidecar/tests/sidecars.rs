@@ -70,22 +70,38 @@ async fn echo_app(host: &str, name: &str) {
     }
 }
 
+/// Publishes the directory as the kubelet lays out the operator's shards: one file per
+/// shard (here, per member) in a folder, each a symlink through `..data`, which is swapped
+/// atomically; a shard that is gone loses its file.
 fn write_directory(dir: &Path, members: &[&Member]) {
-    let directory = MemberDirectory {
-        cluster: "test/sidecars".into(),
-        members: members
-            .iter()
-            .map(|m| MemberRecord {
+    static VERSION: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let folder = dir.join("directory");
+    let version = format!("..v{}", VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    std::fs::create_dir_all(folder.join(&version)).unwrap();
+    let shards: Vec<String> = members.iter().map(|m| format!("shard-{}.yaml", m.name)).collect();
+    for (m, shard) in members.iter().zip(&shards) {
+        let part = MemberDirectory {
+            cluster: "test/sidecars".into(),
+            members: vec![MemberRecord {
                 cluster_endpoint: Some(format!("{}:{CLUSTER_PORT}", m.host)),
                 client_endpoint: Some(format!("{}:{CLIENT_PORT}", m.host)),
                 ..MemberRecord::for_identity(m.name.clone(), &m.identity)
-            })
-            .collect(),
-    };
-    // Replace atomically, as the kubelet does.
-    let tmp = dir.join("directory.yaml.tmp");
-    std::fs::write(&tmp, directory.to_yaml()).unwrap();
-    std::fs::rename(tmp, dir.join("directory.yaml")).unwrap();
+            }],
+        };
+        std::fs::write(folder.join(&version).join(shard), part.to_yaml()).unwrap();
+    }
+    let _ = std::fs::remove_file(folder.join("..data_tmp"));
+    std::os::unix::fs::symlink(&version, folder.join("..data_tmp")).unwrap();
+    std::fs::rename(folder.join("..data_tmp"), folder.join("..data")).unwrap();
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && !shards.contains(&name) {
+            std::fs::remove_file(folder.join(name)).unwrap();
+        }
+    }
+    for shard in &shards {
+        let _ = std::os::unix::fs::symlink(format!("..data/{shard}"), folder.join(shard));
+    }
 }
 
 fn spawn_sidecar(dir: &Path, m: &Member) -> Child {
@@ -93,7 +109,7 @@ fn spawn_sidecar(dir: &Path, m: &Member) -> Child {
         .args(["run", "--identity-dir"])
         .arg(&m.identity_dir)
         .arg("--directory")
-        .arg(dir.join("directory.yaml"))
+        .arg(dir.join("directory"))
         .args(["--listen-host", &m.host])
         .args([
             "--cluster-port",
@@ -193,7 +209,7 @@ async fn cluster(base: u8) -> Cluster {
 }
 
 fn directory_index(c: &Cluster) -> DirectoryIndex {
-    MemberDirectory::from_slice(&std::fs::read(c.dir.join("directory.yaml")).unwrap())
+    MemberDirectory::read_path(&c.dir.join("directory"))
         .unwrap()
         .index()
         .unwrap()
@@ -404,7 +420,7 @@ async fn directory_and_key_changes_apply_without_a_restart() {
     assert_eq!(status, "HTTP/1.1 502 Bad Gateway");
 
     // A directory that does not parse is refused; the last good one stays in force.
-    std::fs::write(c.dir.join("directory.yaml"), "members: [").unwrap();
+    std::fs::write(c.dir.join("directory").join("shard-bad.yaml"), "members: [").unwrap();
     wait_metric_above(&[&c.members[2].host], RELOADS_ERR, &[0]).await;
     let (status, mut still) = connect_via(&c.members[2], "m1", CLUSTER_PORT).await;
     assert_eq!(status, "HTTP/1.1 200 Connection Established");

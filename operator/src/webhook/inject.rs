@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-        ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
-        Volume, VolumeMount,
+        Capabilities, ConfigMapProjection, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+        ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+        SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -19,7 +19,10 @@ use serde_json::{json, Value};
 use crate::{
     crd::XLatticeCluster,
     desired::SIDECAR_ADMIN_PORT,
-    names::{directory_name, identity_secret_name, INJECTED_ANNOTATION, SIDECAR_NAME},
+    names::{
+        directory_shard_file, directory_shard_name, identity_secret_name, DIRECTORY_KEY, DIRECTORY_SHARDS,
+        INJECTED_ANNOTATION, SIDECAR_NAME,
+    },
 };
 
 pub const IDENTITY_DIR: &str = "/var/run/xlattice/identity";
@@ -140,14 +143,7 @@ pub fn decide(
             }),
             ..Default::default()
         },
-        Volume {
-            name: DIRECTORY_VOLUME.into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: directory_name(&cluster_name),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        directory_volume(&cluster_name),
     ]
     .map(|v| serde_json::to_value(v).expect("volume serializes"));
     if spec.volumes.as_ref().is_none_or(|v| v.is_empty()) {
@@ -163,6 +159,31 @@ pub fn decide(
     }
 }
 
+/// Every shard the directory may have, side by side in one folder. Optional, because
+/// only shards with members exist; the kubelet adds a shard's file when it appears.
+fn directory_volume(cluster: &str) -> Volume {
+    let shard = |k| VolumeProjection {
+        config_map: Some(ConfigMapProjection {
+            name: directory_shard_name(cluster, k),
+            items: Some(vec![KeyToPath {
+                key: DIRECTORY_KEY.into(),
+                path: directory_shard_file(k),
+                mode: None,
+            }]),
+            optional: Some(true),
+        }),
+        ..Default::default()
+    };
+    Volume {
+        name: DIRECTORY_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some((0..DIRECTORY_SHARDS).map(shard).collect()),
+            default_mode: None,
+        }),
+        ..Default::default()
+    }
+}
+
 /// The native sidecar: an init container with restartPolicy Always starts before the app
 /// and does not keep a Job from completing.
 pub fn sidecar(cluster: &XLatticeCluster, config: &SidecarConfig) -> Container {
@@ -173,7 +194,7 @@ pub fn sidecar(cluster: &XLatticeCluster, config: &SidecarConfig) -> Container {
         "--identity-dir".into(),
         IDENTITY_DIR.into(),
         "--directory".into(),
-        format!("{DIRECTORY_DIR}/directory.yaml"),
+        DIRECTORY_DIR.into(),
         "--cluster-port".into(),
         cluster_port.to_string(),
         "--client-port".into(),
@@ -348,7 +369,12 @@ mod tests {
             volumes[0].secret.as_ref().unwrap().secret_name.as_deref(),
             Some("xlattice-id-store-0")
         );
-        assert_eq!(volumes[1].config_map.as_ref().unwrap().name, "store-directory");
+        let shards = volumes[1].projected.as_ref().unwrap().sources.as_ref().unwrap();
+        assert_eq!(shards.len(), DIRECTORY_SHARDS);
+        let last = shards[15].config_map.as_ref().unwrap();
+        assert_eq!((last.name.as_str(), last.optional), ("store-directory-15", Some(true)));
+        assert_eq!(last.items.as_ref().unwrap()[0].path, "shard-15.yaml");
+        assert!(args.contains("--directory /var/run/xlattice/directory "), "{args}");
         let sc = sidecar.security_context.as_ref().unwrap();
         assert_eq!(
             (sc.run_as_user, sc.read_only_root_filesystem),

@@ -1,0 +1,111 @@
+//! Publishing the member directory: its shards applied as ConfigMaps, a shard that lost
+//! its last member deleted, a shard too large for one ConfigMap reported instead of sent.
+
+use std::collections::HashMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    Api, Client, ResourceExt,
+};
+use tracing::info;
+use xlattice_protocol::MemberDirectory;
+
+use crate::{crd::XLatticeCluster, desired, error::Result, metrics::Metrics, names::*};
+
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The shard ConfigMaps that exist now, in shard order.
+    pub config_maps: Vec<String>,
+    /// Why a shard could not be written, if one could not.
+    pub too_large: Option<String>,
+}
+
+/// Writes only the shards that differ. New and changed shards are written before empty
+/// ones are deleted; as members never change shards, no member is ever absent from all.
+pub async fn publish(
+    client: &Client,
+    metrics: &Metrics,
+    cluster: &XLatticeCluster,
+    dir: &MemberDirectory,
+) -> Result<Published> {
+    let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let owned = ListParams::default().labels(&format!(
+        "{CLUSTER_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}",
+        label_value(&name)
+    ));
+    let observed: HashMap<String, ConfigMap> = api
+        .list(&owned)
+        .await?
+        .items
+        .into_iter()
+        .map(|cm| (cm.name_any(), cm))
+        .collect();
+
+    let mut published = Published::default();
+    for shard in desired::directory_config_maps(cluster, dir) {
+        let shard_name = shard.name_any();
+        if let Some(reason) = desired::directory_too_large(&shard) {
+            // The API server would refuse it: the last version written stays in force.
+            if observed.contains_key(&shard_name) {
+                published.config_maps.push(shard_name);
+            }
+            published.too_large.get_or_insert(reason);
+            continue;
+        }
+        if !observed
+            .get(&shard_name)
+            .is_some_and(|o| desired::config_map_matches(&shard, o))
+        {
+            api.patch(
+                &shard_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&shard),
+            )
+            .await?;
+            metrics.write("ConfigMap");
+            info!(configmap = %shard_name, namespace = %ns, "directory shard applied");
+        }
+        published.config_maps.push(shard_name);
+    }
+
+    let prefix = format!("{name}-directory");
+    for stale in observed.keys().filter(|n| n.starts_with(&prefix)) {
+        if published.config_maps.contains(stale) {
+            continue;
+        }
+        match api.delete(stale, &DeleteParams::default()).await {
+            Ok(_) => {
+                metrics.write("ConfigMap");
+                info!(configmap = %stale, namespace = %ns, "empty directory shard deleted");
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(published)
+}
+
+/// The directory of cluster `name` as published: every shard, merged. For clients
+/// outside the cluster (`xlattice-operator directory`) and for tests.
+pub async fn fetch(client: &Client, namespace: &str, name: &str) -> Result<MemberDirectory> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let owned = ListParams::default().labels(&format!(
+        "{CLUSTER_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}",
+        label_value(name)
+    ));
+    let prefix = format!("{name}-directory-");
+    let mut parts = Vec::new();
+    for cm in api.list(&owned).await?.items {
+        let Some(yaml) = cm.data.as_ref().and_then(|d| d.get(DIRECTORY_KEY)) else {
+            continue;
+        };
+        if cm.name_any().starts_with(&prefix) {
+            let part = MemberDirectory::from_slice(yaml.as_bytes())
+                .map_err(|e| crate::Error::Directory(format!("ConfigMap {}: {e}", cm.name_any())))?;
+            parts.push(part);
+        }
+    }
+    MemberDirectory::merge(parts).map_err(|e| crate::Error::Directory(e.to_string()))
+}

@@ -80,16 +80,20 @@ impl RecordSealer {
         let ct_len = payload.len() + 1 + TAG_LEN;
         let header = (ct_len as u16).to_be_bytes();
         let start = out.len();
-        out.reserve(RECORD_HEADER_LEN + ct_len);
         out.extend_from_slice(&header);
-        out.extend_from_slice(payload);
-        out.push(kind as u8);
-        let body = start + RECORD_HEADER_LEN;
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(nonce(seq), Aad::from(header), &mut out[body..])
+        out.resize(start + RECORD_HEADER_LEN + ct_len, 0);
+        // Encrypts straight from the caller's bytes into `out`: one pass, no copy first.
+        let (ciphertext, type_and_tag) = out[start + RECORD_HEADER_LEN..].split_at_mut(payload.len());
+        self.key
+            .seal_out_of_place_scatter(
+                nonce(seq),
+                Aad::from(header),
+                payload,
+                ciphertext,
+                &[kind as u8],
+                type_and_tag,
+            )
             .expect("AES-GCM sealing of a bounded record");
-        out.extend_from_slice(tag.as_ref());
         Ok(())
     }
 }

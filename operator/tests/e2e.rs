@@ -16,7 +16,7 @@ use k8s_openapi::{
             MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
         },
         apps::v1::{Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec},
-        core::v1::{ConfigMap, Container, ContainerPort, Pod, PodSpec, PodTemplateSpec, Secret, Service},
+        core::v1::{ConfigMap, Pod, PodTemplateSpec, Secret, Service},
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::{
@@ -130,34 +130,6 @@ struct Env {
     clusters: Api<XLatticeCluster>,
 }
 
-fn member_pod(name: &str, ports: &[i32]) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(BTreeMap::from([("app".to_string(), "store".to_string())])),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "app".into(),
-                image: Some("registry.invalid/app:1".into()),
-                ports: (!ports.is_empty()).then(|| {
-                    ports
-                        .iter()
-                        .map(|p| ContainerPort {
-                            container_port: *p,
-                            ..Default::default()
-                        })
-                        .collect()
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 impl Env {
     async fn secrets_by_member(&self) -> BTreeMap<String, Secret> {
         let list = self
@@ -242,7 +214,7 @@ async fn operator_as_service_account_end_to_end() {
     // --- three member pods, then the cluster: identities, directory, policy, services, Ready
     for name in ["store-0", "store-1", "store-2"] {
         env.pods
-            .create(&PostParams::default(), &member_pod(name, &[]))
+            .create(&PostParams::default(), &member_pod(name, "store", &[]))
             .await
             .unwrap();
     }
@@ -503,7 +475,7 @@ async fn restarts_workloads_one_at_a_time(env: &Env) {
                 labels: Some(labels.clone()),
                 ..Default::default()
             }),
-            spec: member_pod("x", &[]).spec,
+            spec: member_pod("x", "store", &[]).spec,
         };
         let selector = LabelSelector {
             match_labels: Some(labels.clone()),
@@ -538,7 +510,7 @@ async fn restarts_workloads_one_at_a_time(env: &Env) {
             ..Default::default()
         };
         let rs = replica_sets.create(&PostParams::default(), &rs).await.unwrap();
-        let mut pod = member_pod(&format!("{app}-5d8f7-abcde"), &[]);
+        let mut pod = member_pod(&format!("{app}-5d8f7-abcde"), "store", &[]);
         pod.metadata.labels = Some(labels);
         pod.metadata.owner_references = Some(vec![owner("ReplicaSet", &rs.name_any(), rs.uid())]);
         env.pods.create(&PostParams::default(), &pod).await.unwrap();
@@ -636,7 +608,7 @@ async fn webhook_injects(env: &Env, operator: &Operator, ns: &str) {
     .await;
 
     // A Deployment-style pod: generateName only. The webhook names it, so its Secret is known.
-    let mut pod = member_pod("", &[]);
+    let mut pod = member_pod("", "store", &[]);
     pod.metadata.name = None;
     pod.metadata.generate_name = Some("store-web-".into());
     let created = wait_for("the webhook admits a pod", WAIT, || async {
@@ -672,7 +644,7 @@ async fn webhook_injects(env: &Env, operator: &Operator, ns: &str) {
     // A pod whose app already listens on the client port cannot be served.
     let err = env
         .pods
-        .create(&PostParams::default(), &member_pod("store-clash", &[8000]))
+        .create(&PostParams::default(), &member_pod("store-clash", "store", &[8000]))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("spec.clientPort"), "{err}");

@@ -12,12 +12,11 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Container, Pod, PodSpec, Secret},
+    core::v1::{Pod, Secret},
     events::v1::Event,
 };
 use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
-    core::ObjectMeta,
     Api, ResourceExt,
 };
 use serde_json::json;
@@ -26,25 +25,6 @@ use xlattice_operator::XLatticeCluster;
 use xlattice_protocol::Identity;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn member_pod(name: &str) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(BTreeMap::from([("app".to_string(), "rot".to_string())])),
-            ..Default::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "app".into(),
-                image: Some("registry.invalid/app:1".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 /// What a member's identity Secret holds: (node-id annotation, sk.pem, ck.pem, resourceVersion).
 #[derive(Clone, Debug, PartialEq)]
@@ -151,7 +131,9 @@ async fn keys_rotate_on_demand_and_on_a_period_keeping_node_ids() {
 
     // --- two members minted
     for name in ["rot-0", "rot-1"] {
-        pods.create(&PostParams::default(), &member_pod(name)).await.unwrap();
+        pods.create(&PostParams::default(), &member_pod(name, "rot", &[]))
+            .await
+            .unwrap();
     }
     let cluster: XLatticeCluster = serde_json::from_value(json!({
         "apiVersion": "xlattice.io/v1alpha1", "kind": "XLatticeCluster",
@@ -230,7 +212,9 @@ async fn keys_rotate_on_demand_and_on_a_period_keeping_node_ids() {
     env.directory_shows(&after_pod).await;
 
     // --- a member that joins while the cluster token is set is minted, not rotated at once
-    pods.create(&PostParams::default(), &member_pod("rot-2")).await.unwrap();
+    pods.create(&PostParams::default(), &member_pod("rot-2", "rot", &[]))
+        .await
+        .unwrap();
     wait_for("rot-2 minted", WAIT, || async {
         env.by_member().await.contains_key("rot-2").then_some(())
     })

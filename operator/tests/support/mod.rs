@@ -12,7 +12,7 @@ use std::{
 use k8s_openapi::{
     api::{
         authentication::v1::{TokenRequest, TokenRequestSpec},
-        core::v1::{Namespace, ServiceAccount},
+        core::v1::{Container, ContainerPort, Namespace, Pod, PodSpec, ServiceAccount},
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -25,6 +25,36 @@ use kube::{
 };
 
 pub const MANAGER: &str = "xlattice-e2e";
+
+/// A pod labelled `app=<app>` (what the tests' cluster selectors match), declaring `ports`.
+/// Nothing runs it: the bare API server has no kubelet.
+pub fn member_pod(name: &str, app: &str, ports: &[i32]) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("app".to_string(), app.to_string())].into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some("registry.invalid/app:1".into()),
+                ports: (!ports.is_empty()).then(|| {
+                    ports
+                        .iter()
+                        .map(|p| ContainerPort {
+                            container_port: *p,
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
 
 /// The control plane's kubeconfig, or a failure that says how to get one. A silent pass
 /// without an API server would hide that nothing was tested.

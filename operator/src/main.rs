@@ -69,6 +69,10 @@ struct RunArgs {
     /// Further certificate SANs (DNS names or IPs).
     #[arg(long = "webhook-san", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
     webhook_sans: Vec<String>,
+    /// Life of the webhook's serving certificate, renewed after two thirds of it; its CA
+    /// lives ten times as long.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    webhook_cert_days: u32,
     #[arg(long, env = "XLATTICE_SIDECAR_IMAGE", default_value = concat!("ghcr.io/xlattice/xlattice-sidecar:", env!("CARGO_PKG_VERSION")))]
     sidecar_image: String,
     #[arg(long, env = "XLATTICE_SIDECAR_PULL_POLICY")]
@@ -173,7 +177,16 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             format!("{}.{}.svc.cluster.local", args.webhook_service, args.namespace),
         ];
         sans.extend(args.webhook_sans.iter().cloned());
-        let tls = certs::ensure_secret(client.clone(), &args.namespace, &sans).await?;
+        let lifetimes = certs::Lifetimes::days(args.webhook_cert_days);
+        let tls = certs::ensure_secret(client.clone(), &args.namespace, &sans, lifetimes).await?;
+        let (tls_tx, tls_rx) = tokio::sync::watch::channel(tls);
+        tokio::spawn(certs::keep_renewed(
+            client.clone(),
+            args.namespace.clone(),
+            sans,
+            lifetimes,
+            tls_tx,
+        ));
         let resources = k8s_openapi::api::core::v1::ResourceRequirements {
             requests: Some(
                 [
@@ -195,9 +208,10 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         // The webhook configuration may be installed after the operator starts (or be
         // reset by a chart upgrade): keep its caBundle right.
         tokio::spawn({
-            let (client, ca) = (client.clone(), tls.ca_pem.clone());
+            let (client, tls) = (client.clone(), tls_rx.clone());
             async move {
                 loop {
+                    let ca = tls.borrow().ca_pem.clone();
                     match certs::patch_ca_bundle(client.clone(), &ca).await {
                         Ok(true) => {}
                         Ok(false) => info!(
@@ -213,7 +227,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn({
             let (client, addr) = (client.clone(), args.webhook_addr);
             async move {
-                if let Err(error) = server::serve(addr, &tls, client, config).await {
+                if let Err(error) = server::serve(addr, tls_rx, client, config).await {
                     error!(%error, "webhook server stopped");
                 }
             }

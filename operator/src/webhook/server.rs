@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{extract::State, routing::post, Json, Router};
+use axum_server::tls_rustls::RustlsConfig;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     api::ListParams,
@@ -13,6 +14,7 @@ use kube::{
     Api, Client,
 };
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{
@@ -46,22 +48,43 @@ pub fn server_config(tls: &TlsMaterial) -> Result<rustls::ServerConfig> {
         .map_err(|e| bad(&e))
 }
 
-/// Serves the webhook over TLS until the process ends.
-pub async fn serve(addr: SocketAddr, tls: &TlsMaterial, client: Client, config: SidecarConfig) -> Result<()> {
-    let mut server_config = server_config(tls)?;
-    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+/// Serves the webhook over TLS until the process ends, switching to each certificate
+/// `tls` publishes without dropping a connection.
+pub async fn serve(
+    addr: SocketAddr,
+    mut tls: watch::Receiver<TlsMaterial>,
+    client: Client,
+    config: SidecarConfig,
+) -> Result<()> {
+    let with_alpn = |material: &TlsMaterial| -> Result<Arc<rustls::ServerConfig>> {
+        let mut server_config = server_config(material)?;
+        server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(server_config))
+    };
+    let rustls = RustlsConfig::from_config(with_alpn(&tls.borrow_and_update())?);
+    tokio::spawn({
+        let rustls = rustls.clone();
+        async move {
+            while tls.changed().await.is_ok() {
+                match with_alpn(&tls.borrow_and_update()) {
+                    Ok(config) => {
+                        rustls.reload_from_config(config);
+                        info!("webhook now serves its renewed certificate");
+                    }
+                    Err(error) => warn!(%error, "renewed webhook certificate unusable; keeping the previous one"),
+                }
+            }
+        }
+    });
     let app = Router::new().route(PATH, post(mutate)).with_state(WebhookState {
         client,
         config: Arc::new(config),
     });
     info!(%addr, path = PATH, "serving the sidecar injection webhook");
-    axum_server::bind_rustls(
-        addr,
-        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server_config)),
-    )
-    .serve(app.into_make_service())
-    .await
-    .map_err(|e| Error::Tls(e.to_string()))
+    axum_server::bind_rustls(addr, rustls)
+        .serve(app.into_make_service())
+        .await
+        .map_err(|e| Error::Tls(e.to_string()))
 }
 
 async fn mutate(

@@ -71,19 +71,35 @@ impl RecordSealer {
         }
     }
 
+    /// Bytes a record carrying `payload_len` bytes takes on the wire.
+    pub const fn record_len(payload_len: usize) -> usize {
+        RECORD_HEADER_LEN + payload_len + 1 + TAG_LEN
+    }
+
     /// Appends one record carrying `payload` to `out`.
     pub fn seal(&mut self, kind: ContentType, payload: &[u8], out: &mut Vec<u8>) -> Result<(), RecordError> {
         if payload.len() > MAX_PAYLOAD {
             return Err(RecordError::PayloadTooLarge(payload.len()));
         }
-        let seq = next(&mut self.seq)?;
-        let ct_len = payload.len() + 1 + TAG_LEN;
-        let header = (ct_len as u16).to_be_bytes();
         let start = out.len();
-        out.extend_from_slice(&header);
-        out.resize(start + RECORD_HEADER_LEN + ct_len, 0);
-        // Encrypts straight from the caller's bytes into `out`: one pass, no copy first.
-        let (ciphertext, type_and_tag) = out[start + RECORD_HEADER_LEN..].split_at_mut(payload.len());
+        out.resize(start + Self::record_len(payload.len()), 0);
+        self.seal_into(kind, payload, &mut out[start..])
+            .map(drop)
+            .inspect_err(|_| out.truncate(start))
+    }
+
+    /// Writes one record carrying `payload` at the start of `out`, which must hold
+    /// `record_len(payload.len())` bytes; returns that length. Encrypts straight from
+    /// the caller's bytes: one pass, no copy first.
+    pub fn seal_into(&mut self, kind: ContentType, payload: &[u8], out: &mut [u8]) -> Result<usize, RecordError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(RecordError::PayloadTooLarge(payload.len()));
+        }
+        let len = Self::record_len(payload.len());
+        let seq = next(&mut self.seq)?;
+        let header = ((len - RECORD_HEADER_LEN) as u16).to_be_bytes();
+        out[..RECORD_HEADER_LEN].copy_from_slice(&header);
+        let (ciphertext, type_and_tag) = out[RECORD_HEADER_LEN..len].split_at_mut(payload.len());
         self.key
             .seal_out_of_place_scatter(
                 nonce(seq),
@@ -94,7 +110,7 @@ impl RecordSealer {
                 type_and_tag,
             )
             .expect("AES-GCM sealing of a bounded record");
-        Ok(())
+        Ok(len)
     }
 }
 
@@ -125,34 +141,62 @@ impl RecordOpener {
         }
     }
 
+    /// Checked here too, not only by callers: a body shorter than the announced length,
+    /// or an authentic record of a bare tag, must be an error, never a panic.
+    fn check_len(header: [u8; RECORD_HEADER_LEN], ciphertext: &[u8]) -> Result<usize, RecordError> {
+        let len = Self::ciphertext_len(header)?;
+        match ciphertext.len() {
+            n if n < len => Err(RecordError::TooShort(n)),
+            n if n > len => Err(RecordError::TooLarge(n)),
+            _ => Ok(len),
+        }
+    }
+
     /// Decrypts `ciphertext` (exactly the announced length) in place.
     pub fn open<'a>(
         &mut self,
         header: [u8; RECORD_HEADER_LEN],
         ciphertext: &'a mut [u8],
     ) -> Result<(ContentType, &'a [u8]), RecordError> {
-        // Checked here too, not only by callers: a body shorter than the announced
-        // length, or an authentic record of a bare tag, must be an error, never a panic.
-        let len = Self::ciphertext_len(header)?;
-        if ciphertext.len() != len {
-            return Err(if ciphertext.len() < len {
-                RecordError::TooShort(ciphertext.len())
-            } else {
-                RecordError::TooLarge(ciphertext.len())
-            });
-        }
+        Self::check_len(header, ciphertext)?;
         let seq = next(&mut self.seq)?;
         let plain = self
             .key
             .open_in_place(nonce(seq), Aad::from(header), ciphertext)
             .map_err(|_| RecordError::Forged)?;
-        let (kind, payload) = plain.split_last().expect("MIN_CIPHERTEXT leaves a type byte");
-        let kind = match *kind {
-            0 => ContentType::Data,
-            1 if payload.is_empty() => ContentType::Close,
-            other => return Err(RecordError::UnknownType(other)),
-        };
+        let (kind, payload) = split_content(plain)?;
         Ok((kind, payload))
+    }
+
+    /// Decrypts `ciphertext` (exactly the announced length) into `out`, which must hold
+    /// `ciphertext.len() - TAG_LEN` bytes: the payload lands at its start, and its length
+    /// is returned. Saves a copy when the caller's buffer has room. On an error, `out`
+    /// holds garbage that must not be used.
+    pub fn open_into(
+        &mut self,
+        header: [u8; RECORD_HEADER_LEN],
+        ciphertext: &[u8],
+        out: &mut [u8],
+    ) -> Result<(ContentType, usize), RecordError> {
+        let len = Self::check_len(header, ciphertext)?;
+        let seq = next(&mut self.seq)?;
+        let (body, tag) = ciphertext.split_at(len - TAG_LEN);
+        let plain = &mut out[..len - TAG_LEN];
+        self.key
+            .open_separate_gather(nonce(seq), Aad::from(header), body, tag, plain)
+            .map_err(|_| RecordError::Forged)?;
+        let (kind, payload) = split_content(plain)?;
+        Ok((kind, payload.len()))
+    }
+}
+
+/// The payload and the type byte after it.
+fn split_content(plain: &[u8]) -> Result<(ContentType, &[u8]), RecordError> {
+    let (kind, payload) = plain.split_last().expect("MIN_CIPHERTEXT leaves a type byte");
+    match *kind {
+        0 => Ok((ContentType::Data, payload)),
+        1 if payload.is_empty() => Ok((ContentType::Close, payload)),
+        other => Err(RecordError::UnknownType(other)),
     }
 }
 
@@ -269,6 +313,47 @@ mod tests {
         assert_eq!(
             sealer.seal(ContentType::Data, &vec![0; MAX_PAYLOAD + 1], &mut Vec::new()),
             Err(RecordError::PayloadTooLarge(MAX_PAYLOAD + 1))
+        );
+    }
+
+    #[test]
+    fn opening_into_a_separate_buffer_matches_opening_in_place() {
+        let key = [7u8; 32];
+        let mut sealer = RecordSealer::new(&key);
+        let (mut in_place, mut separate) = (RecordOpener::new(&key), RecordOpener::new(&key));
+        let mut wire = Vec::new();
+        sealer.seal(ContentType::Data, b"payload", &mut wire).unwrap();
+        sealer.seal(ContentType::Close, b"", &mut wire).unwrap();
+        let mut copy = wire.clone();
+        let expected = open_all(&mut in_place, &mut copy).unwrap();
+
+        let mut got = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            let header = [wire[at], wire[at + 1]];
+            let len = RecordOpener::ciphertext_len(header).unwrap();
+            let mut out = vec![0u8; len - TAG_LEN];
+            let (kind, n) = separate
+                .open_into(header, &wire[at + 2..at + 2 + len], &mut out)
+                .unwrap();
+            got.push((kind, out[..n].to_vec()));
+            at += 2 + len;
+        }
+        assert_eq!(got, expected);
+
+        // Tampered: refused, whichever way it is opened.
+        let mut opener = RecordOpener::new(&key);
+        let mut wire = Vec::new();
+        RecordSealer::new(&key)
+            .seal(ContentType::Data, b"x", &mut wire)
+            .unwrap();
+        wire[3] ^= 1;
+        let mut out = [0u8; 2];
+        let header = [wire[0], wire[1]];
+        assert_eq!(opener.open_into(header, &wire[2..], &mut out), Err(RecordError::Forged));
+        assert_eq!(
+            opener.open_into(header, &wire[3..], &mut out),
+            Err(RecordError::TooShort(wire.len() - 3))
         );
     }
 }

@@ -14,8 +14,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::{
     handshake::SessionKeys,
-    record::{ContentType, RecordError, RecordOpener, RecordSealer, MAX_PAYLOAD, MAX_RECORD, RECORD_HEADER_LEN},
-    NodeId,
+    record::{
+        ContentType, RecordError, RecordOpener, RecordSealer, MAX_PAYLOAD, MAX_RECORD, RECORD_HEADER_LEN, TAG_LEN,
+    },
+    NodeId, ReadSize,
 };
 
 /// Which end of the handshake this stream is.
@@ -41,7 +43,6 @@ const BATCH_RECORDS: usize = 16;
 const MIN_READ_BUFFER: usize = MAX_RECORD;
 const MAX_READ_BUFFER: usize = BATCH_RECORDS * MAX_RECORD;
 
-#[derive(Default)]
 struct ReadState {
     /// Raw bytes from the wire, `buf[start..filled]` not yet consumed; allocated
     /// only while bytes are buffered.
@@ -50,15 +51,31 @@ struct ReadState {
     filled: usize,
     /// The decrypted payload of the current record, inside `buf`.
     plain: std::ops::Range<usize>,
-    /// Size of the next allocation: doubles while reads fill the buffer.
-    capacity: usize,
+    /// Size of the next allocation, following the traffic.
+    size: ReadSize,
     closed: bool,
+}
+
+impl Default for ReadState {
+    fn default() -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            filled: 0,
+            plain: 0..0,
+            size: ReadSize::new(MIN_READ_BUFFER, MAX_READ_BUFFER),
+            closed: false,
+        }
+    }
 }
 
 #[derive(Default)]
 struct WriteState {
+    /// Sealed records, `buf[sent..end]` not yet on the wire. Kept through a burst of
+    /// writes (so it is not zeroed again for each) and released by a flush.
     buf: Vec<u8>,
     sent: usize,
+    end: usize,
     closed: bool,
 }
 
@@ -105,23 +122,36 @@ impl<S> SecureStream<S> {
 impl<S: AsyncWrite + Unpin> SecureStream<S> {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let w = &mut self.write;
-        while w.sent < w.buf.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &w.buf[w.sent..]))?;
+        while w.sent < w.end {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &w.buf[w.sent..w.end]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             w.sent += n;
         }
-        // Kept for the next write of a burst; `poll_flush` releases it.
-        w.buf.clear();
-        w.sent = 0;
+        (w.sent, w.end) = (0, 0);
         Poll::Ready(Ok(()))
     }
 }
 
 impl<S> SecureStream<S> {
-    /// Opens the next record if it is wholly buffered; `Ok(false)` if more bytes are needed.
-    fn open_buffered(&mut self) -> io::Result<bool> {
+    /// Seals one record after those already waiting to be sent.
+    fn seal(&mut self, kind: ContentType, payload: &[u8]) -> io::Result<()> {
+        let w = &mut self.write;
+        let needed = w.end + RecordSealer::record_len(payload.len());
+        if w.buf.len() < needed {
+            w.buf.resize(needed, 0);
+        }
+        w.end += self
+            .sealer
+            .seal_into(kind, payload, &mut w.buf[w.end..])
+            .map_err(invalid)?;
+        Ok(())
+    }
+
+    /// Opens the next record if it is wholly buffered; `Ok(false)` if more bytes are
+    /// needed. With room in `out` for the whole record, decrypts straight into it.
+    fn open_buffered(&mut self, out: &mut ReadBuf<'_>) -> io::Result<bool> {
         let r = &mut self.read;
         let available = r.filled - r.start;
         if available < RECORD_HEADER_LEN {
@@ -133,11 +163,23 @@ impl<S> SecureStream<S> {
             return Ok(false);
         }
         let body = r.start + RECORD_HEADER_LEN;
-        let (kind, payload) = self
-            .opener
-            .open(header, &mut r.buf[body..body + len])
-            .map_err(invalid)?;
-        r.plain = body..body + payload.len();
+        let plain_len = len - TAG_LEN;
+        let kind = if out.remaining() >= plain_len {
+            let dst = out.initialize_unfilled_to(plain_len);
+            let (kind, n) = self
+                .opener
+                .open_into(header, &r.buf[body..body + len], dst)
+                .map_err(invalid)?;
+            out.advance(n);
+            kind
+        } else {
+            let (kind, payload) = self
+                .opener
+                .open(header, &mut r.buf[body..body + len])
+                .map_err(invalid)?;
+            r.plain = body..body + payload.len();
+            kind
+        };
         r.start = body + len;
         if kind == ContentType::Close {
             r.closed = true;
@@ -156,9 +198,10 @@ impl<S: AsyncRead + Unpin> SecureStream<S> {
             r.filled -= r.start;
             r.start = 0;
         }
-        r.capacity = r.capacity.max(MIN_READ_BUFFER);
-        if r.buf.len() < r.capacity {
-            r.buf.resize(r.capacity, 0);
+        // Never below one whole record past what is buffered: a record must fit.
+        let wanted = r.size.next().max(r.filled + MAX_RECORD);
+        if r.buf.len() < wanted {
+            r.buf.resize(wanted, 0);
         }
         let mut rb = ReadBuf::new(&mut r.buf[r.filled..]);
         match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
@@ -166,7 +209,6 @@ impl<S: AsyncRead + Unpin> SecureStream<S> {
                 if r.filled == 0 {
                     // Nothing buffered: a quiet session holds no buffer.
                     r.buf = Vec::new();
-                    r.capacity = MIN_READ_BUFFER;
                 }
                 Poll::Pending
             }
@@ -176,11 +218,9 @@ impl<S: AsyncRead + Unpin> SecureStream<S> {
                 "peer closed the connection without a close record (truncated session)",
             ))),
             Poll::Ready(Ok(())) => {
-                r.filled += rb.filled().len();
-                if r.filled == r.buf.len() {
-                    // The read filled the buffer: the peer sends in bulk.
-                    r.capacity = (r.capacity * 2).min(MAX_READ_BUFFER);
-                }
+                let (n, room) = (rb.filled().len(), rb.capacity());
+                r.filled += n;
+                r.size.record(n, room);
                 Poll::Ready(Ok(()))
             }
         }
@@ -207,7 +247,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for SecureStream<S> {
             if r.closed || out.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            if this.open_buffered()? {
+            if this.open_buffered(out)? {
                 continue;
             }
             if out.filled().len() > before {
@@ -233,9 +273,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
         }
         let n = data.len().min(BATCH_RECORDS * MAX_PAYLOAD);
         for chunk in data[..n].chunks(MAX_PAYLOAD) {
-            this.sealer
-                .seal(ContentType::Data, chunk, &mut this.write.buf)
-                .map_err(invalid)?;
+            this.seal(ContentType::Data, chunk)?;
         }
         // Start sending now; what does not fit stays buffered for the next call or flush.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
@@ -256,9 +294,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
         if !this.write.closed {
-            this.sealer
-                .seal(ContentType::Close, &[], &mut this.write.buf)
-                .map_err(invalid)?;
+            this.seal(ContentType::Close, &[])?;
             this.write.closed = true;
             ready!(this.poll_drain(cx))?;
         }
@@ -319,6 +355,9 @@ mod tests {
         let pending = tokio::time::timeout(std::time::Duration::from_millis(20), server.read(&mut one)).await;
         assert!(pending.is_err());
         assert_eq!(server.read.buf.capacity(), 0);
-        assert_eq!(server.read.capacity, MIN_READ_BUFFER);
+        assert!(
+            server.read.size.next() > MIN_READ_BUFFER,
+            "a stall does not forget the size"
+        );
     }
 }

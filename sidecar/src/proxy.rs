@@ -12,14 +12,15 @@ use std::{
     time::Duration,
 };
 
+use xlattice_protocol::ReadSize;
+
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::Instant,
 };
 
-/// A direction's buffer starts at one record's payload and doubles while reads fill
-/// it, up to the record layer's largest batch: bulk transfers get few, large syscalls
-/// and small exchanges stay small.
+/// A direction's buffer follows the traffic (`ReadSize`) between one record's payload and
+/// the record layer's largest batch.
 const MIN_BUFFER: usize = 16 * 1024;
 const MAX_BUFFER: usize = 256 * 1024;
 
@@ -30,17 +31,31 @@ pub struct Transferred {
     pub b_to_a: u64,
 }
 
-#[derive(Default)]
 struct OneWay {
     buf: Vec<u8>,
-    /// Size of the next allocation.
-    capacity: usize,
+    /// Size of the next allocation, following the traffic.
+    size: ReadSize,
     start: usize,
     end: usize,
     unflushed: bool,
     eof: bool,
     done: bool,
     moved: u64,
+}
+
+impl Default for OneWay {
+    fn default() -> Self {
+        Self {
+            buf: Vec::new(),
+            size: ReadSize::new(MIN_BUFFER, MAX_BUFFER),
+            start: 0,
+            end: 0,
+            unflushed: false,
+            eof: false,
+            done: false,
+            moved: 0,
+        }
+    }
 }
 
 impl OneWay {
@@ -77,9 +92,8 @@ impl OneWay {
                 self.buf = Vec::new();
                 continue;
             }
-            self.capacity = self.capacity.max(MIN_BUFFER);
-            if self.buf.len() < self.capacity {
-                self.buf = vec![0u8; self.capacity];
+            if self.buf.len() < self.size.next() {
+                self.buf = vec![0u8; self.size.next()];
             }
             let mut read = ReadBuf::new(&mut self.buf);
             match from.as_mut().poll_read(cx, &mut read) {
@@ -90,16 +104,13 @@ impl OneWay {
                         self.eof = true;
                     } else {
                         (self.start, self.end) = (0, n);
-                        if n == self.buf.len() {
-                            self.capacity = (self.capacity * 2).min(MAX_BUFFER);
-                        }
+                        self.size.record(n, self.buf.len());
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     // Going quiet: give the buffer back and push out what the sink holds.
                     self.buf = Vec::new();
-                    self.capacity = MIN_BUFFER;
                     if self.unflushed {
                         ready!(to.as_mut().poll_flush(cx))?;
                         self.unflushed = false;

@@ -215,7 +215,7 @@ fn records(keys: &handshake::SessionKeys) -> Value {
             out.push(json!({
                 "direction": direction,
                 "seq": seq,
-                "type": match kind { ContentType::Data => "data", ContentType::Close => "close" },
+                "type": match kind { ContentType::Data => "data", ContentType::Close => "close", ContentType::KeyUpdate => "key_update" },
                 "payload": h(&payload),
                 "record": h(&wire),
             }));

@@ -3,8 +3,16 @@
 //!
 //! Wire: `len: u16 BE | ciphertext[len]`, where ciphertext = AES-256-GCM(payload || type)
 //! with nonce = 0x00000000 || seq (u64 BE) and AAD = the two length bytes.
+//!
+//! A key update record moves its direction to the next key (HKDF-Expand of the current
+//! one) with the sequence number back at 0, so that no key seals more records than
+//! AES-GCM's safety margin allows however long a session lives.
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use aws_lc_rs::{
+    aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM},
+    hkdf::{Prk, HKDF_SHA256},
+};
+use zeroize::Zeroizing;
 
 pub const RECORD_HEADER_LEN: usize = 2;
 pub const TAG_LEN: usize = 16;
@@ -23,7 +31,14 @@ pub enum ContentType {
     /// Orderly end of this direction; anything after it is an error. A TCP close
     /// without it is a truncation.
     Close = 1,
+    /// The records after it are sealed under the next key; carries no payload.
+    KeyUpdate = 2,
 }
+
+/// Records a sender seals under one key before it updates the key: TLS 1.3's limit for
+/// AES-GCM is 2^24.5 full-size records (RFC 8446, section 5.5).
+pub const KEY_UPDATE_INTERVAL: u64 = 1 << 24;
+const KEY_UPDATE_INFO: &[u8] = b"xlattice/1 key update";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
@@ -51,24 +66,61 @@ fn key(bytes: &[u8; 32]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("32-byte AES-256 key"))
 }
 
-fn next(seq: &mut u64) -> Result<u64, RecordError> {
-    let current = *seq;
-    *seq = seq.checked_add(1).ok_or(RecordError::SequenceExhausted)?;
-    Ok(current)
-}
-
-/// Seals outgoing records for one direction.
-pub struct RecordSealer {
+/// One direction's current key and sequence number.
+struct Direction {
+    secret: Zeroizing<[u8; 32]>,
     key: LessSafeKey,
     seq: u64,
 }
 
-impl RecordSealer {
-    pub fn new(key_bytes: &[u8; 32]) -> Self {
+impl Direction {
+    fn new(secret: &[u8; 32]) -> Self {
         Self {
-            key: key(key_bytes),
+            secret: Zeroizing::new(*secret),
+            key: key(secret),
             seq: 0,
         }
+    }
+
+    fn next_nonce(&mut self) -> Result<Nonce, RecordError> {
+        let current = self.seq;
+        self.seq = self.seq.checked_add(1).ok_or(RecordError::SequenceExhausted)?;
+        Ok(nonce(current))
+    }
+
+    /// next = HKDF-Expand-SHA256(PRK = current, info = "xlattice/1 key update", L = 32).
+    fn update(&mut self) {
+        let mut next = Zeroizing::new([0u8; 32]);
+        Prk::new_less_safe(HKDF_SHA256, &self.secret[..])
+            .expand(&[KEY_UPDATE_INFO], HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut next[..]))
+            .expect("HKDF-Expand of 32 bytes");
+        *self = Self::new(&next);
+    }
+}
+
+/// Seals outgoing records for one direction.
+pub struct RecordSealer {
+    direction: Direction,
+    update_every: u64,
+}
+
+impl RecordSealer {
+    pub fn new(key_bytes: &[u8; 32]) -> Self {
+        Self::with_key_update_interval(key_bytes, KEY_UPDATE_INTERVAL)
+    }
+
+    /// A sealer that asks for a key update every `records` records (tests use a few).
+    pub fn with_key_update_interval(key_bytes: &[u8; 32], records: u64) -> Self {
+        Self {
+            direction: Direction::new(key_bytes),
+            update_every: records.max(1),
+        }
+    }
+
+    /// Whether the next record should be a key update: the caller seals one, then goes on.
+    pub fn key_update_due(&self) -> bool {
+        self.direction.seq >= self.update_every
     }
 
     /// Bytes a record carrying `payload_len` bytes takes on the wire.
@@ -96,13 +148,14 @@ impl RecordSealer {
             return Err(RecordError::PayloadTooLarge(payload.len()));
         }
         let len = Self::record_len(payload.len());
-        let seq = next(&mut self.seq)?;
+        let nonce = self.direction.next_nonce()?;
         let header = ((len - RECORD_HEADER_LEN) as u16).to_be_bytes();
         out[..RECORD_HEADER_LEN].copy_from_slice(&header);
         let (ciphertext, type_and_tag) = out[RECORD_HEADER_LEN..len].split_at_mut(payload.len());
-        self.key
+        self.direction
+            .key
             .seal_out_of_place_scatter(
-                nonce(seq),
+                nonce,
                 Aad::from(header),
                 payload,
                 ciphertext,
@@ -110,21 +163,22 @@ impl RecordSealer {
                 type_and_tag,
             )
             .expect("AES-GCM sealing of a bounded record");
+        if kind == ContentType::KeyUpdate {
+            self.direction.update();
+        }
         Ok(len)
     }
 }
 
 /// Opens incoming records for one direction, in order.
 pub struct RecordOpener {
-    key: LessSafeKey,
-    seq: u64,
+    direction: Direction,
 }
 
 impl RecordOpener {
     pub fn new(key_bytes: &[u8; 32]) -> Self {
         Self {
-            key: key(key_bytes),
-            seq: 0,
+            direction: Direction::new(key_bytes),
         }
     }
 
@@ -159,12 +213,14 @@ impl RecordOpener {
         ciphertext: &'a mut [u8],
     ) -> Result<(ContentType, &'a [u8]), RecordError> {
         Self::check_len(header, ciphertext)?;
-        let seq = next(&mut self.seq)?;
+        let nonce = self.direction.next_nonce()?;
         let plain = self
+            .direction
             .key
-            .open_in_place(nonce(seq), Aad::from(header), ciphertext)
+            .open_in_place(nonce, Aad::from(header), ciphertext)
             .map_err(|_| RecordError::Forged)?;
         let (kind, payload) = split_content(plain)?;
+        self.after(kind);
         Ok((kind, payload))
     }
 
@@ -179,14 +235,22 @@ impl RecordOpener {
         out: &mut [u8],
     ) -> Result<(ContentType, usize), RecordError> {
         let len = Self::check_len(header, ciphertext)?;
-        let seq = next(&mut self.seq)?;
+        let nonce = self.direction.next_nonce()?;
         let (body, tag) = ciphertext.split_at(len - TAG_LEN);
         let plain = &mut out[..len - TAG_LEN];
-        self.key
-            .open_separate_gather(nonce(seq), Aad::from(header), body, tag, plain)
+        self.direction
+            .key
+            .open_separate_gather(nonce, Aad::from(header), body, tag, plain)
             .map_err(|_| RecordError::Forged)?;
         let (kind, payload) = split_content(plain)?;
+        self.after(kind);
         Ok((kind, payload.len()))
+    }
+
+    fn after(&mut self, kind: ContentType) {
+        if kind == ContentType::KeyUpdate {
+            self.direction.update();
+        }
     }
 }
 
@@ -196,6 +260,7 @@ fn split_content(plain: &[u8]) -> Result<(ContentType, &[u8]), RecordError> {
     match *kind {
         0 => Ok((ContentType::Data, payload)),
         1 if payload.is_empty() => Ok((ContentType::Close, payload)),
+        2 if payload.is_empty() => Ok((ContentType::KeyUpdate, payload)),
         other => Err(RecordError::UnknownType(other)),
     }
 }
@@ -354,6 +419,41 @@ mod tests {
         assert_eq!(
             opener.open_into(header, &wire[3..], &mut out),
             Err(RecordError::TooShort(wire.len() - 3))
+        );
+    }
+
+    #[test]
+    fn a_key_update_moves_both_ends_to_the_next_key() {
+        let key = [9u8; 32];
+        let mut sealer = RecordSealer::with_key_update_interval(&key, 1);
+        let mut wire = Vec::new();
+        sealer.seal(ContentType::Data, b"one", &mut wire).unwrap();
+        assert!(sealer.key_update_due());
+        let update_at = wire.len();
+        sealer.seal(ContentType::KeyUpdate, b"", &mut wire).unwrap();
+        let next_at = wire.len();
+        sealer.seal(ContentType::Data, b"two", &mut wire).unwrap();
+
+        let mut copy = wire.clone();
+        let opened = open_all(&mut RecordOpener::new(&key), &mut copy).unwrap();
+        let kinds: Vec<_> = opened.iter().map(|(k, p)| (*k, p.as_slice())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (ContentType::Data, &b"one"[..]),
+                (ContentType::KeyUpdate, &b""[..]),
+                (ContentType::Data, &b"two"[..])
+            ]
+        );
+
+        // Without the update the old key cannot open what follows, at either sequence number.
+        let mut skipped = [&wire[..update_at], &wire[next_at..]].concat();
+        let err = open_all(&mut RecordOpener::new(&key), &mut skipped).unwrap_err();
+        assert_eq!(err, RecordError::Forged);
+        let mut alone = wire[next_at..].to_vec();
+        assert_eq!(
+            open_all(&mut RecordOpener::new(&key), &mut alone).unwrap_err(),
+            RecordError::Forged
         );
     }
 }

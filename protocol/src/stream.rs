@@ -135,8 +135,12 @@ impl<S: AsyncWrite + Unpin> SecureStream<S> {
 }
 
 impl<S> SecureStream<S> {
-    /// Seals one record after those already waiting to be sent.
+    /// Seals one record after those already waiting to be sent, preceded by a key
+    /// update when the current key has sealed its share.
     fn seal(&mut self, kind: ContentType, payload: &[u8]) -> io::Result<()> {
+        if kind != ContentType::KeyUpdate && self.sealer.key_update_due() {
+            self.seal(ContentType::KeyUpdate, &[])?;
+        }
         let w = &mut self.write;
         let needed = w.end + RecordSealer::record_len(payload.len());
         if w.buf.len() < needed {
@@ -359,5 +363,23 @@ mod tests {
             server.read.size.next() > MIN_READ_BUFFER,
             "a stall does not forget the size"
         );
+    }
+
+    #[tokio::test]
+    async fn keys_update_every_few_records_without_the_reader_noticing() {
+        let (mut client, mut server) = pair();
+        let keys = [1u8; 32];
+        client.sealer = RecordSealer::with_key_update_interval(&keys, 3);
+        let data: Vec<u8> = (0..40 * MAX_PAYLOAD as u32).map(|i| (i % 253) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "the stream survives 13 key updates intact");
+        writer.await.unwrap();
     }
 }

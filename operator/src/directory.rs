@@ -31,10 +31,7 @@ pub async fn publish(
 ) -> Result<Published> {
     let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let owned = ListParams::default().labels(&format!(
-        "{CLUSTER_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}",
-        label_value(&name)
-    ));
+    let owned = ListParams::default().labels(&owned_by(&name));
     let observed: HashMap<String, ConfigMap> = api
         .list(&owned)
         .await?
@@ -91,10 +88,7 @@ pub async fn publish(
 /// outside the cluster (`xlattice-operator directory`) and for tests.
 pub async fn fetch(client: &Client, namespace: &str, name: &str) -> Result<MemberDirectory> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let owned = ListParams::default().labels(&format!(
-        "{CLUSTER_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}",
-        label_value(name)
-    ));
+    let owned = ListParams::default().labels(&owned_by(name));
     let prefix = format!("{name}-directory-");
     let mut parts = Vec::new();
     for cm in api.list(&owned).await?.items {

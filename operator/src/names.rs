@@ -50,6 +50,14 @@ pub fn identity_secret_name(pod: &str) -> String {
     shorten(&format!("{SECRET_PREFIX}{pod}"), MAX_NAME)
 }
 
+/// The label selector of everything the operator made for cluster `cluster`.
+pub fn owned_by(cluster: &str) -> String {
+    format!(
+        "{CLUSTER_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}",
+        label_value(cluster)
+    )
+}
+
 /// A label value naming `value`: as is when it fits, else shortened with a hash suffix.
 pub fn label_value(value: &str) -> String {
     shorten(value, MAX_LABEL_VALUE)

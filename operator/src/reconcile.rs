@@ -195,7 +195,7 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
         .await?
         .items;
     let members = membership::members(&selector, &pods);
-    let owned = format!("{CLUSTER_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}", label_value(&name));
+    let owned = owned_by(&name);
     let mut secrets = secrets_api.list(&ListParams::default().labels(&owned)).await?.items;
 
     // Mint what is missing. Failures do not stop the rest of the reconcile: the members
@@ -501,10 +501,7 @@ fn degraded_reason(status: Option<&XLatticeClusterStatus>) -> Option<String> {
 async fn cleanup(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
     let client = &ctx.client;
-    let owned = ListParams::default().labels(&format!(
-        "{CLUSTER_LABEL}={},{MANAGED_BY_LABEL}={MANAGED_BY}",
-        label_value(&name)
-    ));
+    let owned = ListParams::default().labels(&owned_by(&name));
     delete_owned(&Api::<Secret>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     delete_owned(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     delete_owned(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), &owned, ctx).await?;

@@ -143,6 +143,11 @@ for i in 0 1 2; do
   printf '  $ echo "hello" | xlattice connect store-%s --directory directory.yaml\n' "$i"
   echo "hello" | "$BIN/xlattice" connect "store-$i" --directory "$DEMO/directory.yaml" | sed 's/^/    /'
 done
+# A load-balanced address (the client Service) can land on any member; the one it lands
+# on relays the session, unopened, to the member it is addressed to.
+printf '  $ echo "through another member" | xlattice connect store-0 --address 127.0.0.13:8000   # store-2 relays\n'
+echo "through another member" | "$BIN/xlattice" connect store-0 --directory "$DEMO/directory.yaml" \
+  --address 127.0.0.13:8000 | sed 's/^/    /'
 
 say "members talk to each other on the private port (through their own sidecars)"
 for pair in "0 1" "1 2" "2 0"; do

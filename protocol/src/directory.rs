@@ -77,6 +77,7 @@ pub struct DirectoryIndex {
     cluster: String,
     by_node_id: HashMap<NodeId, Arc<Member>>,
     by_name: HashMap<String, Arc<Member>>,
+    by_ck_hint: HashMap<[u8; 8], Arc<Member>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,8 @@ pub enum DirectoryError {
     DuplicateNodeId(NodeId),
     #[error("member name {0:?} appears twice")]
     DuplicateName(String),
+    #[error("member {0:?} has the ck of another member")]
+    DuplicateKey(String),
     #[error("parts of one directory name different clusters: {0:?} and {1:?}")]
     MixedClusters(String, String),
     #[error("{path}: {message}")]
@@ -216,8 +219,12 @@ impl MemberDirectory {
             if index.by_node_id.insert(record.node_id, member.clone()).is_some() {
                 return Err(DirectoryError::DuplicateNodeId(record.node_id));
             }
-            if index.by_name.insert(record.name.clone(), member).is_some() {
+            if index.by_name.insert(record.name.clone(), member.clone()).is_some() {
                 return Err(DirectoryError::DuplicateName(record.name.clone()));
+            }
+            // Keys are random: two members with one ck hint would be a forged directory.
+            if index.by_ck_hint.insert(member.ck.hint(), member).is_some() {
+                return Err(DirectoryError::DuplicateKey(record.name.clone()));
             }
         }
         Ok(index)
@@ -237,6 +244,11 @@ impl DirectoryIndex {
 
     pub fn by_name(&self, name: &str) -> Option<&Arc<Member>> {
         self.by_name.get(name)
+    }
+
+    /// The member whose ck has this hint (see `PublicKey::hint`).
+    pub fn by_ck_hint(&self, hint: &[u8; 8]) -> Option<&Arc<Member>> {
+        self.by_ck_hint.get(hint)
     }
 
     /// By NodeID (hex) or by name.
@@ -288,6 +300,8 @@ mod tests {
         assert_eq!(index.lookup(&b.node_id.to_string()).unwrap().record.name, "b");
         assert_eq!(index.lookup("a").unwrap().record.node_id, dir.members[0].node_id);
         assert!(index.lookup("c").is_none());
+        let b_ck = PublicKey::from_pem(&b.ck).unwrap();
+        assert_eq!(index.by_ck_hint(&b_ck.hint()).unwrap().record.name, "b");
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub const VERSION: u8 = 1;
 pub const MAGIC: [u8; 2] = *b"XL";
 pub const TYPE_HELLO: u8 = 1;
 pub const TYPE_REPLY: u8 = 2;
+pub const TYPE_ROUTE: u8 = 3;
+/// The routing preamble a client sends before its hello on the client port:
+/// magic | version | TYPE_ROUTE | the addressed member's ck hint (8 bytes).
+pub const ROUTE_LEN: usize = 4 + 8;
 pub const HELLO_HEADER_LEN: usize = 8;
 pub const REPLY_HEADER_LEN: usize = 6;
 pub const HELLO_PLAIN_LEN: usize = 1 + 1 + 8 + 32 + 32 + 32;
@@ -70,6 +74,8 @@ pub enum HandshakeError {
     Undecryptable,
     #[error("hello is for the other port")]
     WrongPort,
+    #[error("hello is addressed to another member")]
+    OtherMember,
     #[error(transparent)]
     Replay(#[from] ReplayError),
     #[error("member proof is malformed or was tampered with")]
@@ -98,6 +104,7 @@ impl HandshakeError {
             Self::BadLength { .. } => "bad_length",
             Self::Undecryptable => "undecryptable",
             Self::WrongPort => "wrong_port",
+            Self::OtherMember => "other_member",
             Self::Replay(ReplayError::ClockSkew(_)) => "clock_skew",
             Self::Replay(ReplayError::Replayed) => "replayed",
             Self::Replay(ReplayError::Full) => "replay_cache_full",
@@ -354,7 +361,26 @@ impl ClientPending {
     }
 }
 
+/// The routing preamble for a session with the member whose ck is `server_ck`: lets a
+/// member that receives it by way of a load-balanced address relay it to that member.
+pub fn route_preamble(server_ck: &PublicKey) -> [u8; ROUTE_LEN] {
+    let mut preamble = [0u8; ROUTE_LEN];
+    preamble[..2].copy_from_slice(&MAGIC);
+    preamble[2..4].copy_from_slice(&[VERSION, TYPE_ROUTE]);
+    preamble[4..].copy_from_slice(&server_ck.hint());
+    preamble
+}
+
 // === server side ===
+
+/// The ck hint a routing preamble carries.
+pub fn parse_route(preamble: &[u8; ROUTE_LEN]) -> Result<[u8; 8], HandshakeError> {
+    check_magic_version(preamble)?;
+    if preamble[3] != TYPE_ROUTE {
+        return Err(HandshakeError::UnexpectedType(preamble[3]));
+    }
+    Ok(preamble[4..].try_into().expect("8 bytes"))
+}
 
 fn check_magic_version(header: &[u8]) -> Result<(), HandshakeError> {
     if header[..2] != MAGIC {

@@ -253,6 +253,12 @@ impl PublicKey {
         pem::encode(&pem::Pem::new(PUBLIC_PEM_TAG, self.spki.to_vec()))
     }
 
+    /// Names this key in a routing preamble: the first 8 bytes of SHA-256 over its SPKI.
+    pub fn hint(&self) -> [u8; 8] {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.spki_der());
+        digest.as_ref()[..8].try_into().expect("8 of 32 bytes")
+    }
+
     pub fn spki_der(&self) -> &[u8] {
         &self.spki
     }

@@ -29,5 +29,5 @@ pub use keys::{DecryptionKey, KeyError, PublicKey, RsaBits, SigningKey};
 pub use node_id::{NodeId, NodeIdBits, NodeIdError};
 pub use read_size::ReadSize;
 pub use replay::ReplayGuard;
-pub use session::{accept, connect};
+pub use session::{accept, accept_or_route, connect, Incoming};
 pub use stream::{Role, SecureStream};

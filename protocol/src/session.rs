@@ -4,8 +4,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{
     handshake::{
-        client_hello, now_unix, parse_hello_header, server_accept, ClientSecrets, HandshakeError, PortKind,
-        ServerContext, ServerSecrets, HELLO_HEADER_LEN, REPLY_LEN,
+        client_hello, now_unix, parse_hello_header, parse_route, route_preamble, server_accept, ClientSecrets,
+        HandshakeError, PortKind, ServerContext, ServerSecrets, HELLO_HEADER_LEN, REPLY_LEN, ROUTE_LEN, TYPE_ROUTE,
     },
     stream::{Role, SecureStream},
     Identity, PublicKey,
@@ -23,7 +23,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (hello, pending) = client_hello(server_ck, port, member, ClientSecrets::random())?;
-    io.write_all(&hello).await?;
+    // On the client port the hello may reach another member first (a load-balanced
+    // address): the preamble says whom it is for, so that member can relay it.
+    let mut wire = Vec::with_capacity(ROUTE_LEN + hello.len());
+    if port == PortKind::Client {
+        wire.extend_from_slice(&route_preamble(server_ck));
+    }
+    wire.extend_from_slice(&hello);
+    io.write_all(&wire).await?;
     io.flush().await?;
     let mut reply = [0u8; REPLY_LEN];
     io.read_exact(&mut reply).await?;
@@ -31,14 +38,51 @@ where
     Ok(SecureStream::new(io, &keys, Role::Client, None))
 }
 
+/// What a client-port connection turned out to be.
+// Returned once per connection and matched at once: boxing the session would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Incoming<S> {
+    Session(SecureStream<S>),
+    /// The routing preamble names another member's ck: relay `preamble` and the rest of
+    /// `io` to that member, or drop the connection. Nothing has been sent.
+    ForAnother {
+        hint: [u8; 8],
+        preamble: [u8; ROUTE_LEN],
+        io: S,
+    },
+}
+
 /// Runs the server side of one handshake. On error nothing has been sent: the
 /// caller drops the connection. Callers bound this with a deadline.
-pub async fn accept<S>(mut io: S, ctx: &ServerContext<'_>) -> Result<SecureStream<S>, HandshakeError>
+pub async fn accept<S>(io: S, ctx: &ServerContext<'_>) -> Result<SecureStream<S>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match accept_or_route(io, ctx).await? {
+        Incoming::Session(session) => Ok(session),
+        Incoming::ForAnother { .. } => Err(HandshakeError::OtherMember),
+    }
+}
+
+/// `accept`, except that a client-port hello addressed to another member is handed
+/// back for relaying instead of refused.
+pub async fn accept_or_route<S>(mut io: S, ctx: &ServerContext<'_>) -> Result<Incoming<S>, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut header = [0u8; HELLO_HEADER_LEN];
     io.read_exact(&mut header).await?;
+    if header[3] == TYPE_ROUTE && ctx.port == PortKind::Client {
+        let mut preamble = [0u8; ROUTE_LEN];
+        preamble[..HELLO_HEADER_LEN].copy_from_slice(&header);
+        io.read_exact(&mut preamble[HELLO_HEADER_LEN..]).await?;
+        let hint = parse_route(&preamble)?;
+        if hint != ctx.identity.ck_public().hint() {
+            return Ok(Incoming::ForAnother { hint, preamble, io });
+        }
+        io.read_exact(&mut header).await?;
+    }
     let lens = parse_hello_header(&header, ctx.port, ctx.identity.ck.size_bytes())?;
     let mut hello = vec![0u8; HELLO_HEADER_LEN + lens.rsa_len + lens.proof_len];
     hello[..HELLO_HEADER_LEN].copy_from_slice(&header);
@@ -46,5 +90,10 @@ where
     let accepted = server_accept(ctx, &hello, now_unix(), ServerSecrets::random())?;
     io.write_all(&accepted.reply).await?;
     io.flush().await?;
-    Ok(SecureStream::new(io, &accepted.keys, Role::Server, accepted.peer))
+    Ok(Incoming::Session(SecureStream::new(
+        io,
+        &accepted.keys,
+        Role::Server,
+        accepted.peer,
+    )))
 }

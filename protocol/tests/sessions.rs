@@ -8,10 +8,10 @@ use tokio::{
     sync::mpsc,
 };
 use xlattice_protocol::{
-    accept, connect,
-    handshake::{client_hello, ClientSecrets, HELLO_HEADER_LEN},
-    DirectoryIndex, HandshakeError, Identity, MemberDirectory, MemberRecord, NodeIdBits, PortKind, ReplayGuard,
-    RsaBits,
+    accept, accept_or_route, connect,
+    handshake::{client_hello, route_preamble, ClientSecrets, HELLO_HEADER_LEN},
+    DirectoryIndex, HandshakeError, Identity, Incoming, MemberDirectory, MemberRecord, NodeIdBits, PortKind,
+    ReplayGuard, RsaBits,
 };
 
 struct Cluster {
@@ -377,4 +377,72 @@ async fn relay(target: std::net::SocketAddr) -> (TcpStream, Corrupter) {
         sw.shutdown().await.ok();
     });
     (TcpStream::connect(addr).await.unwrap(), Corrupter(flip))
+}
+
+#[tokio::test]
+async fn a_client_session_for_another_member_is_handed_back_for_relaying() {
+    let c = cluster();
+    // "member" answers on its own client port.
+    let target = Cluster {
+        server: c.member.clone(),
+        member: c.server.clone(),
+        outsider: c.outsider.clone(),
+        directory: c.directory.clone(),
+    };
+    let (target_addr, mut target_results) = serve(&target, PortKind::Client).await;
+    // "server" fronts a load-balanced address: it relays what is not for it, unopened.
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let (server, directory) = (c.server.clone(), c.directory.clone());
+    let relayed = tokio::spawn(async move {
+        let (tcp, _) = front.accept().await.unwrap();
+        let replay = ReplayGuard::default();
+        let ctx = xlattice_protocol::ServerContext {
+            port: PortKind::Client,
+            identity: &server,
+            directory: &directory,
+            replay: &replay,
+        };
+        let Ok(Incoming::ForAnother { hint, preamble, mut io }) = accept_or_route(tcp, &ctx).await else {
+            panic!("expected a session for another member");
+        };
+        let to = directory.by_ck_hint(&hint).unwrap().record.name.clone();
+        let mut upstream = TcpStream::connect(target_addr).await.unwrap();
+        upstream.write_all(&preamble).await.unwrap();
+        tokio::io::copy_bidirectional(&mut io, &mut upstream).await.ok();
+        to
+    });
+
+    let tcp = TcpStream::connect(front_addr).await.unwrap();
+    let mut session = connect(tcp, c.member.ck_public(), PortKind::Client, None)
+        .await
+        .unwrap();
+    assert_eq!(target_results.recv().await.unwrap(), Ok(()));
+    session.write_all(b"via the front").await.unwrap();
+    session.flush().await.unwrap();
+    let mut buf = [0u8; 13];
+    session.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"via the front");
+    session.shutdown().await.unwrap();
+    drop(session);
+    assert_eq!(relayed.await.unwrap(), "member");
+}
+
+#[tokio::test]
+async fn a_routing_preamble_is_refused_on_the_cluster_port() {
+    let c = cluster();
+    let (addr, mut results) = serve(&c, PortKind::Cluster).await;
+    let (hello, _) = client_hello(
+        c.server.ck_public(),
+        PortKind::Cluster,
+        Some(&c.member),
+        ClientSecrets::random(),
+    )
+    .unwrap();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&[&route_preamble(c.server.ck_public())[..], &hello].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_to_close(&mut tcp).await, b"");
+    assert_eq!(results.recv().await.unwrap(), Err("unexpected_type".into()));
 }

@@ -7,11 +7,12 @@ use tokio::{
     sync::{watch, OwnedSemaphorePermit},
 };
 use tokio_util::sync::CancellationToken;
-use xlattice_protocol::{accept, HandshakeError, NodeId, PortKind, ServerContext};
+use xlattice_protocol::{accept_or_route, HandshakeError, Incoming, NodeId, PortKind, ServerContext};
 
 use crate::{
     metrics::{BytesLabels, HandshakeLabels, PortLabel},
     proxy::{proxy, ProxyError},
+    relay::relay,
     state::Loaded,
     Runtime,
 };
@@ -67,26 +68,39 @@ async fn handle(
             directory: &loaded.directory,
             replay: &rt.shared.replay,
         };
-        accept(tcp, &ctx).await
+        accept_or_route(tcp, &ctx).await
     };
     let result = tokio::time::timeout(rt.config.handshake_timeout, handshake)
         .await
         .unwrap_or(Err(HandshakeError::Timeout));
-    let (result_label, reason) = match &result {
-        Ok(_) => ("ok", ""),
-        Err(e) => ("error", e.reason()),
+    let count = |result, reason| {
+        metrics
+            .handshakes
+            .get_or_create(&HandshakeLabels {
+                port: label,
+                result,
+                reason,
+            })
+            .inc();
     };
-    metrics
-        .handshakes
-        .get_or_create(&HandshakeLabels {
-            port: label,
-            result: result_label,
-            reason,
-        })
-        .inc();
     let mut session = match result {
-        Ok(session) => session,
+        Ok(Incoming::Session(session)) => {
+            count("ok", "");
+            session
+        }
+        Ok(Incoming::ForAnother { hint, preamble, io }) => {
+            match relay(io, hint, preamble, &loaded, &rt).await {
+                Ok(_) => count("relayed", ""),
+                Err(error) => {
+                    tracing::debug!(%remote, port = label, %error, "relay failed");
+                    count("error", error.reason());
+                }
+            }
+            return;
+        }
         Err(error) => {
+            let reason = error.reason();
+            count("error", reason);
             // Dropping the socket closes it; nothing was sent.
             tracing::debug!(%remote, port = label, reason, %error, "handshake refused");
             return;

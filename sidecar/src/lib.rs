@@ -12,6 +12,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;
+pub mod relay;
 pub mod state;
 
 use std::{

@@ -72,7 +72,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("xlattice_sidecar");
         registry.register(
             "handshakes",
-            "Handshakes by port, result and reason",
+            "Handshakes by port, result (ok, error, relayed: passed on to the member it was for) and reason",
             handshakes.clone(),
         );
         registry.register(

@@ -166,6 +166,7 @@ async fn metric(host: &str, series: &str) -> u64 {
 
 const RELOADS_OK: &str = r#"xlattice_sidecar_reloads_total{result="ok"}"#;
 const RELOADS_ERR: &str = r#"xlattice_sidecar_reloads_total{result="error"}"#;
+const RELAYED: &str = r#"xlattice_sidecar_handshakes_total{port="client",result="relayed",reason=""}"#;
 
 /// Waits until `series` on each host exceeds its value in `before`.
 async fn wait_metric_above(hosts: &[&str], series: &str, before: &[u64]) {
@@ -269,6 +270,19 @@ async fn clients_members_and_outsiders() {
             format!("{}/client: hi", m.name)
         );
     }
+
+    // Through a load-balanced address a session may land on another member: m0 relays
+    // a session addressed to m1, unopened, and m1 answers.
+    let target = Target {
+        member: "m1",
+        port: PortKind::Client,
+        address: Some(&format!("{}:{CLIENT_PORT}", c.members[0].host)),
+        identity: None,
+    };
+    let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(line_exchange(&mut session, "via m0").await, "m1/client: via m0");
+    drop(session);
+    wait_metric_above(&[&c.members[0].host], RELAYED, &[0]).await;
 
     // Member m0's app reaches m1 and m2 on the private port through its own sidecar,
     // by name and by NodeID.

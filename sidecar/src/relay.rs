@@ -1,0 +1,79 @@
+//! Relaying a client-port session addressed to another member, as happens when clients
+//! dial a load-balanced address such as the cluster's client Service. The bytes pass
+//! through unopened: the addressed member runs the handshake, so end-to-end security
+//! is the client's and that member's alone; this sidecar only learns whom it was for.
+
+use std::net::SocketAddr;
+
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+use xlattice_protocol::handshake::ROUTE_LEN;
+
+use crate::{
+    proxy::{proxy, ProxyError, Transferred},
+    state::Loaded,
+    Runtime,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("no member of the directory has that ck")]
+    UnknownMember,
+    #[error("the addressed member {0} has no client endpoint yet")]
+    NoEndpoint(String),
+    #[error("the directory sends {0}'s sessions back here (stale directory)")]
+    Loop(String),
+    #[error("member {member} not reachable: {source}")]
+    Unreachable { member: String, source: std::io::Error },
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+}
+
+// === impl RelayError ===
+
+impl RelayError {
+    /// A short, stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownMember => "relay_unknown_member",
+            Self::NoEndpoint(_) => "relay_no_endpoint",
+            Self::Loop(_) => "relay_loop",
+            Self::Unreachable { .. } => "relay_unreachable",
+            Self::Proxy(_) => "relay_io",
+        }
+    }
+}
+
+/// Passes `preamble` and everything after it to the member whose ck has `hint`, and its
+/// answers back, until either side closes or the session idles out.
+pub async fn relay(
+    mut client: TcpStream,
+    hint: [u8; 8],
+    preamble: [u8; ROUTE_LEN],
+    loaded: &Loaded,
+    rt: &Runtime,
+) -> Result<Transferred, RelayError> {
+    let member = loaded.directory.by_ck_hint(&hint).ok_or(RelayError::UnknownMember)?;
+    let name = &member.record.name;
+    let endpoint = member
+        .record
+        .client_endpoint
+        .as_deref()
+        .ok_or_else(|| RelayError::NoEndpoint(name.clone()))?;
+    // A member never relays to itself: our own record with a ck we no longer hold, or
+    // another's record with our address, would send the session round in a circle.
+    let here = client.local_addr().ok();
+    if member.record.node_id == loaded.identity.node_id || endpoint.parse::<SocketAddr>().ok() == here {
+        return Err(RelayError::Loop(name.clone()));
+    }
+    let unreachable = |source| RelayError::Unreachable {
+        member: name.clone(),
+        source,
+    };
+    let mut target = tokio::time::timeout(rt.config.handshake_timeout, TcpStream::connect(endpoint))
+        .await
+        .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(unreachable)?;
+    target.set_nodelay(true).ok();
+    target.write_all(&preamble).await.map_err(unreachable)?;
+    Ok(proxy(&mut client, &mut target, rt.config.idle_timeout).await?)
+}

@@ -12,7 +12,7 @@ use xlattice_protocol::{accept_or_route, HandshakeError, Incoming, NodeId, PortK
 use crate::{
     metrics::{BytesLabels, HandshakeLabels, PortLabel},
     proxy::{proxy, ProxyError},
-    relay::relay,
+    relay,
     state::Loaded,
     Runtime,
 };
@@ -88,11 +88,16 @@ async fn handle(
             count("ok", "");
             session
         }
-        Ok(Incoming::ForAnother { hint, preamble, io }) => {
-            match relay(io, hint, preamble, &loaded, &rt).await {
-                Ok(_) => count("relayed", ""),
+        Ok(Incoming::ForAnother { hint, preamble, mut io }) => {
+            match relay::open(&io, hint, preamble, &loaded, &rt).await {
+                Ok(mut target) => {
+                    count("relayed", "");
+                    if let Err(error) = proxy(&mut io, &mut target, rt.config.idle_timeout).await {
+                        tracing::debug!(%remote, port = label, %error, "relayed session ended");
+                    }
+                }
                 Err(error) => {
-                    tracing::debug!(%remote, port = label, %error, "relay failed");
+                    tracing::debug!(%remote, port = label, %error, "relay refused");
                     count("error", error.reason());
                 }
             }

@@ -8,11 +8,7 @@ use std::net::SocketAddr;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use xlattice_protocol::handshake::ROUTE_LEN;
 
-use crate::{
-    proxy::{proxy, ProxyError, Transferred},
-    state::Loaded,
-    Runtime,
-};
+use crate::{state::Loaded, Runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -24,8 +20,6 @@ pub enum RelayError {
     Loop(String),
     #[error("member {member} not reachable: {source}")]
     Unreachable { member: String, source: std::io::Error },
-    #[error(transparent)]
-    Proxy(#[from] ProxyError),
 }
 
 // === impl RelayError ===
@@ -38,20 +32,19 @@ impl RelayError {
             Self::NoEndpoint(_) => "relay_no_endpoint",
             Self::Loop(_) => "relay_loop",
             Self::Unreachable { .. } => "relay_unreachable",
-            Self::Proxy(_) => "relay_io",
         }
     }
 }
 
-/// Passes `preamble` and everything after it to the member whose ck has `hint`, and its
-/// answers back, until either side closes or the session idles out.
-pub async fn relay(
-    mut client: TcpStream,
+/// Connects to the member whose ck has `hint` and hands it `preamble`; the caller then
+/// passes bytes both ways, unopened.
+pub async fn open(
+    client: &TcpStream,
     hint: [u8; 8],
     preamble: [u8; ROUTE_LEN],
     loaded: &Loaded,
     rt: &Runtime,
-) -> Result<Transferred, RelayError> {
+) -> Result<TcpStream, RelayError> {
     let member = loaded.directory.by_ck_hint(&hint).ok_or(RelayError::UnknownMember)?;
     let name = &member.record.name;
     let endpoint = member
@@ -75,5 +68,5 @@ pub async fn relay(
         .map_err(unreachable)?;
     target.set_nodelay(true).ok();
     target.write_all(&preamble).await.map_err(unreachable)?;
-    Ok(proxy(&mut client, &mut target, rt.config.idle_timeout).await?)
+    Ok(target)
 }

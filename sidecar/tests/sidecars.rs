@@ -166,6 +166,8 @@ async fn metric(host: &str, series: &str) -> u64 {
 
 const RELOADS_OK: &str = r#"xlattice_sidecar_reloads_total{result="ok"}"#;
 const RELOADS_ERR: &str = r#"xlattice_sidecar_reloads_total{result="error"}"#;
+const RELAY_UNKNOWN: &str =
+    r#"xlattice_sidecar_handshakes_total{port="client",result="error",reason="relay_unknown_member"}"#;
 const RELAYED: &str = r#"xlattice_sidecar_handshakes_total{port="client",result="relayed",reason=""}"#;
 
 /// Waits until `series` on each host exceeds its value in `before`.
@@ -283,6 +285,17 @@ async fn clients_members_and_outsiders() {
     assert_eq!(line_exchange(&mut session, "via m0").await, "m1/client: via m0");
     drop(session);
     wait_metric_above(&[&c.members[0].host], RELAYED, &[0]).await;
+    // A preamble naming a key no member holds is dropped, with nothing sent back.
+    let mut tcp = TcpStream::connect(format!("{}:{CLIENT_PORT}", c.members[0].host))
+        .await
+        .unwrap();
+    tcp.write_all(&[b'X', b'L', 1, 3, 0, 1, 2, 3, 4, 5, 6, 7])
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tcp.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"");
+    wait_metric_above(&[&c.members[0].host], RELAY_UNKNOWN, &[0]).await;
 
     // Member m0's app reaches m1 and m2 on the private port through its own sidecar,
     // by name and by NodeID.

@@ -166,6 +166,7 @@ async fn metric(host: &str, series: &str) -> u64 {
 
 const RELOADS_OK: &str = r#"xlattice_sidecar_reloads_total{result="ok"}"#;
 const RELOADS_ERR: &str = r#"xlattice_sidecar_reloads_total{result="error"}"#;
+const RELAY_LOOP: &str = r#"xlattice_sidecar_handshakes_total{port="client",result="error",reason="relay_loop"}"#;
 const RELAY_UNKNOWN: &str =
     r#"xlattice_sidecar_handshakes_total{port="client",result="error",reason="relay_unknown_member"}"#;
 const RELAYED: &str = r#"xlattice_sidecar_handshakes_total{port="client",result="relayed",reason=""}"#;
@@ -383,6 +384,31 @@ async fn clients_members_and_outsiders() {
         metrics.contains(r#"xlattice_sidecar_open_sessions{port="cluster"} 1"#),
         "{metrics}"
     );
+
+    // A stale directory that puts another key at m0's own address: m0 refuses to relay
+    // the session to itself rather than going round in a circle.
+    let ghost = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
+    let shard = MemberDirectory {
+        cluster: "test/sidecars".into(),
+        members: vec![MemberRecord {
+            client_endpoint: Some(format!("{}:{CLIENT_PORT}", c.members[0].host)),
+            ..MemberRecord::for_identity("ghost", &ghost)
+        }],
+    };
+    std::fs::write(c.dir.join("directory").join("shard-ghost.yaml"), shard.to_yaml()).unwrap();
+    let preamble = handshake::route_preamble(ghost.ck_public());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c.members[0].host, RELAY_LOOP).await == 0 {
+        assert!(Instant::now() < deadline, "m0 never refused the loop");
+        let mut tcp = TcpStream::connect(format!("{}:{CLIENT_PORT}", c.members[0].host))
+            .await
+            .unwrap();
+        tcp.write_all(&preamble).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest).await;
+        assert_eq!(rest, b"", "nothing is sent back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -741,22 +741,27 @@ EOF
     kubectl delete namespace "$APP_NS" --wait=false >/dev/null 2>&1 || true
   fi
 
+  # After an uninstall: no webhook left to block pod creation, the CRD (and so every
+  # XLatticeCluster and identity) kept.
+  uninstalled_cleanly() {
+    if kubectl get mutatingwebhookconfiguration "$WEBHOOK" >/dev/null 2>&1; then
+      bad "$1 left MutatingWebhookConfiguration $WEBHOOK behind: it would block pod creation"
+    else
+      ok "no MutatingWebhookConfiguration left after $1"
+    fi
+    if kubectl get crd "$CRD" >/dev/null 2>&1; then
+      ok "CRD $CRD kept after $1 (XLatticeClusters and identities survive)"
+    else
+      bad "CRD $CRD was deleted by $1"
+    fi
+  }
   if helm uninstall "$LIVE_RELEASE" -n "$LIVE_NS" >"$TMP/uninstall.out" 2>&1; then
     ok "helm uninstall"
   else
     cat "$TMP/uninstall.out" >&2
     bad "helm uninstall failed"
   fi
-  if kubectl get mutatingwebhookconfiguration "$WEBHOOK" >/dev/null 2>&1; then
-    bad "helm uninstall left MutatingWebhookConfiguration $WEBHOOK behind: it would block pod creation"
-  else
-    ok "no MutatingWebhookConfiguration left after helm uninstall"
-  fi
-  if kubectl get crd "$CRD" >/dev/null 2>&1; then
-    ok "CRD $CRD kept after helm uninstall (XLatticeClusters and identities survive)"
-  else
-    bad "CRD $CRD was deleted by helm uninstall"
-  fi
+  uninstalled_cleanly "helm uninstall"
   for o in deployment/xlattice-operator service/xlattice-operator serviceaccount/xlattice-operator; do
     if kubectl -n "$LIVE_NS" get "$o" >/dev/null 2>&1; then bad "$o left after helm uninstall"; fi
   done
@@ -786,17 +791,8 @@ EOF
     cat "$TMP/delete.out" >&2
     bad "kubectl delete -f deploy/xlattice-operator.yaml failed"
   fi
-  if kubectl get mutatingwebhookconfiguration "$WEBHOOK" >/dev/null 2>&1; then
-    bad "kubectl delete -f deploy/xlattice-operator.yaml left MutatingWebhookConfiguration $WEBHOOK behind"
-  else
-    ok "no MutatingWebhookConfiguration left after kubectl delete -f deploy/xlattice-operator.yaml"
-  fi
   PLAIN_APPLIED=""
-  if kubectl get crd "$CRD" >/dev/null 2>&1; then
-    ok "CRD kept after kubectl delete -f deploy/xlattice-operator.yaml"
-  else
-    bad "CRD $CRD deleted by kubectl delete -f deploy/xlattice-operator.yaml"
-  fi
+  uninstalled_cleanly "kubectl delete -f deploy/xlattice-operator.yaml"
 
   kubectl delete namespace "$LIVE_NS" --wait=false >/dev/null 2>&1 || true
   LIVE_NS=""

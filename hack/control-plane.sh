@@ -662,22 +662,14 @@ cmd_status() {
     echo "not running (no state in $dir)"
     return 1
   fi
-  for name in etcd kube-apiserver; do
+  # etcd and kube-apiserver always; kube-scheduler and kwok when they were started.
+  for name in etcd kube-apiserver kube-scheduler kwok; do
+    case $name in kube-scheduler | kwok) [[ -f $dir/$name.pid ]] || continue ;; esac
     if pid_is "$dir/$name.pid" "$name"; then
       echo "$name: running (pid $(<"$dir/$name.pid"))"
     else
       echo "$name: not running"
       rc=1
-    fi
-  done
-  for name in kube-scheduler kwok; do
-    if [[ -f $dir/$name.pid ]]; then
-      if pid_is "$dir/$name.pid" "$name"; then
-        echo "$name: running (pid $(<"$dir/$name.pid"))"
-      else
-        echo "$name: not running"
-        rc=1
-      fi
     fi
   done
   echo "etcd: http://127.0.0.1:$(port_of "$dir" ETCD_PORT)"

@@ -132,15 +132,7 @@ struct Env {
 
 impl Env {
     async fn secrets_by_member(&self) -> BTreeMap<String, Secret> {
-        let list = self
-            .secrets
-            .list(&ListParams::default().labels("xlattice.io/cluster=store"))
-            .await
-            .unwrap();
-        list.items
-            .into_iter()
-            .map(|s| (s.annotations()["xlattice.io/member"].clone(), s))
-            .collect()
+        identity_secrets(&self.secrets, "store").await
     }
 
     /// The directory as published (every shard merged); None before any shard exists.

@@ -10,31 +10,20 @@ use std::{
 };
 
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, core::v1::Secret};
-use kube::{
-    api::{ListParams, PostParams},
-    Api, ResourceExt,
-};
+use kube::{api::PostParams, Api};
 use serde_json::json;
 use support::*;
-use xlattice_operator::XLatticeCluster;
+use xlattice_operator::{names::announced_node_id, XLatticeCluster};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// What support::Operator passes as --lease-seconds.
 const LEASE: Duration = Duration::from_secs(6);
 
 async fn node_ids(secrets: &Api<Secret>) -> BTreeMap<String, String> {
-    secrets
-        .list(&ListParams::default().labels("xlattice.io/cluster=ha"))
+    identity_secrets(secrets, "ha")
         .await
-        .unwrap()
-        .items
         .iter()
-        .map(|s| {
-            (
-                s.annotations()["xlattice.io/member"].clone(),
-                s.annotations()["xlattice.io/node-id"].clone(),
-            )
-        })
+        .map(|(member, secret)| (member.clone(), announced_node_id(secret)))
         .collect()
 }
 

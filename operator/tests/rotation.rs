@@ -61,15 +61,7 @@ struct Env {
 
 impl Env {
     async fn by_member(&self) -> BTreeMap<String, Secret> {
-        let list = self
-            .secrets
-            .list(&ListParams::default().labels("xlattice.io/cluster=rot"))
-            .await
-            .unwrap();
-        list.items
-            .into_iter()
-            .map(|s| (s.annotations()["xlattice.io/member"].clone(), s))
-            .collect()
+        identity_secrets(&self.secrets, "rot").await
     }
 
     async fn keys(&self) -> BTreeMap<String, Keys> {

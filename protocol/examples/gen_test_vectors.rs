@@ -134,30 +134,27 @@ fn load_or_mint(new_keys: bool) -> (Keys, Keys) {
         .then(|| std::fs::read_to_string(out_path()).ok())
         .flatten()
         .map(|text| serde_json::from_str::<Value>(&text).expect("existing vector file is JSON"));
-    if let Some(v) = existing {
-        eprintln!("reusing the keys of {}", out_path().display());
-        let server = identity_from_json(&v["identities"]["server"]);
-        let member = identity_from_json(&v["identities"]["member"]);
-        return (
-            Keys {
-                name: "server",
-                identity: server,
-            },
-            Keys {
-                name: "member",
-                identity: member,
-            },
-        );
-    }
-    eprintln!("minting new keys");
-    // The server: 256-bit NodeID, RSA-2048 sk and ck (the defaults).
-    let server = Identity::generate(xlattice_protocol::NodeIdBits::B256, RsaBits::B2048).unwrap();
-    // The initiating member: 160-bit NodeID and an RSA-3072 sk, so the member proof has
-    // lengths other than the defaults.
-    let member = Identity {
-        node_id: NodeId::random(xlattice_protocol::NodeIdBits::B160),
-        sk: SigningKey::generate(RsaBits::B3072).unwrap(),
-        ck: DecryptionKey::generate(RsaBits::B2048).unwrap(),
+    let (server, member) = match existing {
+        Some(v) => {
+            eprintln!("reusing the keys of {}", out_path().display());
+            (
+                identity_from_json(&v["identities"]["server"]),
+                identity_from_json(&v["identities"]["member"]),
+            )
+        }
+        None => {
+            eprintln!("minting new keys");
+            // The server: 256-bit NodeID, RSA-2048 sk and ck (the defaults).
+            let server = Identity::generate(xlattice_protocol::NodeIdBits::B256, RsaBits::B2048).unwrap();
+            // The initiating member: 160-bit NodeID and an RSA-3072 sk, so the member proof
+            // has lengths other than the defaults.
+            let member = Identity {
+                node_id: NodeId::random(xlattice_protocol::NodeIdBits::B160),
+                sk: SigningKey::generate(RsaBits::B3072).unwrap(),
+                ck: DecryptionKey::generate(RsaBits::B2048).unwrap(),
+            };
+            (server, member)
+        }
     };
     (
         Keys {

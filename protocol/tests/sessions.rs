@@ -99,6 +99,19 @@ async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
     got
 }
 
+/// Sends `bytes` on a new connection, which the server must close with nothing sent
+/// back; the reason it counted.
+async fn refusal(
+    addr: std::net::SocketAddr,
+    bytes: &[u8],
+    results: &mut mpsc::UnboundedReceiver<Result<(), String>>,
+) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    assert_eq!(read_to_close(&mut tcp).await, b"", "the server must send nothing");
+    results.recv().await.unwrap().unwrap_err()
+}
+
 #[tokio::test]
 async fn client_port_round_trip_carries_bulk_data_both_ways() {
     let c = cluster();
@@ -146,17 +159,11 @@ async fn cluster_port_serves_members_and_drops_others_silently() {
         ClientSecrets::random(),
     )
     .unwrap();
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&hello).await.unwrap();
-    assert_eq!(read_to_close(&mut tcp).await, b"");
-    assert_eq!(results.recv().await.unwrap(), Err("not_member".into()));
+    assert_eq!(refusal(addr, &hello, &mut results).await, "not_member");
 
     // No proof at all (a client-port hello) on the cluster port.
     let (hello, _) = client_hello(c.server.ck_public(), PortKind::Client, None, ClientSecrets::random()).unwrap();
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&hello).await.unwrap();
-    assert_eq!(read_to_close(&mut tcp).await, b"");
-    assert_eq!(results.recv().await.unwrap(), Err("bad_length".into()));
+    assert_eq!(refusal(addr, &hello, &mut results).await, "bad_length");
 
     // The member's first session still works: only the bad connections were closed.
     session.write_all(b"pong").await.unwrap();
@@ -181,10 +188,7 @@ async fn a_member_signature_by_the_wrong_key_is_refused() {
         ClientSecrets::random(),
     )
     .unwrap();
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&hello).await.unwrap();
-    assert_eq!(read_to_close(&mut tcp).await, b"");
-    assert_eq!(results.recv().await.unwrap(), Err("bad_signature".into()));
+    assert_eq!(refusal(addr, &hello, &mut results).await, "bad_signature");
 }
 
 #[tokio::test]
@@ -198,10 +202,7 @@ async fn a_member_on_the_client_port_is_just_a_client() {
         ClientSecrets::random(),
     )
     .unwrap();
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&hello).await.unwrap();
-    assert_eq!(read_to_close(&mut tcp).await, b"");
-    assert_eq!(results.recv().await.unwrap(), Err("bad_length".into()));
+    assert_eq!(refusal(addr, &hello, &mut results).await, "bad_length");
 }
 
 #[tokio::test]
@@ -439,10 +440,13 @@ async fn a_routing_preamble_is_refused_on_the_cluster_port() {
         ClientSecrets::random(),
     )
     .unwrap();
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(&[&route_preamble(c.server.ck_public())[..], &hello].concat())
-        .await
-        .unwrap();
-    assert_eq!(read_to_close(&mut tcp).await, b"");
-    assert_eq!(results.recv().await.unwrap(), Err("unexpected_type".into()));
+    assert_eq!(
+        refusal(
+            addr,
+            &[&route_preamble(c.server.ck_public())[..], &hello].concat(),
+            &mut results
+        )
+        .await,
+        "unexpected_type"
+    );
 }

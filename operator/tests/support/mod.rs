@@ -12,7 +12,7 @@ use std::{
 use k8s_openapi::{
     api::{
         authentication::v1::{TokenRequest, TokenRequestSpec},
-        core::v1::{Container, ContainerPort, Namespace, Pod, PodSpec, ServiceAccount},
+        core::v1::{Container, ContainerPort, Namespace, Pod, PodSpec, Secret, ServiceAccount},
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -25,6 +25,19 @@ use kube::{
 };
 
 pub const MANAGER: &str = "xlattice-e2e";
+
+/// The identity Secrets of cluster `cluster`, by member (pod) name.
+pub async fn identity_secrets(secrets: &Api<Secret>, cluster: &str) -> std::collections::BTreeMap<String, Secret> {
+    let owned = kube::api::ListParams::default().labels(&format!("xlattice.io/cluster={cluster}"));
+    secrets
+        .list(&owned)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|s| (s.annotations()["xlattice.io/member"].clone(), s))
+        .collect()
+}
 
 /// A pod labelled `app=<app>` (what the tests' cluster selectors match), declaring `ports`.
 /// Nothing runs it: the bare API server has no kubelet.

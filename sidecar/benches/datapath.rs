@@ -1,11 +1,12 @@
 //! Data-path benchmarks of a real sidecar process, each against a baseline measured
 //! in the same run:
-//!   throughput   client library -> sidecar -> app  vs  direct TCP to the app
+//!   throughput   client library -> sidecar -> app  vs  direct TCP to the app, and vs a
+//!                plaintext TCP relay (client -> relay -> app): the extra hop any sidecar adds
 //!   latency      64-byte echo round trips (p50/p99) through the sidecar vs direct
 //!   memory       sidecar RSS idle and with N idle sessions open
 //!
 //! Run: cargo bench -p xlattice-sidecar --bench datapath
-//! Env: XL_BENCH_MIB (default 1024), XL_BENCH_ROUNDS (5), XL_BENCH_ECHOES (20000), XL_BENCH_SESSIONS (1000),
+//! Env: XL_BENCH_MIB (default 1024), XL_BENCH_ROUNDS (9), XL_BENCH_ECHOES (20000), XL_BENCH_SESSIONS (1000),
 //!      XL_BENCH_SIDECAR_THREADS (sidecar worker threads, default 2)
 
 use std::{
@@ -20,6 +21,9 @@ use tokio::{
 use xlattice_protocol::{client, Identity, MemberDirectory, MemberRecord, NodeIdBits, PortKind, RsaBits, Target};
 
 const HOST: &str = "127.0.0.1";
+const DIRECT: usize = 0;
+const VIA_SIDECAR: usize = 1;
+const VIA_RELAY: usize = 2;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -63,6 +67,60 @@ async fn start_app() -> (u16, u16) {
         }
     });
     ports
+}
+
+/// A plaintext TCP relay in its own process (this binary again, see `main`), shaped like
+/// the sidecar: same worker threads, same largest buffer. What it costs is what the second
+/// loopback hop costs any sidecar, before any cryptography.
+struct Relay {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const RELAY_ENV: &str = "XL_BENCH_RELAY_UPSTREAM";
+
+fn start_relay(upstream: u16) -> Relay {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(RELAY_ENV, upstream.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    Relay {
+        child,
+        port: line.trim().parse().expect("relay prints its port"),
+    }
+}
+
+fn run_relay(upstream: u16) {
+    let threads = env_or("XL_BENCH_SIDECAR_THREADS", 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let listener = TcpListener::bind((HOST, 0)).await.unwrap();
+        println!("{}", listener.local_addr().unwrap().port());
+        loop {
+            let (mut inbound, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut app = TcpStream::connect((HOST, upstream)).await.unwrap();
+                let _ = tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut app, 256 * 1024, 256 * 1024).await;
+            });
+        }
+    });
 }
 
 struct Sidecar {
@@ -225,6 +283,9 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() {
+    if let Some(upstream) = std::env::var(RELAY_ENV).ok().and_then(|p| p.parse().ok()) {
+        return run_relay(upstream);
+    }
     // `cargo bench` passes --bench; `cargo test --benches` passes nothing: run small then.
     let quick = !std::env::args().any(|a| a == "--bench");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -239,33 +300,72 @@ fn main() {
         let (sink_port, echo_port) = start_app().await;
 
         println!("xlattice sidecar data path (sidecar: separate process; client and app: this process, 1 worker)");
-        // Throughput: interleaved rounds, the median of each path. CPU time (this
-        // process plus the sidecar) per GiB is steadier than wall time on a shared
-        // two-core machine, so it is reported too.
+        // Throughput in rounds of one upload each way, the two paths back to back and
+        // in alternating order. The machine's speed drifts by more than the effect being
+        // measured (direct alone moves by ±20% between runs here), so the figure is the
+        // median of each round's own ratio, which the drift largely cancels. CPU time
+        // (this process plus the sidecar) per GiB is reported too.
         let sidecar = start_sidecar(sink_port).await;
-        let rounds = if quick { 1 } else { env_or("XL_BENCH_ROUNDS", 5) };
-        let (mut direct, mut via) = (Vec::new(), Vec::new());
-        let (mut direct_cpu, mut via_cpu) = (0f64, 0f64);
-        for _ in 0..rounds {
-            let cpu = cpu_seconds(std::process::id());
-            let tcp = TcpStream::connect((HOST, sink_port)).await.unwrap();
-            direct.push(upload(tcp, mib << 20).await);
-            direct_cpu += cpu_seconds(std::process::id()) - cpu;
-            let cpu = cpu_seconds(std::process::id()) + cpu_seconds(sidecar.child.id());
-            via.push(upload(open(&sidecar).await, mib << 20).await);
-            via_cpu += cpu_seconds(std::process::id()) + cpu_seconds(sidecar.child.id()) - cpu;
+        let relay = start_relay(sink_port);
+        let rounds = if quick { 1 } else { env_or("XL_BENCH_ROUNDS", 9) };
+        // Per path: MiB/s of each round, CPU seconds in all, and each round's ratio to direct.
+        let mut mibs = [Vec::new(), Vec::new(), Vec::new()];
+        let mut cpu = [0f64; 3];
+        // CPU of the middle process alone (sidecar or relay): what it costs per GiB.
+        let mut middle_cpu = [0f64; 3];
+        let (mut via_ratios, mut relay_ratios) = (Vec::new(), Vec::new());
+        let pids = [std::process::id(), sidecar.child.id(), relay.child.id()];
+        let cpu_now = || pids.map(cpu_seconds);
+        for round in 0..rounds {
+            let mut speed = [0f64; 3];
+            // Rotate the order so no path always runs first.
+            for k in 0..3 {
+                let path = (round + k) % 3;
+                let before = cpu_now();
+                speed[path] = match path {
+                    DIRECT => upload(TcpStream::connect((HOST, sink_port)).await.unwrap(), mib << 20).await,
+                    VIA_SIDECAR => upload(open(&sidecar).await, mib << 20).await,
+                    _ => upload(TcpStream::connect((HOST, relay.port)).await.unwrap(), mib << 20).await,
+                };
+                let after = cpu_now();
+                // This process always; the sidecar or the relay when they carried the bytes.
+                let helper = match path {
+                    DIRECT => 0.0,
+                    VIA_SIDECAR => after[1] - before[1],
+                    _ => after[2] - before[2],
+                };
+                middle_cpu[path] += helper;
+                cpu[path] += after[0] - before[0] + helper;
+                mibs[path].push(speed[path]);
+            }
+            via_ratios.push(speed[VIA_SIDECAR] / speed[DIRECT]);
+            relay_ratios.push(speed[VIA_SIDECAR] / speed[VIA_RELAY]);
         }
         let gib = (rounds * mib) as f64 / 1024.0;
-        let (direct, via) = (median(&mut direct), median(&mut via));
+        let ms_per_gib = cpu.map(|c| c / gib * 1e3);
+        let [direct, via, plain] = mibs.map(|mut m| median(&mut m));
         println!(
             "throughput  direct TCP        {direct:>9.0} MiB/s   cpu {:>5.0} ms/GiB",
-            direct_cpu / gib * 1e3
+            ms_per_gib[DIRECT]
+        );
+        let middle_ms = middle_cpu.map(|c| c / gib * 1e3);
+        println!(
+            "throughput  plaintext relay   {plain:>9.0} MiB/s   cpu {:>5.0} ms/GiB (relay alone {:.0})",
+            ms_per_gib[VIA_RELAY], middle_ms[VIA_RELAY]
         );
         println!(
-            "throughput  via sidecar       {via:>9.0} MiB/s   cpu {:>5.0} ms/GiB   ratio {:.2} (median of {rounds})",
-            via_cpu / gib * 1e3,
-            via / direct
+            "throughput  via sidecar       {via:>9.0} MiB/s   cpu {:>5.0} ms/GiB (sidecar alone {:.0})",
+            ms_per_gib[VIA_SIDECAR], middle_ms[VIA_SIDECAR]
         );
+        for (name, ratios) in [("via/direct", &mut via_ratios), ("via/relay ", &mut relay_ratios)] {
+            let mid = median(ratios);
+            println!(
+                "throughput  ratio {name}  {mid:.2} (median of {rounds} rounds' own ratios; lowest {:.2}, highest {:.2})",
+                ratios[0],
+                ratios[rounds - 1]
+            );
+        }
+        drop(relay);
         drop(sidecar);
 
         let sidecar = start_sidecar(echo_port).await;

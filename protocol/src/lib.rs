@@ -30,4 +30,4 @@ pub use node_id::{NodeId, NodeIdBits, NodeIdError};
 pub use read_size::ReadSize;
 pub use replay::ReplayGuard;
 pub use session::{accept, accept_or_route, connect, Incoming};
-pub use stream::{Role, SecureStream};
+pub use stream::{Role, SecureStream, MAX_PLAINTEXT_SLICES};

@@ -11,7 +11,7 @@ use xlattice_protocol::{accept_or_route, HandshakeError, Incoming, NodeId, PortK
 
 use crate::{
     metrics::{BytesLabels, HandshakeLabels, PortLabel},
-    proxy::{proxy, ProxyError},
+    proxy::{proxy, proxy_session, ProxyError},
     relay,
     state::Loaded,
     Runtime,
@@ -130,7 +130,7 @@ async fn handle(
     tracing::debug!(%remote, port = label, peer = ?peer, "session open");
     let mut current = rt.shared.current.clone();
     let outcome = tokio::select! {
-        moved = proxy(&mut session, &mut app, rt.config.idle_timeout) => moved,
+        moved = proxy_session(&mut session, &mut app, rt.config.idle_timeout) => moved,
         _ = left_directory(&mut current, peer) => {
             tracing::info!(%remote, peer = ?peer, "member left the directory; closing its session");
             Err(ProxyError::Io(std::io::ErrorKind::PermissionDenied.into()))

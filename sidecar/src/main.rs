@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use xlattice_protocol::{client, DirectoryIndex, Identity, MemberDirectory, PortKind, Target};
-use xlattice_sidecar::{config::parse_duration, proxy::proxy, SidecarConfig};
+use xlattice_sidecar::{config::parse_duration, proxy::proxy_session, SidecarConfig};
 
 #[derive(Parser)]
 #[command(name = "xlattice", version, about = "XLattice cluster sidecar and client")]
@@ -123,7 +123,7 @@ async fn connect(args: ConnectArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    proxy(&mut stdio, &mut session, Duration::from_secs(24 * 3600))
+    proxy_session(&mut session, &mut stdio, Duration::from_secs(24 * 3600))
         .await
         .map_err(|e| e.to_string())?;
     Ok(())

@@ -12,7 +12,7 @@ use xlattice_protocol::{client, PortKind, Target};
 
 use crate::{
     metrics::{BytesLabels, HandshakeLabels, PortLabel},
-    proxy::proxy,
+    proxy::proxy_session,
     Runtime,
 };
 
@@ -191,7 +191,7 @@ async fn handle(mut tcp: TcpStream, rt: Arc<Runtime>) -> std::io::Result<()> {
         .get_or_create(&PortLabel { port: "outbound" })
         .clone();
     gauge.inc();
-    let moved = proxy(&mut tcp, &mut session, rt.config.idle_timeout).await;
+    let moved = proxy_session(&mut session, &mut tcp, rt.config.idle_timeout).await;
     gauge.dec();
     let moved = moved.map_err(|e| std::io::Error::other(e.to_string()))?;
     metrics
@@ -200,14 +200,14 @@ async fn handle(mut tcp: TcpStream, rt: Arc<Runtime>) -> std::io::Result<()> {
             port: "outbound",
             direction: "out",
         })
-        .inc_by(moved.a_to_b);
+        .inc_by(moved.b_to_a);
     metrics
         .bytes
         .get_or_create(&BytesLabels {
             port: "outbound",
             direction: "in",
         })
-        .inc_by(moved.b_to_a);
+        .inc_by(moved.a_to_b);
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! `SecureStream`: an established session as an `AsyncRead + AsyncWrite` byte stream,
 //! so callers can use it like a `TcpStream` (tokio::io::copy_bidirectional and friends).
 //!
-//! Buffers are bounded by one record each way and released while idle, so an open,
+//! Buffers are bounded by a batch of records each way and released while idle, so an open,
 //! quiet session costs little memory.
 
 use std::{
@@ -67,6 +67,47 @@ impl Default for ReadState {
             plain: Decrypted::default(),
             size: ReadSize::new(MIN_READ_BUFFER, MAX_READ_BUFFER),
             closed: false,
+        }
+    }
+}
+
+// === impl ReadState ===
+
+impl ReadState {
+    /// The header and ciphertext range of the next record if it is wholly buffered; its
+    /// announced length is checked before anything waits for it.
+    fn next_record(&self) -> io::Result<Option<([u8; RECORD_HEADER_LEN], std::ops::Range<usize>)>> {
+        let available = self.filled - self.start;
+        if available < RECORD_HEADER_LEN {
+            return Ok(None);
+        }
+        let header = [self.buf[self.start], self.buf[self.start + 1]];
+        let len = RecordOpener::ciphertext_len(header).map_err(invalid)?;
+        if available < RECORD_HEADER_LEN + len {
+            return Ok(None);
+        }
+        let body = self.start + RECORD_HEADER_LEN;
+        Ok(Some((header, body..body + len)))
+    }
+
+    /// Decrypts a record where it lies; its payload joins those waiting to be handed out.
+    fn open_in_place(
+        &mut self,
+        opener: &mut RecordOpener,
+        header: [u8; RECORD_HEADER_LEN],
+        body: std::ops::Range<usize>,
+    ) -> io::Result<ContentType> {
+        let start = body.start;
+        let (kind, payload) = opener.open(header, &mut self.buf[body]).map_err(invalid)?;
+        self.plain.push(start..start + payload.len());
+        Ok(kind)
+    }
+
+    /// Moves past a record just opened.
+    fn finish(&mut self, end: usize, kind: ContentType) {
+        self.start = end;
+        if kind == ContentType::Close {
+            self.closed = true;
         }
     }
 }
@@ -212,70 +253,36 @@ impl<S> SecureStream<S> {
     /// needed. With room in `out` for the whole record, decrypts straight into it.
     fn open_buffered(&mut self, out: &mut ReadBuf<'_>) -> io::Result<bool> {
         let r = &mut self.read;
-        let available = r.filled - r.start;
-        if available < RECORD_HEADER_LEN {
+        let Some((header, body)) = r.next_record()? else {
             return Ok(false);
-        }
-        let header = [r.buf[r.start], r.buf[r.start + 1]];
-        let len = RecordOpener::ciphertext_len(header).map_err(invalid)?;
-        if available < RECORD_HEADER_LEN + len {
-            return Ok(false);
-        }
-        let body = r.start + RECORD_HEADER_LEN;
-        let plain_len = len - TAG_LEN;
+        };
+        let plain_len = body.len() - TAG_LEN;
         let kind = if out.remaining() >= plain_len {
             let dst = out.initialize_unfilled_to(plain_len);
             let (kind, n) = self
                 .opener
-                .open_into(header, &r.buf[body..body + len], dst)
+                .open_into(header, &r.buf[body.clone()], dst)
                 .map_err(invalid)?;
             out.advance(n);
             kind
         } else {
-            Self::open_in_place(&mut self.opener, r, header, body, len)?
+            r.open_in_place(&mut self.opener, header, body.clone())?
         };
-        r.start = body + len;
-        if kind == ContentType::Close {
-            r.closed = true;
-        }
+        r.finish(body.end, kind);
         Ok(true)
-    }
-}
-
-impl<S> SecureStream<S> {
-    fn open_in_place(
-        opener: &mut RecordOpener,
-        r: &mut ReadState,
-        header: [u8; RECORD_HEADER_LEN],
-        body: usize,
-        len: usize,
-    ) -> io::Result<ContentType> {
-        let (kind, payload) = opener.open(header, &mut r.buf[body..body + len]).map_err(invalid)?;
-        r.plain.push(body..body + payload.len());
-        Ok(kind)
     }
 
     /// Decrypts in place every record wholly buffered, up to a batch; `Ok(false)` if
     /// none was.
     fn open_buffered_in_place(&mut self) -> io::Result<bool> {
+        let r = &mut self.read;
         let mut opened = false;
-        while !self.read.plain.is_full() && !self.read.closed {
-            let r = &mut self.read;
-            let available = r.filled - r.start;
-            if available < RECORD_HEADER_LEN {
+        while !r.plain.is_full() && !r.closed {
+            let Some((header, body)) = r.next_record()? else {
                 break;
-            }
-            let header = [r.buf[r.start], r.buf[r.start + 1]];
-            let len = RecordOpener::ciphertext_len(header).map_err(invalid)?;
-            if available < RECORD_HEADER_LEN + len {
-                break;
-            }
-            let body = r.start + RECORD_HEADER_LEN;
-            let kind = Self::open_in_place(&mut self.opener, r, header, body, len)?;
-            r.start = body + len;
-            if kind == ContentType::Close {
-                r.closed = true;
-            }
+            };
+            let kind = r.open_in_place(&mut self.opener, header, body.clone())?;
+            r.finish(body.end, kind);
             opened = true;
         }
         Ok(opened)

@@ -300,13 +300,15 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Feeds `wire` into a server-side SecureStream in `chunks`-sized writes through a duplex
-/// pipe of `pipe` bytes, reading with `read_sizes`-sized buffers; returns what was read
-/// and how reading ended.
+/// pipe of `pipe` bytes, reading `read_sizes` bytes at a time, either with `read` or, when
+/// `copy_free`, through the proxy path (`poll_plaintext`, `consume_plaintext`); returns
+/// what was read and how reading ended.
 fn read_through(
     wire: Vec<u8>,
     chunks: Vec<usize>,
     pipe: usize,
     read_sizes: Vec<usize>,
+    copy_free: bool,
 ) -> (Vec<u8>, std::io::Result<()>) {
     runtime().block_on(async move {
         let (mut raw, io) = tokio::io::duplex(pipe);
@@ -327,7 +329,21 @@ fn read_through(
         let mut got = Vec::new();
         let mut sizes = read_sizes.iter().cycle();
         let end = loop {
-            let mut buf = vec![0u8; (*sizes.next().unwrap()).max(1)];
+            let size = (*sizes.next().unwrap()).max(1);
+            if copy_free {
+                if let Err(e) = std::future::poll_fn(|cx| session.poll_plaintext(cx)).await {
+                    break Err(e);
+                }
+                let ready: Vec<u8> = session.plaintext().flatten().copied().collect();
+                if ready.is_empty() {
+                    break Ok(());
+                }
+                let n = size.min(ready.len());
+                got.extend_from_slice(&ready[..n]);
+                session.consume_plaintext(n);
+                continue;
+            }
+            let mut buf = vec![0u8; size];
             match session.read(&mut buf).await {
                 Ok(0) => break Ok(()),
                 Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -350,9 +366,10 @@ proptest! {
         chunks in vec(1usize..5_000, 1..8),
         pipe in 1usize..8192,
         read_sizes in vec(1usize..20_000, 1..8),
+        copy_free in any::<bool>(),
     ) {
         let wire = record_stream(&data, &record_sizes, true);
-        let (got, end) = read_through(wire, chunks, pipe, read_sizes);
+        let (got, end) = read_through(wire, chunks, pipe, read_sizes, copy_free);
         prop_assert!(end.is_ok(), "{:?}", end);
         prop_assert_eq!(got, data);
     }
@@ -364,18 +381,19 @@ proptest! {
         cut in any::<usize>(),
         chunks in vec(1usize..3_000, 1..6),
         read_sizes in vec(1usize..10_000, 1..6),
+        copy_free in any::<bool>(),
     ) {
         let wire = record_stream(&data, &record_sizes, true);
         let cut = cut % wire.len();
-        let (got, end) = read_through(wire[..cut].to_vec(), chunks, 4096, read_sizes);
+        let (got, end) = read_through(wire[..cut].to_vec(), chunks, 4096, read_sizes, copy_free);
         prop_assert_eq!(end.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
         prop_assert!(data.starts_with(&got));
     }
 
     #[test]
-    fn a_stream_without_a_close_record_is_truncated(data in vec(any::<u8>(), 0..5_000)) {
+    fn a_stream_without_a_close_record_is_truncated(data in vec(any::<u8>(), 0..5_000), copy_free in any::<bool>()) {
         let wire = record_stream(&data, &[1000], false);
-        let (got, end) = read_through(wire, vec![777], 2048, vec![4096]);
+        let (got, end) = read_through(wire, vec![777], 2048, vec![4096], copy_free);
         prop_assert_eq!(end.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
         prop_assert_eq!(got, data);
     }

@@ -114,11 +114,20 @@ impl ReadState {
 
 /// The in-place payloads of up to a batch of records, in order, as ranges of the read
 /// buffer. Filled only once empty, so it is a plain array walked from the front.
-#[derive(Default)]
 struct Decrypted {
     spans: [(u32, u32); BATCH_RECORDS],
     head: usize,
     len: usize,
+}
+
+impl Default for Decrypted {
+    fn default() -> Self {
+        Self {
+            spans: [(0, 0); BATCH_RECORDS],
+            head: 0,
+            len: 0,
+        }
+    }
 }
 
 impl Decrypted {

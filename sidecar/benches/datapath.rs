@@ -7,7 +7,8 @@
 //!
 //! Run: cargo bench -p xlattice-sidecar --bench datapath
 //! Env: XL_BENCH_MIB (default 1024), XL_BENCH_ROUNDS (9), XL_BENCH_ECHOES (20000), XL_BENCH_SESSIONS (1000),
-//!      XL_BENCH_SIDECAR_THREADS (sidecar worker threads, default 2)
+//!      XL_BENCH_SIDECAR_THREADS (sidecar worker threads, default 2),
+//!      XL_BENCH_SIDECAR_BIN (another sidecar binary, to compare builds)
 
 use std::{
     process::{Child, Command, Stdio},
@@ -177,7 +178,9 @@ async fn start_sidecar(upstream: u16) -> Sidecar {
         members: vec![record],
     };
     std::fs::write(dir.join("directory.yaml"), directory.to_yaml()).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_xlattice"))
+    // An override lets two builds be compared side by side (each bench with its sidecar).
+    let program = std::env::var("XL_BENCH_SIDECAR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_xlattice").into());
+    let child = Command::new(program)
         .arg("run")
         .arg("--identity-dir")
         .arg(dir.join("identity"))

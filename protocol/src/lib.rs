@@ -27,7 +27,7 @@ pub use handshake::{HandshakeError, PortKind, ServerContext};
 pub use identity::{Identity, IdentityError};
 pub use keys::{DecryptionKey, KeyError, PublicKey, RsaBits, SigningKey};
 pub use node_id::{NodeId, NodeIdBits, NodeIdError};
-pub use read_size::ReadSize;
+pub use read_size::{BufferBudget, ReadSize};
 pub use replay::ReplayGuard;
 pub use session::{accept, accept_or_route, connect, Incoming};
 pub use stream::{Role, SecureStream, MAX_PLAINTEXT_SLICES};

@@ -334,12 +334,15 @@ fn read_through(
                 if let Err(e) = std::future::poll_fn(|cx| session.poll_plaintext(cx)).await {
                     break Err(e);
                 }
-                let ready: Vec<u8> = session.plaintext().flatten().copied().collect();
-                if ready.is_empty() {
+                let before = got.len();
+                for payload in session.plaintext() {
+                    let room = size - (got.len() - before);
+                    got.extend_from_slice(&payload[..payload.len().min(room)]);
+                }
+                let n = got.len() - before;
+                if n == 0 {
                     break Ok(());
                 }
-                let n = size.min(ready.len());
-                got.extend_from_slice(&ready[..n]);
                 session.consume_plaintext(n);
                 continue;
             }

@@ -53,11 +53,15 @@ async fn respond(mut tcp: TcpStream, rt: &Runtime) -> std::io::Result<()> {
         "/livez" => ("200 OK", "text/plain", "ok\n".to_string()),
         "/readyz" if rt.ready.load(Ordering::Relaxed) => ("200 OK", "text/plain", "ready\n".to_string()),
         "/readyz" => ("503 Service Unavailable", "text/plain", "not ready\n".to_string()),
-        "/metrics" => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            rt.shared.metrics.render(),
-        ),
+        "/metrics" => {
+            let metrics = &rt.shared.metrics;
+            metrics.buffer_bytes.set(rt.buffers.in_use() as i64);
+            (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics.render(),
+            )
+        }
         _ => (
             "404 Not Found",
             "text/plain",

@@ -41,6 +41,11 @@ pub struct SidecarConfig {
     /// Open connections at once, inbound and outbound; more are refused.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
+    /// MiB that all sessions together may hold in read buffers past one record each.
+    /// Bulk transfers read up to 1 MiB at a time while the budget lasts (a third less
+    /// CPU per byte than 256 KiB); past it they read a record at a time.
+    #[arg(long, env = "XLATTICE_BUFFER_BUDGET_MIB", default_value_t = 64)]
+    pub buffer_budget_mib: usize,
     /// A hello must arrive and be answered within this time.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub handshake_timeout: Duration,

@@ -92,7 +92,7 @@ async fn handle(
             match relay::open(&io, hint, preamble, &loaded, &rt).await {
                 Ok(mut target) => {
                     count("relayed", "");
-                    if let Err(error) = proxy(&mut io, &mut target, rt.config.idle_timeout).await {
+                    if let Err(error) = proxy(&mut io, &mut target, rt.config.idle_timeout, Some(&rt.buffers)).await {
                         tracing::debug!(%remote, port = label, %error, "relayed session ended");
                     }
                 }
@@ -130,7 +130,7 @@ async fn handle(
     tracing::debug!(%remote, port = label, peer = ?peer, "session open");
     let mut current = rt.shared.current.clone();
     let outcome = tokio::select! {
-        moved = proxy_session(&mut session, &mut app, rt.config.idle_timeout) => moved,
+        moved = proxy_session(&mut session, &mut app, rt.config.idle_timeout, Some(&rt.buffers)) => moved,
         _ = left_directory(&mut current, peer) => {
             tracing::info!(%remote, peer = ?peer, "member left the directory; closing its session");
             Err(ProxyError::Io(std::io::ErrorKind::PermissionDenied.into()))

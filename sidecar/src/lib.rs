@@ -22,7 +22,7 @@ use std::{
 
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use xlattice_protocol::{PortKind, ReplayGuard};
+use xlattice_protocol::{BufferBudget, PortKind, ReplayGuard};
 
 pub use config::SidecarConfig;
 use state::{Shared, Sources};
@@ -33,6 +33,8 @@ pub struct Runtime {
     pub shared: Shared,
     pub handshakes: Semaphore,
     pub connections: Arc<Semaphore>,
+    /// Shared by every session's buffers (`--buffer-budget-mib`).
+    pub buffers: Arc<BufferBudget>,
     pub tasks: TaskTracker,
     pub ready: AtomicBool,
 }
@@ -111,6 +113,7 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
         },
         handshakes: Semaphore::new(config.max_handshakes),
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        buffers: BufferBudget::new(config.buffer_budget_mib.saturating_mul(1 << 20)),
         tasks: TaskTracker::new(),
         ready: AtomicBool::new(false),
         config,

@@ -123,7 +123,7 @@ async fn connect(args: ConnectArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    proxy_session(&mut session, &mut stdio, Duration::from_secs(24 * 3600))
+    proxy_session(&mut session, &mut stdio, Duration::from_secs(24 * 3600), None)
         .await
         .map_err(|e| e.to_string())?;
     Ok(())

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub bytes: Family<BytesLabels, Counter>,
     pub refused_connections: Family<PortLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
+    /// Set from the buffer budget when scraped.
+    pub buffer_bytes: Gauge,
     registry: std::sync::Arc<Registry>,
 }
 
@@ -69,6 +71,7 @@ impl Default for Metrics {
         let bytes = Family::<BytesLabels, Counter>::default();
         let refused_connections = Family::<PortLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
+        let buffer_bytes = Gauge::default();
         let mut registry = Registry::with_prefix("xlattice_sidecar");
         registry.register(
             "handshakes",
@@ -88,6 +91,11 @@ impl Default for Metrics {
             refused_connections.clone(),
         );
         registry.register("reloads", "Identity/directory reloads by result", reloads.clone());
+        registry.register(
+            "buffer_bytes",
+            "Buffer bytes held past each session's minimum, out of --buffer-budget-mib",
+            buffer_bytes.clone(),
+        );
         Self {
             handshakes,
             handshake_seconds,
@@ -95,6 +103,7 @@ impl Default for Metrics {
             bytes,
             refused_connections,
             reloads,
+            buffer_bytes,
             registry: std::sync::Arc::new(registry),
         }
     }

@@ -191,7 +191,7 @@ async fn handle(mut tcp: TcpStream, rt: Arc<Runtime>) -> std::io::Result<()> {
         .get_or_create(&PortLabel { port: "outbound" })
         .clone();
     gauge.inc();
-    let moved = proxy_session(&mut session, &mut tcp, rt.config.idle_timeout).await;
+    let moved = proxy_session(&mut session, &mut tcp, rt.config.idle_timeout, Some(&rt.buffers)).await;
     gauge.dec();
     let moved = moved.map_err(|e| std::io::Error::other(e.to_string()))?;
     metrics

@@ -10,11 +10,12 @@ use std::{
     future::{poll_fn, Future},
     io::{self, IoSlice},
     pin::Pin,
+    sync::Arc,
     task::{ready, Context, Poll},
     time::Duration,
 };
 
-use xlattice_protocol::{ReadSize, SecureStream, MAX_PLAINTEXT_SLICES};
+use xlattice_protocol::{BufferBudget, ReadSize, SecureStream, MAX_PLAINTEXT_SLICES};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -45,11 +46,15 @@ struct OneWay {
     moved: u64,
 }
 
-impl Default for OneWay {
-    fn default() -> Self {
+impl OneWay {
+    fn new(budget: Option<&Arc<BufferBudget>>) -> Self {
+        let mut size = ReadSize::new(MIN_BUFFER, MAX_BUFFER);
+        if let Some(budget) = budget {
+            size.set_budget(budget.clone());
+        }
         Self {
             buf: Vec::new(),
-            size: ReadSize::new(MIN_BUFFER, MAX_BUFFER),
+            size,
             start: 0,
             end: 0,
             unflushed: false,
@@ -92,10 +97,12 @@ impl OneWay {
                 ready!(to.as_mut().poll_shutdown(cx))?;
                 self.done = true;
                 self.buf = Vec::new();
+                self.size.release();
                 continue;
             }
-            if self.buf.len() < self.size.next() {
-                self.buf = vec![0u8; self.size.next()];
+            let size = self.size.reserve();
+            if self.buf.len() < size {
+                self.buf = vec![0u8; size];
             }
             let mut read = ReadBuf::new(&mut self.buf);
             match from.as_mut().poll_read(cx, &mut read) {
@@ -113,6 +120,7 @@ impl OneWay {
                 Poll::Pending => {
                     // Going quiet: give the buffer back and push out what the sink holds.
                     self.buf = Vec::new();
+                    self.size.release();
                     if self.unflushed {
                         ready!(to.as_mut().poll_flush(cx))?;
                         self.unflushed = false;
@@ -189,13 +197,18 @@ pub enum ProxyError {
 }
 
 /// Proxies until both directions reach EOF, either side fails, or nothing moves
-/// for `idle`.
-pub async fn proxy<A, B>(a: &mut A, b: &mut B, idle: Duration) -> Result<Transferred, ProxyError>
+/// for `idle`. Buffers grow past their minimum only as far as `budget` allows.
+pub async fn proxy<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    budget: Option<&Arc<BufferBudget>>,
+) -> Result<Transferred, ProxyError>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let (mut ab, mut ba) = (OneWay::default(), OneWay::default());
+    let (mut ab, mut ba) = (OneWay::new(budget), OneWay::new(budget));
     drive(idle, |cx, active| {
         let forward = ab.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b), active)?;
         let backward = ba.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a), active)?;
@@ -209,17 +222,21 @@ where
 }
 
 /// `proxy` between a session and a plaintext stream; `a_to_b` counts what the session
-/// delivered to `plain`.
+/// delivered to `plain`. The session's read buffer shares `budget` too.
 pub async fn proxy_session<S, P>(
     session: &mut SecureStream<S>,
     plain: &mut P,
     idle: Duration,
+    budget: Option<&Arc<BufferBudget>>,
 ) -> Result<Transferred, ProxyError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     P: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let (mut out_of_session, mut into_session) = (FromSession::default(), OneWay::default());
+    if let Some(budget) = budget {
+        session.set_buffer_budget(budget.clone());
+    }
+    let (mut out_of_session, mut into_session) = (FromSession::default(), OneWay::new(budget));
     drive(idle, |cx, active| {
         let forward = out_of_session.poll(cx, session, Pin::new(&mut *plain), active)?;
         let backward = into_session.poll(cx, Pin::new(&mut *plain), Pin::new(&mut *session), active)?;
@@ -274,7 +291,7 @@ mod tests {
     async fn moves_both_ways_and_propagates_eof() {
         let (mut a_outer, mut a_inner) = tokio::io::duplex(1024);
         let (mut b_inner, mut b_outer) = tokio::io::duplex(1024);
-        let task = tokio::spawn(async move { proxy(&mut a_inner, &mut b_inner, Duration::from_secs(5)).await });
+        let task = tokio::spawn(async move { proxy(&mut a_inner, &mut b_inner, Duration::from_secs(5), None).await });
         let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
         let sent = data.clone();
         let writer = tokio::spawn(async move {
@@ -304,7 +321,7 @@ mod tests {
     async fn closes_an_idle_session() {
         let (_a_outer, mut a_inner) = tokio::io::duplex(64);
         let (mut b_inner, _b_outer) = tokio::io::duplex(64);
-        let err = proxy(&mut a_inner, &mut b_inner, Duration::from_secs(30))
+        let err = proxy(&mut a_inner, &mut b_inner, Duration::from_secs(30), None)
             .await
             .unwrap_err();
         assert!(matches!(err, ProxyError::Idle(_)), "{err}");
@@ -324,7 +341,7 @@ mod tests {
         // A small pipe to the app: vectored writes of a whole batch are taken in pieces.
         let (mut app_inner, mut app) = tokio::io::duplex(1000);
         let task =
-            tokio::spawn(async move { proxy_session(&mut server, &mut app_inner, Duration::from_secs(5)).await });
+            tokio::spawn(async move { proxy_session(&mut server, &mut app_inner, Duration::from_secs(5), None).await });
 
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 239) as u8).collect();
         let sent = data.clone();

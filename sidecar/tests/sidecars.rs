@@ -170,6 +170,7 @@ const RELAY_LOOP: &str = r#"xlattice_sidecar_handshakes_total{port="client",resu
 const RELAY_UNKNOWN: &str =
     r#"xlattice_sidecar_handshakes_total{port="client",result="error",reason="relay_unknown_member"}"#;
 const RELAYED: &str = r#"xlattice_sidecar_handshakes_total{port="client",result="relayed",reason=""}"#;
+const BUFFER_BYTES: &str = "xlattice_sidecar_buffer_bytes";
 
 /// Waits until `series` on each host exceeds its value in `before`.
 async fn wait_metric_above(hosts: &[&str], series: &str, before: &[u64]) {
@@ -273,6 +274,55 @@ async fn clients_members_and_outsiders() {
             format!("{}/client: hi", m.name)
         );
     }
+
+    // A bulk transfer draws on the buffer budget, and gives everything back once the
+    // session goes quiet.
+    let mut session = client::open(
+        &directory,
+        Target {
+            member: "m2",
+            port: PortKind::Client,
+            address: None,
+            identity: None,
+        },
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let host = c.members[2].host.clone();
+    let sampling = tokio::spawn(async move {
+        let mut most = 0;
+        loop {
+            most = most.max(metric(&host, BUFFER_BYTES).await);
+            if most > 0 {
+                return most;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let line = "x".repeat(4 << 20);
+    let expected = format!("m2/client: {line}\n");
+    for _ in 0..8 {
+        session.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        session.flush().await.unwrap();
+        let mut back = vec![0u8; expected.len()];
+        session.read_exact(&mut back).await.unwrap();
+        assert!(back == expected.as_bytes());
+        if sampling.is_finished() {
+            break;
+        }
+    }
+    let most = tokio::time::timeout(Duration::from_secs(10), sampling)
+        .await
+        .expect("buffers grew during bulk transfers")
+        .unwrap();
+    assert!(most > 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c.members[2].host, BUFFER_BYTES).await > 0 {
+        assert!(Instant::now() < deadline, "a quiet session still holds buffers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(session);
 
     // Through a load-balanced address a session may land on another member: m0 relays
     // a session addressed to m1, unopened, and m1 answers.

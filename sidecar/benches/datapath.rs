@@ -35,11 +35,38 @@ async fn free_port() -> u16 {
 }
 
 /// The app: on the sink port it counts bytes to EOF and answers the count; on the
-/// echo port it echoes.
-async fn start_app() -> (u16, u16) {
+/// echo port it echoes; on the source port it sends as many bytes as the 8-byte count
+/// it is sent asks for.
+async fn start_app() -> (u16, u16, u16) {
     let sink = TcpListener::bind((HOST, 0)).await.unwrap();
     let echo = TcpListener::bind((HOST, 0)).await.unwrap();
-    let ports = (sink.local_addr().unwrap().port(), echo.local_addr().unwrap().port());
+    let source = TcpListener::bind((HOST, 0)).await.unwrap();
+    let ports = (
+        sink.local_addr().unwrap().port(),
+        echo.local_addr().unwrap().port(),
+        source.local_addr().unwrap().port(),
+    );
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = source.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut count = [0u8; 8];
+                if tcp.read_exact(&mut count).await.is_err() {
+                    return;
+                }
+                let chunk = vec![0xa5u8; 256 * 1024];
+                let mut left = u64::from_be_bytes(count) as usize;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if tcp.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
     tokio::spawn(async move {
         loop {
             let (mut tcp, _) = sink.accept().await.unwrap();
@@ -251,6 +278,23 @@ async fn upload<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, total: usize) 
     total as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Asks the source for `total` bytes and reads them to EOF; returns MiB/s.
+async fn download<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, total: usize) -> f64 {
+    let started = Instant::now();
+    stream.write_all(&(total as u64).to_be_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    loop {
+        match stream.read(&mut buf).await.unwrap() {
+            0 => break,
+            n => got += n,
+        }
+    }
+    assert_eq!(got, total);
+    total as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64()
+}
+
 async fn echo_latencies<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, count: usize) -> Vec<Duration> {
     let msg = [0x42u8; 64];
     let mut back = [0u8; 64];
@@ -300,7 +344,7 @@ fn main() {
         let mib = if quick { 16 } else { env_or("XL_BENCH_MIB", 1024) };
         let echoes = if quick { 200 } else { env_or("XL_BENCH_ECHOES", 20_000) };
         let sessions = if quick { 50 } else { env_or("XL_BENCH_SESSIONS", 1000) };
-        let (sink_port, echo_port) = start_app().await;
+        let (sink_port, echo_port, source_port) = start_app().await;
 
         println!("xlattice sidecar data path (sidecar: separate process; client and app: this process, 1 worker)");
         // Throughput in rounds of one upload each way, the two paths back to back and
@@ -369,6 +413,32 @@ fn main() {
             );
         }
         drop(relay);
+        drop(sidecar);
+
+        // The other direction: the app sends, the client library reads.
+        let sidecar = start_sidecar(source_port).await;
+        let mut ratios = Vec::new();
+        let (mut direct, mut via) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let mut speed = [0f64; 2];
+            for k in 0..2 {
+                let path = (round + k) % 2;
+                speed[path] = if path == DIRECT {
+                    download(TcpStream::connect((HOST, source_port)).await.unwrap(), mib << 20).await
+                } else {
+                    download(open(&sidecar).await, mib << 20).await
+                };
+            }
+            direct.push(speed[DIRECT]);
+            via.push(speed[VIA_SIDECAR]);
+            ratios.push(speed[VIA_SIDECAR] / speed[DIRECT]);
+        }
+        let (direct, via, ratio) = (median(&mut direct), median(&mut via), median(&mut ratios));
+        println!(
+            "download    direct {direct:>5.0} MiB/s, via sidecar {via:>5.0} MiB/s   ratio {ratio:.2} (median of {rounds}; lowest {:.2}, highest {:.2})",
+            ratios[0],
+            ratios[rounds - 1]
+        );
         drop(sidecar);
 
         let sidecar = start_sidecar(echo_port).await;

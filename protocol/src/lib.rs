@@ -9,25 +9,25 @@
 //!
 //! The wire format is specified in docs/protocol.md.
 
+pub mod buffer_size;
 pub mod client;
 pub mod directory;
 pub mod handshake;
 pub mod identity;
 pub mod keys;
 pub mod node_id;
-pub mod read_size;
 pub mod record;
 pub mod replay;
 mod session;
 mod stream;
 
+pub use buffer_size::{BufferBudget, BufferSize};
 pub use client::{ClientError, Target};
 pub use directory::{Attribute, DirectoryError, DirectoryIndex, Member, MemberDirectory, MemberRecord};
 pub use handshake::{HandshakeError, PortKind, ServerContext};
 pub use identity::{Identity, IdentityError};
 pub use keys::{DecryptionKey, KeyError, PublicKey, RsaBits, SigningKey};
 pub use node_id::{NodeId, NodeIdBits, NodeIdError};
-pub use read_size::{BufferBudget, ReadSize};
 pub use replay::ReplayGuard;
 pub use session::{accept, accept_or_route, connect, Incoming};
 pub use stream::{Role, SecureStream, MAX_PLAINTEXT_SLICES};

@@ -18,7 +18,7 @@ use crate::{
     record::{
         ContentType, RecordError, RecordOpener, RecordSealer, MAX_PAYLOAD, MAX_RECORD, RECORD_HEADER_LEN, TAG_LEN,
     },
-    BufferBudget, NodeId, ReadSize,
+    BufferBudget, BufferSize, NodeId,
 };
 
 /// Which end of the handshake this stream is.
@@ -43,8 +43,9 @@ pub struct SecureStream<S> {
 /// bench (fewer syscalls and wakeups on both loopback hops); a `BufferBudget` bounds what
 /// all sessions hold together.
 const READ_BATCH_RECORDS: usize = 64;
-/// Most records sealed per write call: larger batches measured no faster.
-const WRITE_BATCH_RECORDS: usize = 16;
+/// Most records sealed per write call (1 MiB): the sidecar sealing what the application
+/// sends measured 15% faster than with 16.
+const WRITE_BATCH_RECORDS: usize = 64;
 /// Most slices `SecureStream::plaintext` yields at once.
 pub const MAX_PLAINTEXT_SLICES: usize = READ_BATCH_RECORDS;
 const MIN_READ_BUFFER: usize = MAX_RECORD;
@@ -59,7 +60,7 @@ struct ReadState {
     /// Payloads decrypted in place inside `buf`, not yet handed out.
     plain: Decrypted,
     /// Size of the next allocation, following the traffic.
-    size: ReadSize,
+    size: BufferSize,
     closed: bool,
 }
 
@@ -70,7 +71,7 @@ impl Default for ReadState {
             start: 0,
             filled: 0,
             plain: Decrypted::default(),
-            size: ReadSize::new(MIN_READ_BUFFER, MAX_READ_BUFFER),
+            size: BufferSize::new(MIN_READ_BUFFER, MAX_READ_BUFFER),
             closed: false,
         }
     }
@@ -179,14 +180,27 @@ impl Decrypted {
     }
 }
 
-#[derive(Default)]
 struct WriteState {
     /// Sealed records, `buf[sent..end]` not yet on the wire. Kept through a burst of
     /// writes (so it is not zeroed again for each) and released by a flush.
     buf: Vec<u8>,
     sent: usize,
     end: usize,
+    /// How many records one write may seal, following the caller's write sizes.
+    size: BufferSize,
     closed: bool,
+}
+
+impl Default for WriteState {
+    fn default() -> Self {
+        Self {
+            buf: Vec::new(),
+            sent: 0,
+            end: 0,
+            size: BufferSize::new(MAX_RECORD, WRITE_BATCH_RECORDS * MAX_RECORD),
+            closed: false,
+        }
+    }
 }
 
 fn invalid(e: RecordError) -> io::Error {
@@ -228,10 +242,11 @@ impl<S> SecureStream<S> {
         &self.io
     }
 
-    /// Draws the read buffer's growth past one record from `budget`, shared with other
-    /// sessions; without one it grows to a full batch.
+    /// Draws the read and write buffers' growth past one record from `budget`, shared
+    /// with other sessions; without one they grow to a full batch.
     pub fn set_buffer_budget(&mut self, budget: Arc<BufferBudget>) {
-        self.read.size.set_budget(budget);
+        self.read.size.set_budget(budget.clone());
+        self.write.size.set_budget(budget);
     }
 }
 
@@ -418,10 +433,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let n = data.len().min(WRITE_BATCH_RECORDS * MAX_PAYLOAD);
+        let records = this.write.size.reserve() / MAX_RECORD;
+        let n = data.len().min(records * MAX_PAYLOAD);
         for chunk in data[..n].chunks(MAX_PAYLOAD) {
             this.seal(ContentType::Data, chunk)?;
         }
+        this.write.size.record(n, records * MAX_PAYLOAD);
         // Start sending now; what does not fit stays buffered for the next call or flush.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
             return Poll::Ready(Err(e));
@@ -434,6 +451,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SecureStream<S> {
         ready!(this.poll_drain(cx))?;
         // A flush ends a burst: a quiet session holds no write buffer.
         this.write.buf = Vec::new();
+        this.write.size.release();
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
@@ -554,6 +572,34 @@ mod tests {
         server.set_buffer_budget(spent);
         let largest = stream_to(&mut server, client, MAX_READ_BUFFER).await;
         assert!(largest <= 2 * MAX_RECORD, "{largest}");
+    }
+
+    #[tokio::test]
+    async fn write_batches_grow_with_the_callers_writes_as_far_as_the_budget_allows() {
+        let (mut client, _server) = pair();
+        let budget = BufferBudget::new(2 * MAX_RECORD);
+        client.set_buffer_budget(budget.clone());
+        let big = vec![7u8; WRITE_BATCH_RECORDS * MAX_PAYLOAD];
+        let mut taken = Vec::new();
+        for _ in 0..4 {
+            taken.push(client.write(&big).await.unwrap());
+            client.flush().await.unwrap();
+        }
+        assert_eq!(
+            taken,
+            [1, 2, 3, 3].map(|records| records * MAX_PAYLOAD),
+            "one record, then doubling until the budget (two more records) runs out"
+        );
+        assert_eq!(budget.in_use(), 0, "a flush gives the grant back");
+        drop(client);
+
+        let (mut client, _server) = pair();
+        assert_eq!(
+            client.write(&big).await.unwrap(),
+            MAX_PAYLOAD,
+            "a write batch starts at one record"
+        );
+        assert_eq!(client.write(&big).await.unwrap(), 2 * MAX_PAYLOAD);
     }
 
     #[tokio::test]

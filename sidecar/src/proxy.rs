@@ -15,17 +15,17 @@ use std::{
     time::Duration,
 };
 
-use xlattice_protocol::{BufferBudget, ReadSize, SecureStream, MAX_PLAINTEXT_SLICES};
+use xlattice_protocol::{BufferBudget, BufferSize, SecureStream, MAX_PLAINTEXT_SLICES};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::Instant,
 };
 
-/// A direction's buffer follows the traffic (`ReadSize`) between one record's payload and
+/// A direction's buffer follows the traffic (`BufferSize`) between one record's payload and
 /// the record layer's largest batch.
 const MIN_BUFFER: usize = 16 * 1024;
-const MAX_BUFFER: usize = 256 * 1024;
+const MAX_BUFFER: usize = 1024 * 1024;
 
 /// Bytes moved each way: (a to b, b to a).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,7 +37,7 @@ pub struct Transferred {
 struct OneWay {
     buf: Vec<u8>,
     /// Size of the next allocation, following the traffic.
-    size: ReadSize,
+    size: BufferSize,
     start: usize,
     end: usize,
     unflushed: bool,
@@ -48,7 +48,7 @@ struct OneWay {
 
 impl OneWay {
     fn new(budget: Option<&Arc<BufferBudget>>) -> Self {
-        let mut size = ReadSize::new(MIN_BUFFER, MAX_BUFFER);
+        let mut size = BufferSize::new(MIN_BUFFER, MAX_BUFFER);
         if let Some(budget) = budget {
             size.set_budget(budget.clone());
         }

@@ -1,12 +1,12 @@
-//! How much to read next: a buffer size that follows the traffic, so bulk transfers get
-//! few large syscalls and small exchanges stay small. The size survives the buffer being
-//! released while a session is quiet, so a bulk stream that stalls for a moment resumes
-//! at full size instead of growing again from the bottom.
+//! How big the next read or write buffer should be: a size that follows the traffic, so
+//! bulk transfers get few large syscalls and small exchanges stay small. The size survives
+//! the buffer being released while a session is quiet, so a bulk stream that stalls for a
+//! moment resumes at full size instead of growing again from the bottom.
 //!
 //! Growth past the minimum can be drawn from a `BufferBudget` shared by every session of
 //! a process: large buffers are what make bulk transfers cheap, and the budget is what
 //! keeps a thousand bulk sessions inside a container's memory limit. A session the
-//! budget cannot serve reads with its minimum, more slowly but correctly.
+//! budget cannot serve moves its bytes with the minimum, more slowly but correctly.
 
 use std::sync::{
     atomic::{AtomicUsize, Ordering},
@@ -53,7 +53,7 @@ impl BufferBudget {
 }
 
 #[derive(Debug)]
-pub struct ReadSize {
+pub struct BufferSize {
     min: usize,
     max: usize,
     next: usize,
@@ -62,9 +62,9 @@ pub struct ReadSize {
     held: usize,
 }
 
-// === impl ReadSize ===
+// === impl BufferSize ===
 
-impl ReadSize {
+impl BufferSize {
     pub const fn new(min: usize, max: usize) -> Self {
         Self {
             min,
@@ -86,8 +86,8 @@ impl ReadSize {
         self.next
     }
 
-    /// The size to allocate for the next read: what the traffic asks for, as far as the
-    /// budget grants it. What is granted is held until `release`.
+    /// The size to allocate next: what the traffic asks for, as far as the budget grants
+    /// it. What is granted is held until `release`.
     pub fn reserve(&mut self) -> usize {
         let Some(budget) = &self.budget else {
             return self.next;
@@ -106,7 +106,7 @@ impl ReadSize {
         }
     }
 
-    /// Learns from a read of `n` bytes into a buffer of `len`: a full buffer doubles the
+    /// Learns from `n` bytes moved through a buffer of `len`: a full buffer doubles the
     /// size, one under a quarter full halves it.
     pub fn record(&mut self, n: usize, len: usize) {
         if n >= len {
@@ -117,7 +117,7 @@ impl ReadSize {
     }
 }
 
-impl Drop for ReadSize {
+impl Drop for BufferSize {
     fn drop(&mut self) {
         self.release();
     }
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn grows_on_full_reads_shrinks_on_small_ones_within_bounds() {
-        let mut size = ReadSize::new(16, 256);
+        let mut size = BufferSize::new(16, 256);
         for _ in 0..10 {
             let len = size.reserve();
             size.record(len, len);
@@ -146,7 +146,7 @@ mod tests {
     #[test]
     fn growth_comes_from_the_budget_and_goes_back_to_it() {
         let budget = BufferBudget::new(300);
-        let (mut a, mut b) = (ReadSize::new(16, 256), ReadSize::new(16, 256));
+        let (mut a, mut b) = (BufferSize::new(16, 256), BufferSize::new(16, 256));
         a.set_budget(budget.clone());
         b.set_budget(budget.clone());
         for size in [&mut a, &mut b] {

@@ -113,6 +113,8 @@ impl Drop for Relay {
 }
 
 const RELAY_ENV: &str = "XL_BENCH_RELAY_UPSTREAM";
+/// The sidecar's largest buffer each way (its record batches and proxy buffer).
+const RELAY_BUFFER: usize = 1024 * 1024;
 
 fn start_relay(upstream: u16) -> Relay {
     use std::io::BufRead;
@@ -145,7 +147,8 @@ fn run_relay(upstream: u16) {
             let (mut inbound, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
                 let mut app = TcpStream::connect((HOST, upstream)).await.unwrap();
-                let _ = tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut app, 256 * 1024, 256 * 1024).await;
+                let _ =
+                    tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut app, RELAY_BUFFER, RELAY_BUFFER).await;
             });
         }
     });

@@ -41,11 +41,16 @@ pub struct SidecarConfig {
     /// Open connections at once, inbound and outbound; more are refused.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
-    /// MiB that all sessions together may hold in read buffers past one record each.
-    /// Bulk transfers read up to 1 MiB at a time while the budget lasts (a third less
-    /// CPU per byte than 256 KiB); past it they read a record at a time.
-    #[arg(long, env = "XLATTICE_BUFFER_BUDGET_MIB", default_value_t = 64)]
-    pub buffer_budget_mib: usize,
+    /// MiB that all sessions together may hold in buffers past one record each. Bulk
+    /// transfers move up to 1 MiB per syscall while the budget lasts (a third less CPU
+    /// per byte than 256 KiB); past it they move a record at a time. Default: half of
+    /// --memory-limit-mib, at most 512; 64 without a limit.
+    #[arg(long, env = "XLATTICE_BUFFER_BUDGET_MIB")]
+    pub buffer_budget_mib: Option<usize>,
+    /// This container's memory limit in MiB; the injected sidecar gets it from the
+    /// Downward API.
+    #[arg(long, env = "XLATTICE_MEMORY_LIMIT_MIB")]
+    pub memory_limit_mib: Option<usize>,
     /// A hello must arrive and be answered within this time.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub handshake_timeout: Duration,
@@ -58,6 +63,24 @@ pub struct SidecarConfig {
     /// On SIGTERM, how long open sessions may take to finish.
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub drain_timeout: Duration,
+}
+
+const DEFAULT_BUFFER_BUDGET_MIB: usize = 64;
+const MAX_DERIVED_BUFFER_BUDGET_MIB: usize = 512;
+
+// === impl SidecarConfig ===
+
+impl SidecarConfig {
+    /// The buffer budget in bytes: as given, or half the memory limit, which leaves the
+    /// other half for the process itself and each session's minimum buffers.
+    pub fn buffer_budget_bytes(&self) -> usize {
+        let mib = self.buffer_budget_mib.unwrap_or_else(|| {
+            self.memory_limit_mib.map_or(DEFAULT_BUFFER_BUDGET_MIB, |limit| {
+                (limit / 2).min(MAX_DERIVED_BUFFER_BUDGET_MIB)
+            })
+        });
+        mib.saturating_mul(1 << 20)
+    }
 }
 
 /// Parses `250ms`, `5s`, `10m`, `1h`.
@@ -79,6 +102,36 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_buffer_budget_follows_the_memory_limit_unless_given() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: SidecarConfig,
+        }
+        let budget = |extra: &[&str]| {
+            let base = [
+                "xlattice",
+                "--cluster-port=1",
+                "--client-port=2",
+                "--cluster-upstream=127.0.0.1:3",
+                "--client-upstream=127.0.0.1:4",
+            ];
+            let cli = Cli::try_parse_from(base.iter().chain(extra)).unwrap();
+            cli.config.buffer_budget_bytes() >> 20
+        };
+        assert_eq!(budget(&[]), 64);
+        assert_eq!(budget(&["--memory-limit-mib=128"]), 64);
+        assert_eq!(budget(&["--memory-limit-mib=300"]), 150);
+        assert_eq!(
+            budget(&["--memory-limit-mib=65536"]),
+            512,
+            "a node-sized limit is capped"
+        );
+        assert_eq!(budget(&["--memory-limit-mib=128", "--buffer-budget-mib=8"]), 8);
+    }
 
     #[test]
     fn durations() {

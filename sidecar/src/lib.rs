@@ -33,7 +33,7 @@ pub struct Runtime {
     pub shared: Shared,
     pub handshakes: Semaphore,
     pub connections: Arc<Semaphore>,
-    /// Shared by every session's buffers (`--buffer-budget-mib`).
+    /// Shared by every session's buffers (`SidecarConfig::buffer_budget_bytes`).
     pub buffers: Arc<BufferBudget>,
     pub tasks: TaskTracker,
     pub ready: AtomicBool,
@@ -113,7 +113,7 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
         },
         handshakes: Semaphore::new(config.max_handshakes),
         connections: Arc::new(Semaphore::new(config.max_connections)),
-        buffers: BufferBudget::new(config.buffer_budget_mib.saturating_mul(1 << 20)),
+        buffers: BufferBudget::new(config.buffer_budget_bytes()),
         tasks: TaskTracker::new(),
         ready: AtomicBool::new(false),
         config,

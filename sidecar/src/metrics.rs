@@ -93,7 +93,7 @@ impl Default for Metrics {
         registry.register("reloads", "Identity/directory reloads by result", reloads.clone());
         registry.register(
             "buffer_bytes",
-            "Buffer bytes held past each session's minimum, out of --buffer-budget-mib",
+            "Buffer bytes held past each session's minimum, out of the buffer budget",
             buffer_bytes.clone(),
         );
         Self {

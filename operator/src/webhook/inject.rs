@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, ConfigMapProjection, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-        ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-        SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
+        ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceFieldSelector, ResourceRequirements,
+        SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
     },
-    apimachinery::pkg::util::intstr::IntOrString,
+    apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
 use kube::{
     core::{Selector, SelectorExt},
@@ -229,17 +229,32 @@ pub fn sidecar(cluster: &XLatticeCluster, config: &SidecarConfig) -> Container {
         image_pull_policy: config.pull_policy.clone(),
         args: Some(args.to_vec()),
         restart_policy: Some("Always".into()),
-        env: Some(vec![EnvVar {
-            name: "XLATTICE_POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
+        env: Some(vec![
+            EnvVar {
+                name: "XLATTICE_POD_NAME".into(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.name".into(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+            },
+            // The sidecar sizes its buffer budget from its memory limit (`sidecar.resources`).
+            EnvVar {
+                name: "XLATTICE_MEMORY_LIMIT_MIB".into(),
+                value_from: Some(EnvVarSource {
+                    resource_field_ref: Some(ResourceFieldSelector {
+                        container_name: None,
+                        resource: "limits.memory".into(),
+                        divisor: Some(Quantity("1Mi".into())),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]),
         ports: Some(vec![
             port("xl-cluster", cluster_port),
             port("xl-client", client_port),
@@ -293,7 +308,6 @@ pub fn random_suffix() -> String {
 }
 
 pub fn default_resources() -> ResourceRequirements {
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity("10m".into())),
@@ -375,6 +389,25 @@ mod tests {
         assert_eq!((last.name.as_str(), last.optional), ("store-directory-15", Some(true)));
         assert_eq!(last.items.as_ref().unwrap()[0].path, "shard-15.yaml");
         assert!(args.contains("--directory /var/run/xlattice/directory "), "{args}");
+        let budget = sidecar
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "XLATTICE_BUFFER_BUDGET_MIB");
+        let from = budget
+            .unwrap()
+            .value_from
+            .as_ref()
+            .unwrap()
+            .resource_field_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (from.resource.as_str(), from.divisor.as_ref().unwrap().0.as_str()),
+            ("limits.memory", "2Mi"),
+            "the buffer budget is half the sidecar's memory limit"
+        );
         let sc = sidecar.security_context.as_ref().unwrap();
         assert_eq!(
             (sc.run_as_user, sc.read_only_root_filesystem),

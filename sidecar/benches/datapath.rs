@@ -422,6 +422,7 @@ fn main() {
         let sidecar = start_sidecar(source_port).await;
         let mut ratios = Vec::new();
         let (mut direct, mut via) = (Vec::new(), Vec::new());
+        let mut download_sidecar_cpu = 0f64;
         for round in 0..rounds {
             let mut speed = [0f64; 2];
             for k in 0..2 {
@@ -429,7 +430,10 @@ fn main() {
                 speed[path] = if path == DIRECT {
                     download(TcpStream::connect((HOST, source_port)).await.unwrap(), mib << 20).await
                 } else {
-                    download(open(&sidecar).await, mib << 20).await
+                    let before = cpu_seconds(sidecar.child.id());
+                    let speed = download(open(&sidecar).await, mib << 20).await;
+                    download_sidecar_cpu += cpu_seconds(sidecar.child.id()) - before;
+                    speed
                 };
             }
             direct.push(speed[DIRECT]);
@@ -438,7 +442,8 @@ fn main() {
         }
         let (direct, via, ratio) = (median(&mut direct), median(&mut via), median(&mut ratios));
         println!(
-            "download    direct {direct:>5.0} MiB/s, via sidecar {via:>5.0} MiB/s   ratio {ratio:.2} (median of {rounds}; lowest {:.2}, highest {:.2})",
+            "download    direct {direct:>5.0} MiB/s, via sidecar {via:>5.0} MiB/s (sidecar alone {:.0} ms/GiB)   ratio {ratio:.2} (median of {rounds}; lowest {:.2}, highest {:.2})",
+            download_sidecar_cpu / gib * 1e3,
             ratios[0],
             ratios[rounds - 1]
         );

@@ -389,13 +389,13 @@ mod tests {
         assert_eq!((last.name.as_str(), last.optional), ("store-directory-15", Some(true)));
         assert_eq!(last.items.as_ref().unwrap()[0].path, "shard-15.yaml");
         assert!(args.contains("--directory /var/run/xlattice/directory "), "{args}");
-        let budget = sidecar
+        let limit = sidecar
             .env
             .as_ref()
             .unwrap()
             .iter()
-            .find(|e| e.name == "XLATTICE_BUFFER_BUDGET_MIB");
-        let from = budget
+            .find(|e| e.name == "XLATTICE_MEMORY_LIMIT_MIB");
+        let from = limit
             .unwrap()
             .value_from
             .as_ref()
@@ -405,8 +405,8 @@ mod tests {
             .unwrap();
         assert_eq!(
             (from.resource.as_str(), from.divisor.as_ref().unwrap().0.as_str()),
-            ("limits.memory", "2Mi"),
-            "the buffer budget is half the sidecar's memory limit"
+            ("limits.memory", "1Mi"),
+            "the sidecar learns its memory limit, in MiB, from the Downward API"
         );
         let sc = sidecar.security_context.as_ref().unwrap();
         assert_eq!(

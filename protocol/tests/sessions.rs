@@ -90,6 +90,18 @@ async fn serve(c: &Cluster, port: PortKind) -> (std::net::SocketAddr, mpsc::Unbo
     (addr, rx)
 }
 
+/// A well-formed cluster-port hello from the cluster's member.
+fn member_hello(c: &Cluster) -> Vec<u8> {
+    client_hello(
+        c.server.ck_public(),
+        PortKind::Cluster,
+        Some(&c.member),
+        ClientSecrets::random(),
+    )
+    .unwrap()
+    .0
+}
+
 /// Reads until EOF or error; returns the bytes the server sent back.
 async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
@@ -195,13 +207,7 @@ async fn a_member_signature_by_the_wrong_key_is_refused() {
 async fn a_member_on_the_client_port_is_just_a_client() {
     let c = cluster();
     let (addr, mut results) = serve(&c, PortKind::Client).await;
-    let (hello, _) = client_hello(
-        c.server.ck_public(),
-        PortKind::Cluster,
-        Some(&c.member),
-        ClientSecrets::random(),
-    )
-    .unwrap();
+    let hello = member_hello(&c);
     assert_eq!(refusal(addr, &hello, &mut results).await, "bad_length");
 }
 
@@ -433,13 +439,7 @@ async fn a_client_session_for_another_member_is_handed_back_for_relaying() {
 async fn a_routing_preamble_is_refused_on_the_cluster_port() {
     let c = cluster();
     let (addr, mut results) = serve(&c, PortKind::Cluster).await;
-    let (hello, _) = client_hello(
-        c.server.ck_public(),
-        PortKind::Cluster,
-        Some(&c.member),
-        ClientSecrets::random(),
-    )
-    .unwrap();
+    let hello = member_hello(&c);
     assert_eq!(
         refusal(
             addr,

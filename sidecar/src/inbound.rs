@@ -145,14 +145,14 @@ async fn handle(
                     port: label,
                     direction: "in",
                 })
-                .inc_by(moved.a_to_b);
+                .inc_by(moved.from_session);
             metrics
                 .bytes
                 .get_or_create(&BytesLabels {
                     port: label,
                     direction: "out",
                 })
-                .inc_by(moved.b_to_a);
+                .inc_by(moved.into_session);
         }
         Err(error) => tracing::debug!(%remote, port = label, %error, "session ended"),
     }

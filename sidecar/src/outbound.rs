@@ -200,14 +200,14 @@ async fn handle(mut tcp: TcpStream, rt: Arc<Runtime>) -> std::io::Result<()> {
             port: "outbound",
             direction: "out",
         })
-        .inc_by(moved.b_to_a);
+        .inc_by(moved.into_session);
     metrics
         .bytes
         .get_or_create(&BytesLabels {
             port: "outbound",
             direction: "in",
         })
-        .inc_by(moved.a_to_b);
+        .inc_by(moved.from_session);
     Ok(())
 }
 

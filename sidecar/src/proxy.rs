@@ -34,6 +34,15 @@ pub struct Transferred {
     pub b_to_a: u64,
 }
 
+/// Plaintext bytes moved each way between a session and its plaintext side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionBytes {
+    /// Opened from the session and delivered to the plaintext side.
+    pub from_session: u64,
+    /// Read from the plaintext side and sealed into the session.
+    pub into_session: u64,
+}
+
 struct OneWay {
     buf: Vec<u8>,
     /// Size of the next allocation, following the traffic.
@@ -221,14 +230,14 @@ where
     })
 }
 
-/// `proxy` between a session and a plaintext stream; `a_to_b` counts what the session
-/// delivered to `plain`. The session's read buffer shares `budget` too.
+/// `proxy` between a session and a plaintext stream. The session's buffers share
+/// `budget` too.
 pub async fn proxy_session<S, P>(
     session: &mut SecureStream<S>,
     plain: &mut P,
     idle: Duration,
     budget: Option<&Arc<BufferBudget>>,
-) -> Result<Transferred, ProxyError>
+) -> Result<SessionBytes, ProxyError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     P: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -243,9 +252,9 @@ where
         Poll::Ready(Ok(forward.is_ready() && backward.is_ready()))
     })
     .await?;
-    Ok(Transferred {
-        a_to_b: out_of_session.moved,
-        b_to_a: into_session.moved,
+    Ok(SessionBytes {
+        from_session: out_of_session.moved,
+        into_session: into_session.moved,
     })
 }
 
@@ -361,9 +370,9 @@ mod tests {
         let moved = task.await.unwrap().unwrap();
         assert_eq!(
             moved,
-            Transferred {
-                a_to_b: 1_000_000,
-                b_to_a: 14
+            SessionBytes {
+                from_session: 1_000_000,
+                into_session: 14
             }
         );
     }

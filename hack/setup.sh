@@ -13,6 +13,9 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "control plane: kube-apiserver, etcd, kubectl, helm (cached in $CACHE)"
 hack/control-plane.sh install >&2
 
+step "real node: containerd, runc, CNI plugins, ipset (Debian); kubelet, kube-controller-manager, kube-proxy, kube-router; the pause image"
+hack/node.sh install >&2
+
 export PATH="$TOOLS/bin:$PATH"
 if ! command -v cargo-audit >/dev/null 2>&1; then
   step "cargo-audit $CARGO_AUDIT_VERSION (cached in $TOOLS)"

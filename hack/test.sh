@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # hack/test.sh: the test command. Everything CI runs, in the order it runs it:
 #   set-up (cached), lint, build, supply-chain audit, a real control plane on
-#   loopback, every Rust test (unit, real sockets, real API server), chart checks.
+#   loopback, every Rust test (unit, real sockets, real API server), chart checks, then
+#   a real node (hack/node.sh: kubelet, containerd, kube-router) with the project's images
+#   and the end-to-end tests on it (hack/node-test.sh).
 # Ends with one line "N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +12,9 @@ CACHE=${XLATTICE_CACHE:-$HOME/.cache/xlattice}
 export PATH="$CACHE/tools/bin:$PATH"
 LOG=$(mktemp -d)/test.log
 CHART_LOG=${LOG%.log}-chart.log
+NODE_LOG=${LOG%.log}-node.log
 : >"$CHART_LOG"
+: >"$NODE_LOG"
 step() { printf '\n==> %s\n' "$*"; }
 
 hack/setup.sh
@@ -31,6 +35,7 @@ CHART_CP_DIR=$(mktemp -d /tmp/xlattice-chart-cp.XXXXXX)
 cleanup() {
   hack/control-plane.sh down "$CP_DIR" >/dev/null 2>&1 || true
   hack/control-plane.sh down "$CHART_CP_DIR" >/dev/null 2>&1 || true
+  if [ -n "${NODE_UP:-}" ]; then hack/node.sh down >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 hack/control-plane.sh up "$CP_DIR"
@@ -55,12 +60,29 @@ if [ -x hack/chart-test.sh ]; then
   fi
 fi
 
+step "real node: kubelet, containerd, bridge network, kube-proxy, kube-router (hack/node.sh)"
+NODE_UP=1
+if hack/node.sh up && hack/node.sh images; then
+  step "end-to-end on the real node (hack/node-test.sh)"
+  if ! (eval "$(hack/node.sh env)" && hack/node-test.sh) 2>&1 | tee "$NODE_LOG"; then
+    echo "node tests failed"
+    status=1
+  fi
+else
+  echo "  FAIL the real node did not come up" | tee "$NODE_LOG"
+  tail -n 30 /tmp/xlattice-node/*.log 2>/dev/null || true
+  status=1
+fi
+hack/node.sh down || status=1
+
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$LOG" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$LOG" | awk '{s+=$1} END {print s+0}')
 chart_ok=$(grep -c '^  ok ' "$CHART_LOG" || true)
 chart_failed=$(grep -c '^  FAIL ' "$CHART_LOG" || true)
-passed=$((passed + chart_ok))
-failed=$((failed + chart_failed))
+node_ok=$(grep -c '^  ok ' "$NODE_LOG" || true)
+node_failed=$(grep -c '^  FAIL ' "$NODE_LOG" || true)
+passed=$((passed + chart_ok + node_ok))
+failed=$((failed + chart_failed + node_failed))
 [ "$status" -eq 0 ] || [ "$failed" -gt 0 ] || failed=1
 printf '\n%s passed, %s failed\n' "$passed" "$failed"
 exit "$status"

@@ -276,6 +276,12 @@ fn init_tracing(json: bool) {
     if json {
         fmt().json().with_writer(std::io::stderr).with_env_filter(filter).init();
     } else {
-        fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+        // Colours only on a terminal: container logs are files, and escapes break grep.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init();
     }
 }

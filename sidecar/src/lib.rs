@@ -145,6 +145,7 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
         client_port = rt.config.client_port,
         connect = %rt.config.connect_listen,
         admin = %rt.config.admin_listen,
+        buffer_budget_mib = rt.config.buffer_budget_bytes() >> 20,
         "sidecar ready"
     );
 

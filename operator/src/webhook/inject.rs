@@ -138,7 +138,12 @@ pub fn decide(
             name: IDENTITY_VOLUME.into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(identity_secret_name(&name)),
-                default_mode: Some(0o400),
+                // The kubelet writes Secret files owned by root (by the pod's fsGroup if it
+                // has one): 0400 is unreadable for the sidecar's uid 65532, as the real
+                // node showed. The volume is mounted into the sidecar container alone, so
+                // only its own processes can open the files; an fsGroup would also change
+                // the ownership of the application's volumes.
+                default_mode: Some(0o444),
                 ..Default::default()
             }),
             ..Default::default()
@@ -260,6 +265,15 @@ pub fn sidecar(cluster: &XLatticeCluster, config: &SidecarConfig) -> Container {
             port("xl-client", client_port),
             port("xl-admin", SIDECAR_ADMIN_PORT),
         ]),
+        // The kubelet starts the next container only once a native sidecar's startup
+        // probe passes: the application starts with its sidecar serving, so its first
+        // CONNECT to a peer works. Ready needs the identity and the directory, which a
+        // default kubelet may take a sync period (1 min) to project: ten minutes of grace.
+        startup_probe: Some(Probe {
+            period_seconds: Some(1),
+            failure_threshold: Some(600),
+            ..probe("/readyz")
+        }),
         readiness_probe: Some(probe("/readyz")),
         liveness_probe: Some(probe("/livez")),
         resources: Some(config.resources.clone()),
@@ -412,6 +426,12 @@ mod tests {
         assert_eq!(
             (sc.run_as_user, sc.read_only_root_filesystem),
             (Some(65532), Some(true))
+        );
+        let startup = sidecar.startup_probe.as_ref().expect("a startup probe");
+        assert_eq!(
+            startup.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/readyz"),
+            "the app starts once the sidecar is ready (kubelet ordering of native sidecars)"
         );
     }
 

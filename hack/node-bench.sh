@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# hack/node-bench.sh: benchmarks on the real node, each a ratio against a baseline measured
+# in the same run, rounds interleaved (the order flips every round):
+#   1. pod create -> Ready: a member pod (webhook injection, identity minted, native
+#      sidecar started and ready) against the same pod that matches no cluster
+#   2. data path pod -> pod: app -> its sidecar (CONNECT) -> the peer's sidecar -> the peer
+#      app, against app -> peer app over plaintext TCP on the pod network; the peer app
+#      echoes, so both directions carry the bytes at once (rate = one direction)
+#
+#   hack/node.sh up && hack/node.sh images && eval "$(hack/node.sh env)"
+#   hack/node-bench.sh              # XL_BENCH_ROUNDS (default 7), XL_BENCH_MIB (default 512)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NS=xl-bench
+ROUNDS=${XL_BENCH_ROUNDS:-7}
+MIB=${XL_BENCH_MIB:-512}
+IMAGE=ghcr.io/xlattice/xlattice-member-app:0.1.0
+now_ms() { date +%s%3N; }
+die() { printf 'node-bench: %s\n' "$*" >&2; exit 1; }
+kubectl get node "${XLATTICE_NODE_IP:?run: eval \"\$(hack/node.sh env)\"}" >/dev/null || die "no node"
+
+if ! helm status xlattice -n xlattice-system >/dev/null 2>&1; then
+  helm install xlattice charts/xlattice-operator -n xlattice-system --create-namespace --wait >/dev/null
+fi
+kubectl delete namespace "$NS" --ignore-not-found --wait=true >/dev/null
+kubectl create namespace "$NS" >/dev/null
+trap 'kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true' EXIT
+kubectl apply -n "$NS" -f - >/dev/null <<EOF
+apiVersion: xlattice.io/v1alpha1
+kind: XLatticeCluster
+metadata: {name: bench}
+spec: {selector: {matchLabels: {bench: member}}, clusterPort: 7000, clientPort: 8000}
+EOF
+
+# Summary of per-round ratios: median, min-max.
+summary() { sort -g | awk '{a[NR]=$1} END {printf "median %.2f (min %.2f, max %.2f, %d rounds)", (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2), a[1], a[NR], NR}'; }
+
+pod_yaml() { # NAME LABEL
+  cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, labels: {bench: $2}}
+spec:
+  securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
+  terminationGracePeriodSeconds: 1
+  containers: [{name: app, image: $IMAGE, args: ["serve"], env: [{name: POD_NAME, value: $1}]}]
+EOF
+}
+# Milliseconds from `kubectl create` to the pod's Ready condition.
+startup_ms() { # NAME LABEL
+  local t0
+  t0=$(now_ms)
+  pod_yaml "$1" "$2" | kubectl -n "$NS" create -f - >/dev/null
+  kubectl -n "$NS" wait "pod/$1" --for=condition=Ready --timeout=120s >/dev/null
+  echo $(($(now_ms) - t0))
+}
+
+echo "== pod create -> Ready, $ROUNDS rounds: injected member vs the same pod uninjected"
+ratios=()
+for r in $(seq 1 "$ROUNDS"); do
+  if ((r % 2)); then
+    plain=$(startup_ms "plain-$r" none); member=$(startup_ms "member-$r" member)
+  else
+    member=$(startup_ms "member-$r" member); plain=$(startup_ms "plain-$r" none)
+  fi
+  ratio=$(awk -v m="$member" -v p="$plain" 'BEGIN {printf "%.2f", m / p}')
+  ratios+=("$ratio")
+  printf '  round %d: plain %5d ms, injected %5d ms, ratio %s\n' "$r" "$plain" "$member" "$ratio"
+  kubectl -n "$NS" delete pod "plain-$r" "member-$r" --wait=false >/dev/null
+done
+printf '  injected / plain: %s\n' "$(printf '%s\n' "${ratios[@]}" | summary)"
+
+echo "== data path pod -> pod, $MIB MiB echoed per run, $ROUNDS rounds"
+for p in a b; do
+  pod_yaml "member-$p" member | kubectl -n "$NS" apply -f - >/dev/null
+  # The plaintext peer listens on its pod IP: nothing in between but the pod network.
+  pod_yaml "plain-$p" none | sed 's/env: \[/env: [{name: LISTEN_HOST, value: 0.0.0.0}, /' | kubectl -n "$NS" apply -f - >/dev/null
+done
+kubectl -n "$NS" wait pod/member-a pod/member-b pod/plain-a pod/plain-b --for=condition=Ready --timeout=120s >/dev/null
+plain_b=$(kubectl -n "$NS" get pod plain-b -o 'jsonpath={.status.podIP}')
+# member-a must see member-b in its directory before the first session.
+for _ in $(seq 60); do
+  kubectl -n "$NS" exec member-a -c app -- member_app hello member-b >/dev/null 2>&1 && break
+  sleep 1
+done
+rate() { sed -n 's/.*mib_per_s=\([0-9.]*\).*/\1/p'; }
+ratios=()
+for r in $(seq 1 "$ROUNDS"); do
+  run_plain() { kubectl -n "$NS" exec plain-a -- member_app bench "$plain_b:17000" "$MIB" | rate; }
+  run_member() { kubectl -n "$NS" exec member-a -c app -- member_app bench via:member-b "$MIB" | rate; }
+  if ((r % 2)); then plain=$(run_plain); member=$(run_member); else member=$(run_member); plain=$(run_plain); fi
+  ratio=$(awk -v m="$member" -v p="$plain" 'BEGIN {printf "%.2f", m / p}')
+  ratios+=("$ratio")
+  printf '  round %d: plaintext %7s MiB/s, through two sidecars %7s MiB/s, ratio %s\n' "$r" "$plain" "$member" "$ratio"
+done
+printf '  two sidecars / plaintext: %s\n' "$(printf '%s\n' "${ratios[@]}" | summary)"

@@ -1,0 +1,351 @@
+#!/usr/bin/env bash
+# hack/node-test.sh: end-to-end tests on the real node, run by hack/test.sh after
+# `hack/node.sh up` and `hack/node.sh images`. Each check is what a user relies on:
+#
+#   - the chart installs with its default images; the operator runs as its Deployment
+#     (in-cluster config, leader election, webhook reached through its Service)
+#   - the StatefulSet example starts injected; a member Job talks to a peer from its first
+#     instruction (the native sidecar is ready before the app starts) and completes
+#   - identities reach the pods through the projected Secret and directory shards, and the
+#     sidecars serve with them (the client Job example); the memory limit reaches the
+#     sidecar through the Downward API
+#   - NetworkPolicy enforced: a non-member cannot open a TCP connection to the cluster
+#     port, members can; any pod reaches the client port until spec.clientAccess says
+#     otherwise; the node (admitted by the policy) is refused by the sidecar itself
+#   - restartWorkloads rolls a running StatefulSet and Deployment into injected pods
+#   - key rotation reaches the running sidecar through the Secret volume: a session opened
+#     before keeps working, new sessions need the new keys, no pod restarts
+#   - a deleted member's key is refused by the survivors (time measured and printed)
+#   - the operator pod killed: its Deployment brings it back, no identity changes
+#
+# Prints "  ok   ..." / "  FAIL ..." per check (hack/test.sh counts them); exit 1 on any FAIL.
+# Needs: eval "$(hack/node.sh env)"; target/release/xlattice (the host plays the node).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NS=xl-node-test
+ROLL_NS=xl-node-roll
+OP_NS=xlattice-system
+XL=${XLATTICE_BIN:-target/release/xlattice}
+TMP=$(mktemp -d /tmp/xlattice-node-test.XXXXXX)
+
+failures=0
+step() { printf '\n--- %s\n' "$*"; }
+ok() { printf '  ok   %s\n' "$*"; }
+bad() { printf '  FAIL %s\n' "$*" >&2; failures=$((failures + 1)); }
+die() { printf 'node-test: %s\n' "$*" >&2; exit 1; }
+check() { # DESCRIPTION COMMAND...: ok if the command succeeds
+  local what=$1
+  shift
+  if "$@"; then ok "$what"; else bad "$what"; fi
+}
+# Retries COMMAND every 0.5 s for up to SECS seconds.
+eventually() { # SECS COMMAND...
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.5
+  done
+}
+now_ms() { date +%s%3N; }
+
+cleanup() {
+  kubectl delete namespace "$NS" "$ROLL_NS" --wait=false >/dev/null 2>&1 || true
+  helm uninstall xlattice -n "$OP_NS" >/dev/null 2>&1 || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+[[ -x $XL ]] || die "$XL missing: cargo build --release -p xlattice-sidecar"
+kubectl get node "${XLATTICE_NODE_IP:?run: eval \"\$(hack/node.sh env)\"}" >/dev/null || die "no node"
+
+pod_ip() { kubectl -n "$1" get pod "$2" -o 'jsonpath={.status.podIP}'; }
+secret_key() { # NS POD KEY
+  kubectl -n "$1" get secret "xlattice-id-$2" -o "jsonpath={.data.${3//./\\.}}" | base64 -d
+}
+# The identity of POD as files (the layout `xlattice connect --identity-dir` reads).
+save_identity() { # NS POD DIR
+  mkdir -p "$3"
+  local key
+  for key in node-id sk.pem ck.pem; do secret_key "$1" "$2" "$key" >"$3/$key"; done
+  chmod 600 "$3"/*
+}
+# Probe from inside POD: prints open|refused|timeout.
+probe() { # NS POD CONTAINER ADDR
+  kubectl -n "$1" exec "$2" -c "$3" -- member_app probe "$4" 1500 2>/dev/null || true
+}
+sidecar_log() { kubectl -n "$1" logs "$2" -c xlattice-sidecar; }
+
+# ---------------------------------------------------------------------------------------
+step "helm install with the chart's default images (imported, never pulled)"
+t0=$SECONDS
+if helm install xlattice charts/xlattice-operator -n "$OP_NS" --create-namespace \
+  --set sidecar.resources.limits.memory=96Mi --wait --timeout 120s >/dev/null; then
+  ok "operator Deployment Ready $((SECONDS - t0))s after helm install"
+else
+  bad "helm install --wait"
+  kubectl -n "$OP_NS" describe pods | tail -30 >&2
+  exit 1
+fi
+op_pod=$(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator -o 'jsonpath={.items[0].metadata.name}')
+check "the operator leads through its Lease (in-cluster config, its own ServiceAccount)" \
+  eventually 30 bash -c "[[ \$(kubectl -n $OP_NS get lease xlattice-operator -o 'jsonpath={.spec.holderIdentity}') == $op_pod ]]"
+
+# ---------------------------------------------------------------------------------------
+step "the StatefulSet example: injected by the webhook (through its Service), pods start"
+kubectl create namespace "$NS" >/dev/null
+t0=$SECONDS
+kubectl apply -n "$NS" -f deploy/examples/statefulset-cluster.yaml >/dev/null
+if kubectl -n "$NS" rollout status statefulset/store --timeout=180s >/dev/null; then
+  ok "3 injected members Ready (app + native sidecar) $((SECONDS - t0))s after kubectl apply"
+else
+  bad "StatefulSet store not Ready"
+  kubectl -n "$NS" describe pods | tail -40 >&2
+  exit 1
+fi
+check "the cluster reports Ready with 3 members" \
+  eventually 60 bash -c "[[ \$(kubectl -n $NS get xlatticecluster store -o 'jsonpath={.status.members}/{.status.conditions[?(@.type==\"Ready\")].status}') == 3/True ]]"
+check "store-0 runs the sidecar as a native sidecar (init container, restartPolicy Always)" \
+  test "$(kubectl -n "$NS" get pod store-0 -o 'jsonpath={.spec.initContainers[0].name}/{.spec.initContainers[0].restartPolicy}')" = xlattice-sidecar/Always
+
+# ---------------------------------------------------------------------------------------
+step "identities through the projected Secret and directory shards"
+for i in 0 1 2; do
+  want=$(secret_key "$NS" "store-$i" node-id)
+  if sidecar_log "$NS" "store-$i" | grep -q "identity loaded node_id=$want"; then
+    ok "store-$i's sidecar serves the NodeID of Secret xlattice-id-store-$i (${want:0:12}…)"
+  else
+    bad "store-$i's sidecar did not load NodeID $want"
+  fi
+done
+check "the memory limit reaches the sidecar (Downward API): limit 96Mi -> buffer budget 48 MiB" \
+  bash -c "kubectl -n $NS logs store-0 -c xlattice-sidecar | grep -q 'buffer_budget_mib=48'"
+kubectl apply -n "$NS" -f deploy/examples/client-job.yaml >/dev/null
+if kubectl -n "$NS" wait job/store-client --for=condition=Complete --timeout=120s >/dev/null; then
+  out=$(kubectl -n "$NS" logs -l job-name=store-client --tail=-1)
+  for i in 0 1 2; do
+    if grep -q "hello from store-$i on the client port" <<<"$out"; then
+      ok "client Job: an encrypted session with store-$i on the client port (its key from the directory)"
+    else
+      bad "client Job: no greeting from store-$i: $out"
+    fi
+  done
+else
+  bad "the client Job example did not complete"
+  kubectl -n "$NS" logs -l job-name=store-client --tail=20 >&2 || true
+fi
+
+# ---------------------------------------------------------------------------------------
+step "members talk on the private port through their sidecars; a member Job completes"
+for pair in "0 1" "1 2" "2 0"; do
+  set -- $pair
+  if out=$(kubectl -n "$NS" exec "store-$1" -c app -- member_app hello "store-$2" "hi from store-$1" 2>&1) &&
+    grep -q "hello from store-$2 on the cluster port" <<<"$out" && grep -q "hi from store-$1" <<<"$out"; then
+    ok "store-$1 -> CONNECT store-$2:7000 -> store-$2's app (cluster port), echoed"
+  else
+    bad "store-$1 -> store-$2 on the private port: $out"
+  fi
+done
+# A member Job: its only container says hello to a peer at once and exits. With
+# backoffLimit 0 it completes only if its sidecar answered the first CONNECT (the native
+# sidecar is ready before the app starts) and then did not keep the Job from completing.
+# HELLO_RETRY_SECS covers store-1 not yet seeing the new member in its directory; a
+# sidecar that is not up fails at once.
+cat >"$TMP/member-job.yaml" <<'EOF'
+apiVersion: batch/v1
+kind: Job
+metadata: {name: member-job}
+spec:
+  backoffLimit: 0
+  template:
+    metadata: {labels: {app.kubernetes.io/name: store}}
+    spec:
+      restartPolicy: Never
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
+      containers:
+        - name: app
+          image: ghcr.io/xlattice/xlattice-member-app:0.1.0
+          args: ["hello", "store-1", "from a Job"]
+          env: [{name: HELLO_RETRY_SECS, value: "60"}, {name: CLUSTER_UPSTREAM, value: "17000"}, {name: CLIENT_UPSTREAM, value: "18000"}]
+EOF
+kubectl apply -n "$NS" -f "$TMP/member-job.yaml" >/dev/null
+if kubectl -n "$NS" wait job/member-job --for=condition=Complete --timeout=120s >/dev/null; then
+  ok "a member Job with the injected sidecar talks to store-1 and completes"
+else
+  bad "the member Job did not complete"
+  kubectl -n "$NS" logs -l job-name=member-job --all-containers --tail=20 >&2 || true
+fi
+
+# ---------------------------------------------------------------------------------------
+step "NetworkPolicy enforced by kube-router; the sidecar refuses what the policy admits"
+cat >"$TMP/outsider.yaml" <<'EOF'
+apiVersion: v1
+kind: Pod
+metadata: {name: outsider, labels: {app.kubernetes.io/name: outsider}}
+spec:
+  securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
+  containers:
+    - {name: app, image: ghcr.io/xlattice/xlattice-member-app:0.1.0, args: ["serve"]}
+EOF
+kubectl apply -n "$NS" -f "$TMP/outsider.yaml" >/dev/null
+kubectl -n "$NS" wait pod/outsider --for=condition=Ready --timeout=60s >/dev/null
+ip0=$(pod_ip "$NS" store-0)
+got=$(probe "$NS" outsider app "$ip0:7000")
+if [[ $got == timeout || $got == refused ]]; then
+  ok "a non-member pod cannot open a TCP connection to store-0's cluster port ($got)"
+else
+  bad "a non-member pod reached store-0's cluster port: $got"
+fi
+check "a member (store-1) opens a TCP connection to store-0's cluster port" \
+  test "$(probe "$NS" store-1 app "$ip0:7000")" = open
+check "a non-member pod opens a TCP connection to the client port" \
+  test "$(probe "$NS" outsider app "$ip0:8000")" = open
+
+kubectl -n "$NS" patch xlatticecluster store --type=merge \
+  -p '{"spec":{"clientAccess":[{"podSelector":{"matchLabels":{"role":"client"}}}]}}' >/dev/null
+check "spec.clientAccess set: a pod it does not name loses the client port" \
+  eventually 30 bash -c "[[ \$(kubectl -n $NS exec outsider -c app -- member_app probe $ip0:8000 1000) != open ]]"
+kubectl -n "$NS" label pod outsider role=client >/dev/null
+check "spec.clientAccess set: the pod it names reaches the client port" \
+  eventually 30 bash -c "[[ \$(kubectl -n $NS exec outsider -c app -- member_app probe $ip0:8000 1000) == open ]]"
+kubectl -n "$NS" patch xlatticecluster store --type=json -p '[{"op":"remove","path":"/spec/clientAccess"}]' >/dev/null
+
+"$XL" keygen --out "$TMP/stranger" >/dev/null
+xlattice_operator=${XLATTICE_OPERATOR_BIN:-target/release/xlattice-operator}
+directory() { "$xlattice_operator" directory store -n "$NS" >"$1"; }
+directory "$TMP/directory.yaml"
+if out=$(echo "let me in" | "$XL" connect store-1 --port cluster --identity-dir "$TMP/stranger" \
+  --directory "$TMP/directory.yaml" --timeout 5s 2>&1); then
+  bad "a stranger with a valid key pair was served on the cluster port: $out"
+else
+  ok "the node (admitted by the policy) with a non-member key is refused by the sidecar: ${out##*: }"
+fi
+check "the same stranger is served on the client port" \
+  bash -c "echo hi | '$XL' connect store-1 --directory '$TMP/directory.yaml' --timeout 5s | grep 'hello from store-1 on the client port' >/dev/null"
+
+# ---------------------------------------------------------------------------------------
+step "key rotation reaches the running sidecar through the Secret volume"
+uid_before=$(kubectl -n "$NS" get pod store-1 -o 'jsonpath={.metadata.uid}/{.status.initContainerStatuses[0].restartCount}/{.status.containerStatuses[0].restartCount}')
+ck_before=$(secret_key "$NS" store-1 ck.pem)
+cp "$TMP/directory.yaml" "$TMP/directory-old.yaml"
+# A session opened before the rotation, held open through it.
+mkfifo "$TMP/held.in"
+"$XL" connect store-1 --directory "$TMP/directory-old.yaml" --timeout 120s <"$TMP/held.in" >"$TMP/held.out" 2>&1 &
+held_pid=$!
+exec 7>"$TMP/held.in"
+echo "before rotation" >&7
+eventually 10 grep -q "before rotation" "$TMP/held.out" || true
+t_rot=$(now_ms)
+kubectl -n "$NS" annotate pod store-1 xlattice.io/rotate="$(date +%s)" --overwrite >/dev/null
+check "the operator rotates store-1's keys in its Secret (same NodeID)" \
+  eventually 60 bash -c "[[ \$(kubectl -n $NS get secret xlattice-id-store-1 -o 'jsonpath={.data.ck\\.pem}' | base64 -d) != '$ck_before' ]]"
+# New sessions: the old public key stops working once the sidecar has reloaded.
+new_keys() { ! echo x | "$XL" connect store-1 --directory "$TMP/directory-old.yaml" --timeout 3s >/dev/null 2>&1; }
+if eventually 90 new_keys; then
+  ok "the running sidecar took the new keys $(( ($(now_ms) - t_rot) / 1000 ))s after the rotation request (kubelet syncFrequency 10s): a session to the old key is refused"
+else
+  bad "store-1's sidecar still answers to its old key 90s after rotation"
+fi
+directory "$TMP/directory.yaml"
+check "a new session with the new directory works" \
+  bash -c "echo hi | '$XL' connect store-1 --directory '$TMP/directory.yaml' --timeout 5s | grep 'hello from store-1' >/dev/null"
+echo "after rotation" >&7
+exec 7>&-
+wait "$held_pid" 2>/dev/null || true
+check "the session opened before the rotation kept working" grep -q "after rotation" "$TMP/held.out"
+check "no restart: store-1 is the same pod, its containers never restarted" \
+  test "$(kubectl -n "$NS" get pod store-1 -o 'jsonpath={.metadata.uid}/{.status.initContainerStatuses[0].restartCount}/{.status.containerStatuses[0].restartCount}')" = "$uid_before"
+
+# ---------------------------------------------------------------------------------------
+step "a member leaves: the survivors refuse its key"
+save_identity "$NS" store-2 "$TMP/store-2"
+check "store-2's own key is served on store-0's cluster port while it is a member" \
+  bash -c "echo hi | '$XL' connect store-0 --port cluster --identity-dir '$TMP/store-2' --directory '$TMP/directory.yaml' --timeout 5s | grep 'hello from store-0 on the cluster port' >/dev/null"
+t_del=$(now_ms)
+kubectl -n "$NS" scale statefulset store --replicas=2 >/dev/null
+refused() { ! echo x | "$XL" connect store-0 --port cluster --identity-dir "$TMP/store-2" --directory "$TMP/directory.yaml" --timeout 3s >/dev/null 2>&1; }
+if eventually 120 refused; then
+  ok "store-0 refuses store-2's key $(( ($(now_ms) - t_del) / 100 ))00 ms after the scale-down (pod deletion -> directory -> kubelet volume refresh -> sidecar reload)"
+else
+  bad "store-0 still serves store-2's key 120s after store-2 left"
+fi
+
+# ---------------------------------------------------------------------------------------
+step "restartWorkloads rolls running workloads into injected pods"
+kubectl create namespace "$ROLL_NS" >/dev/null
+cat >"$TMP/roll.yaml" <<'EOF'
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 2
+  serviceName: grid-members
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db, xl-member: grid}}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
+      containers: [{name: app, image: ghcr.io/xlattice/xlattice-member-app:0.1.0, args: ["serve"]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web, xl-member: grid}}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
+      containers: [{name: app, image: ghcr.io/xlattice/xlattice-member-app:0.1.0, args: ["serve"]}]
+EOF
+kubectl apply -n "$ROLL_NS" -f "$TMP/roll.yaml" >/dev/null
+kubectl -n "$ROLL_NS" rollout status statefulset/db --timeout=120s >/dev/null
+kubectl -n "$ROLL_NS" rollout status deployment/web --timeout=120s >/dev/null
+n_plain=$(kubectl -n "$ROLL_NS" get pods -o 'jsonpath={range .items[*]}{.spec.initContainers[0].name}{"\n"}{end}' | grep -c xlattice-sidecar || true)
+check "before the cluster exists the workloads run without the sidecar" test "$n_plain" = 0
+t0=$SECONDS
+kubectl apply -n "$ROLL_NS" -f - >/dev/null <<'EOF'
+apiVersion: xlattice.io/v1alpha1
+kind: XLatticeCluster
+metadata: {name: grid}
+spec:
+  selector: {matchLabels: {xl-member: grid}}
+  clusterPort: 9000
+  clientPort: 9100
+  restartWorkloads: true
+EOF
+all_injected() {
+  local pods ready
+  pods=$(kubectl -n "$ROLL_NS" get pods -o 'jsonpath={range .items[*]}{.metadata.deletionTimestamp}|{.spec.initContainers[0].name}|{.status.containerStatuses[0].ready}{"\n"}{end}')
+  ready=$(grep -c '^|xlattice-sidecar|true$' <<<"$pods" || true)
+  [[ $ready -eq 4 && $(grep -c . <<<"$pods") -eq 4 ]]
+}
+if eventually 240 all_injected; then
+  ok "StatefulSet db and Deployment web rolled: 4 injected pods Ready $((SECONDS - t0))s after the cluster was applied"
+else
+  bad "the workloads were not rolled into injected pods"
+  kubectl -n "$ROLL_NS" get pods >&2
+fi
+
+# ---------------------------------------------------------------------------------------
+step "the operator pod killed: its Deployment brings it back, no identity changes"
+identities() {
+  kubectl get secrets -A -l xlattice.io/cluster -o 'jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}={.data.node-id}/{.data.sk\.pem}/{.data.ck\.pem}{"\n"}{end}' | sort | sha256sum
+}
+before=$(identities)
+n_ids=$(kubectl get secrets -A -l xlattice.io/cluster -o name | wc -l)
+kubectl -n "$OP_NS" delete pod "$op_pod" --grace-period=0 --force >/dev/null 2>&1
+new_op() { [[ $(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator --field-selector=status.phase=Running -o 'jsonpath={.items[?(@.status.containerStatuses[0].ready==true)].metadata.name}') =~ ^xlattice-operator- && $(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator -o name) != "pod/$op_pod" ]]; }
+t0=$SECONDS
+if eventually 120 new_op; then
+  ok "a new operator pod is Ready $((SECONDS - t0))s after the old one was killed"
+else
+  bad "no new operator pod"
+fi
+sleep 5
+check "all $n_ids identities unchanged (NodeIDs and keys) across the operator's death" test "$(identities)" = "$before"
+
+printf '\n%s\n' "node tests: $failures failure(s)"
+[[ $failures -eq 0 ]]

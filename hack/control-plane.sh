@@ -598,7 +598,7 @@ cmd_up() {
     --unsafe-no-fsync \
     --log-level=warn
 
-  log "starting kube-apiserver on https://127.0.0.1:$api_port"
+  log "starting kube-apiserver on https://$ADDRESS:$api_port"
   start_detached "$dir" kube-apiserver \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
     --bind-address="$ADDRESS" \

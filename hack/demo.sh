@@ -38,7 +38,8 @@ say "the images, from the release binaries (no registry, no container engine)"
 hack/node.sh images 2>&1 | grep -E '^  /|^ghcr' | sed 's/^ */    /'
 
 say "helm install xlattice charts/xlattice-operator (default values)"
-show helm install xlattice charts/xlattice-operator -n xlattice-system --create-namespace --wait --timeout 120s
+run "helm install xlattice charts/xlattice-operator -n xlattice-system --create-namespace --wait"
+helm install xlattice charts/xlattice-operator -n xlattice-system --create-namespace --wait --timeout 120s >/dev/null
 show kubectl -n xlattice-system get deploy,pods,svc
 show kubectl get mutatingwebhookconfiguration xlattice-sidecar-injector \
   -o 'jsonpath={.webhooks[0].clientConfig.service}{"\n"}'
@@ -85,8 +86,10 @@ kubectl -n "$NS" run outsider --image=ghcr.io/xlattice/xlattice-member-app:0.1.0
   --overrides='{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":65532}}}' -- serve >/dev/null
 kubectl -n "$NS" wait pod/outsider --for=condition=Ready --timeout=60s >/dev/null
 ip1=$(kubectl -n "$NS" get pod store-1 -o 'jsonpath={.status.podIP}')
-show kubectl -n "$NS" exec outsider -- member_app probe "$ip1:7000" || true
-show kubectl -n "$NS" exec outsider -- member_app probe "$ip1:8000"
+for port in 7000 8000; do
+  run "kubectl -n $NS exec outsider -- member_app probe $ip1:$port"
+  kubectl -n "$NS" exec outsider -- member_app probe "$ip1:$port" 2>/dev/null | sed 's/^/    /' || true
+done
 printf '    (a member reaches the same port: %s)\n' \
   "$(kubectl -n "$NS" exec store-0 -c app -- member_app probe "$ip1:7000")"
 

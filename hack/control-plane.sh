@@ -497,14 +497,14 @@ EOF
   mv "$dir/kubeconfig.tmp" "$dir/kubeconfig"
 }
 
-# Starts NAME (a binary in BIN_DIR) detached, in its own session, logging to
-# DIR/NAME.log; the pid is written by the process itself before exec.
-start_detached() { # DIR NAME ARGS...
-  local dir=$1 name=$2 i
-  shift 2
+# Starts BINARY as NAME detached, in its own session, logging to DIR/NAME.log; the pid is
+# written to DIR/NAME.pid by the process itself before exec (pid_is checks argv[0]).
+start_process() { # DIR NAME BINARY ARGS...
+  local dir=$1 name=$2 bin=$3 i
+  shift 3
   rm -f "$dir/$name.pid"
   # shellcheck disable=SC2016 # $$ and $@ expand in the child shell.
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/$name.pid" "$BIN_DIR/$name" "$@" \
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/$name.pid" "$bin" "$@" \
     >>"$dir/$name.log" 2>&1 </dev/null &
   for i in $(seq 1 50); do
     [[ -s $dir/$name.pid ]] && return 0
@@ -512,6 +512,11 @@ start_detached() { # DIR NAME ARGS...
     : "$i"
   done
   die "$name did not start; see $dir/$name.log"
+}
+
+# Starts NAME, a binary in BIN_DIR (see start_process).
+start_detached() { # DIR NAME ARGS...
+  start_process "$1" "$2" "$BIN_DIR/$2" "${@:3}"
 }
 
 # The API server's address in DIR (ADDRESS in DIR/ports; older state dirs: loopback).

@@ -133,21 +133,7 @@ cmd_install() {
 
 # ---- up -----------------------------------------------------------------------
 
-# Starts BINARY as NAME in its own session, logging to NODE_DIR/NAME.log.
-node_start() { # NAME BINARY ARGS...
-  local name=$1 bin=$2 i
-  shift 2
-  rm -f "$NODE_DIR/$name.pid"
-  # shellcheck disable=SC2016 # $$ and $@ expand in the child shell.
-  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$NODE_DIR/$name.pid" "$bin" "$@" \
-    >>"$NODE_DIR/$name.log" 2>&1 </dev/null &
-  for i in $(seq 1 50); do
-    [[ -s $NODE_DIR/$name.pid ]] && return 0
-    sleep 0.1
-    : "$i"
-  done
-  die "$name did not start; see $NODE_DIR/$name.log"
-}
+node_start() { start_process "$NODE_DIR" "$@"; } # NAME BINARY ARGS...
 
 wait_for() { # WHAT SECONDS COMMAND...
   local what=$1 secs=$2 deadline

@@ -17,6 +17,8 @@
 #     before keeps working, new sessions need the new keys, no pod restarts
 #   - a deleted member's key is refused by the survivors (time measured and printed)
 #   - the operator pod killed: its Deployment brings it back, no identity changes
+#   - reinstalled from the plain manifests (kubectl apply -f deploy/): the identities carry
+#     over, and a StatefulSet pod that comes back gets the NodeID it had
 #
 # Prints "  ok   ..." / "  FAIL ..." per check (hack/test.sh counts them); exit 1 on any FAIL.
 # Needs: eval "$(hack/node.sh env)"; target/release/xlattice (the host plays the node).
@@ -49,9 +51,11 @@ eventually() { # SECS COMMAND...
 }
 now_ms() { date +%s%3N; }
 
+PLAIN_APPLIED=
 cleanup() {
   kubectl delete namespace "$NS" "$ROLL_NS" --wait=false >/dev/null 2>&1 || true
   helm uninstall xlattice -n "$OP_NS" >/dev/null 2>&1 || true
+  if [[ -n $PLAIN_APPLIED ]]; then kubectl delete -f deploy/xlattice-operator.yaml --wait=false >/dev/null 2>&1 || true; fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -331,11 +335,19 @@ fi
 
 # ---------------------------------------------------------------------------------------
 step "the operator pod killed: its Deployment brings it back, no identity changes"
+# The StatefulSet members' identities, which must outlive anything: store-0..2 (store-2's
+# pod is gone, its identity kept for memberGracePeriodSeconds) and db-0..1. Identities of
+# pods that are gone for good may be reaped meanwhile, by design: not compared.
 identities() {
-  kubectl get secrets -A -l xlattice.io/cluster -o 'jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}={.data.node-id}/{.data.sk\.pem}/{.data.ck\.pem}{"\n"}{end}' | sort | sha256sum
+  local ns pod ns_pod
+  for ns_pod in "$NS/store-0" "$NS/store-1" "$NS/store-2" "$ROLL_NS/db-0" "$ROLL_NS/db-1"; do
+    ns=${ns_pod%/*} pod=${ns_pod#*/}
+    printf '%s=%s\n' "$ns_pod" "$(kubectl -n "$ns" get secret "xlattice-id-$pod" -o 'jsonpath={.data}' 2>/dev/null)"
+  done
 }
 before=$(identities)
-n_ids=$(kubectl get secrets -A -l xlattice.io/cluster -o name | wc -l)
+n_ids=$(grep -c '={"ck.pem":' <<<"$before" || true)
+check "the 5 StatefulSet members' identities exist before the operator is killed" test "$n_ids" = 5
 kubectl -n "$OP_NS" delete pod "$op_pod" --grace-period=0 --force >/dev/null 2>&1
 new_op() { [[ $(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator --field-selector=status.phase=Running -o 'jsonpath={.items[?(@.status.containerStatuses[0].ready==true)].metadata.name}') =~ ^xlattice-operator- && $(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator -o name) != "pod/$op_pod" ]]; }
 t0=$SECONDS
@@ -345,7 +357,30 @@ else
   bad "no new operator pod"
 fi
 sleep 5
-check "all $n_ids identities unchanged (NodeIDs and keys) across the operator's death" test "$(identities)" = "$before"
+check "the $n_ids StatefulSet members' identities unchanged (NodeIDs and keys) across the operator's death" test "$(identities)" = "$before"
+
+# ---------------------------------------------------------------------------------------
+step "reinstalled with kubectl apply -f deploy/: clusters and identities carry over"
+helm uninstall xlattice -n "$OP_NS" --wait >/dev/null
+PLAIN_APPLIED=1
+t0=$SECONDS
+if kubectl apply -f deploy/xlattice-crds.yaml -f deploy/xlattice-operator.yaml >/dev/null &&
+  kubectl -n "$OP_NS" rollout status deployment/xlattice-operator --timeout=120s >/dev/null; then
+  ok "the plain manifests install the operator; Ready $((SECONDS - t0))s after kubectl apply"
+else
+  bad "kubectl apply -f deploy/ did not bring the operator up"
+fi
+# store-2's identity outlived its pod (memberGracePeriodSeconds 300): a StatefulSet pod
+# keeps its NodeID by name, through the operator's reinstall too.
+kubectl -n "$NS" scale statefulset store --replicas=3 >/dev/null
+if kubectl -n "$NS" rollout status statefulset/store --timeout=120s >/dev/null &&
+  sidecar_log "$NS" store-2 | grep -q "identity loaded node_id=$(cat "$TMP/store-2/node-id")"; then
+  ok "store-2 comes back injected by the reinstalled webhook, with the NodeID it had before"
+else
+  bad "store-2 did not come back with its NodeID"
+fi
+check "the StatefulSet members' identities unchanged after the reinstall and store-2's return" \
+  test "$(identities)" = "$before"
 
 printf '\n%s\n' "node tests: $failures failure(s)"
 [[ $failures -eq 0 ]]

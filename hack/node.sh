@@ -40,7 +40,7 @@ POD_CIDR=10.123.0.0/24
 NODE_IP=10.123.0.1
 SERVICE_CIDR=10.96.0.0/16
 PAUSE_IMAGE=xlattice.local/pause:1
-DEBIAN_PACKAGES=(containerd runc containernetworking-plugins ipset iptables conntrack)
+DEBIAN_PACKAGES=(containerd runc containernetworking-plugins ipset iptables conntrack iproute2 procps util-linux)
 CNI_BIN=/usr/lib/cni
 # Kernel settings the kubelet (setupKernelTunables), kube-proxy and this script change:
 # saved on `up`, restored on `down`.
@@ -402,15 +402,16 @@ unmount_all() {
 }
 
 # Removes every iptables rule and chain of kube-proxy, kube-router, the kubelet, the CNI
-# plugins and this script from every table, IPv4 and IPv6; then kube-router's ipsets.
+# plugins and this script from every table, IPv4 and IPv6, keeping every other rule and
+# its packet counters (-c); then kube-router's ipsets.
 clean_netfilter() {
   local save restore dump set
   for save in iptables-save ip6tables-save; do
     restore=${save/-save/-restore}
     command -v "$save" >/dev/null || continue
-    dump=$("$save" 2>/dev/null) || continue
+    dump=$("$save" -c 2>/dev/null) || continue
     grep -qE 'KUBE-|CNI-|XLATTICE-' <<<"$dump" || continue
-    grep -vE 'KUBE-|CNI-|XLATTICE-' <<<"$dump" | "$restore" || log "warning: $restore failed"
+    grep -vE 'KUBE-|CNI-|XLATTICE-' <<<"$dump" | "$restore" -c || log "warning: $restore failed"
   done
   if command -v ipset >/dev/null; then
     for set in $(ipset list -n 2>/dev/null | grep -iE 'kube' || true); do ipset destroy "$set" 2>/dev/null || true; done

@@ -53,7 +53,9 @@ now_ms() { date +%s%3N; }
 
 PLAIN_APPLIED=
 cleanup() {
-  kubectl delete namespace "$NS" "$ROLL_NS" --wait=false >/dev/null 2>&1 || true
+  # Namespaces first, while the operator runs: their clusters carry its finalizer, and a
+  # namespace whose cluster outlives the operator stays Terminating.
+  kubectl delete namespace "$NS" "$ROLL_NS" --timeout=60s >/dev/null 2>&1 || true
   helm uninstall xlattice -n "$OP_NS" >/dev/null 2>&1 || true
   if [[ -n $PLAIN_APPLIED ]]; then kubectl delete -f deploy/xlattice-operator.yaml --wait=false >/dev/null 2>&1 || true; fi
   rm -rf "$TMP"
@@ -78,6 +80,7 @@ save_identity() { # NS POD DIR
 probe() { # NS POD CONTAINER ADDR
   kubectl -n "$1" exec "$2" -c "$3" -- member_app probe "$4" 1500 2>/dev/null || true
 }
+# Read whole before any grep: `cmd | grep -q` fails under pipefail when grep exits first.
 sidecar_log() { kubectl -n "$1" logs "$2" -c xlattice-sidecar; }
 
 # ---------------------------------------------------------------------------------------
@@ -116,14 +119,14 @@ check "store-0 runs the sidecar as a native sidecar (init container, restartPoli
 step "identities through the projected Secret and directory shards"
 for i in 0 1 2; do
   want=$(secret_key "$NS" "store-$i" node-id)
-  if sidecar_log "$NS" "store-$i" | grep -q "identity loaded node_id=$want"; then
+  if grep -q "identity loaded node_id=$want" <<<"$(sidecar_log "$NS" "store-$i")"; then
     ok "store-$i's sidecar serves the NodeID of Secret xlattice-id-store-$i (${want:0:12}…)"
   else
     bad "store-$i's sidecar did not load NodeID $want"
   fi
 done
 check "the memory limit reaches the sidecar (Downward API): limit 96Mi -> buffer budget 48 MiB" \
-  bash -c "kubectl -n $NS logs store-0 -c xlattice-sidecar | grep -q 'buffer_budget_mib=48'"
+  grep -q 'buffer_budget_mib=48' <<<"$(sidecar_log "$NS" store-0)"
 kubectl apply -n "$NS" -f deploy/examples/client-job.yaml >/dev/null
 if kubectl -n "$NS" wait job/store-client --for=condition=Complete --timeout=120s >/dev/null; then
   out=$(kubectl -n "$NS" logs -l job-name=store-client --tail=-1)
@@ -374,7 +377,7 @@ fi
 # keeps its NodeID by name, through the operator's reinstall too.
 kubectl -n "$NS" scale statefulset store --replicas=3 >/dev/null
 if kubectl -n "$NS" rollout status statefulset/store --timeout=120s >/dev/null &&
-  sidecar_log "$NS" store-2 | grep -q "identity loaded node_id=$(cat "$TMP/store-2/node-id")"; then
+  grep -q "identity loaded node_id=$(cat "$TMP/store-2/node-id")" <<<"$(sidecar_log "$NS" store-2)"; then
   ok "store-2 comes back injected by the reinstalled webhook, with the NodeID it had before"
 else
   bad "store-2 did not come back with its NodeID"

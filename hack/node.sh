@@ -58,7 +58,7 @@ need_root() { [[ $(id -u) == 0 ]] || die "hack/node.sh $1 must run as root"; }
 install_packages() {
   local missing=() p
   for p in "${DEBIAN_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == 'install ok installed' ]] || missing+=("$p")
   done
   [[ ${#missing[@]} -eq 0 ]] && return 0
   log "apt-get install ${missing[*]}"
@@ -437,7 +437,7 @@ cmd_down() {
   restore_sysctls
   [[ -d $NODE_DIR/cp ]] && "$HACK_DIR/control-plane.sh" down "$NODE_DIR/cp" >/dev/null 2>&1
   rm -rf /var/log/pods /var/log/containers
-  if findmnt -rn -o TARGET | grep -q "^$NODE_DIR/"; then
+  if grep -q "^$NODE_DIR/" <<<"$(findmnt -rn -o TARGET)"; then
     die "mounts remain under $NODE_DIR; not removing it"
   fi
   rm -rf "$NODE_DIR"

@@ -115,6 +115,18 @@ check "the cluster reports Ready with 3 members" \
 check "store-0 runs the sidecar as a native sidecar (init container, restartPolicy Always)" \
   test "$(kubectl -n "$NS" get pod store-0 -o 'jsonpath={.spec.initContainers[0].name}/{.spec.initContainers[0].restartPolicy}')" = xlattice-sidecar/Always
 
+# The container runtime stamps each log line (ns): the app's first line must come after
+# the sidecar said it serves. The startup probe the webhook sets makes the kubelet wait.
+sidecar_lines=$(kubectl -n "$NS" logs store-0 -c xlattice-sidecar --timestamps)
+app_lines=$(kubectl -n "$NS" logs store-0 -c app --timestamps)
+ready_ts=$(awk '/sidecar ready/ {print $1; exit}' <<<"$sidecar_lines")
+app_ts=$(awk 'NR == 1 {print $1}' <<<"$app_lines")
+if [[ -n $ready_ts && -n $app_ts && $(date -d "$app_ts" +%s%N) -gt $(date -d "$ready_ts" +%s%N) ]]; then
+  ok "the app started after its sidecar was ready (sidecar ready $ready_ts, app's first line $app_ts)"
+else
+  bad "the app started before its sidecar was ready (sidecar '$ready_ts', app '$app_ts')"
+fi
+
 # ---------------------------------------------------------------------------------------
 step "identities through the projected Secret and directory shards"
 for i in 0 1 2; do
@@ -367,11 +379,12 @@ step "reinstalled with kubectl apply -f deploy/: clusters and identities carry o
 helm uninstall xlattice -n "$OP_NS" --wait >/dev/null
 PLAIN_APPLIED=1
 t0=$SECONDS
-if kubectl apply -f deploy/xlattice-crds.yaml -f deploy/xlattice-operator.yaml >/dev/null &&
+# (kubectl warns that helm's leftovers, the CRD and the namespace, lack its annotation.)
+if kubectl apply -f deploy/xlattice-crds.yaml -f deploy/xlattice-operator.yaml >/dev/null 2>"$TMP/apply.err" &&
   kubectl -n "$OP_NS" rollout status deployment/xlattice-operator --timeout=120s >/dev/null; then
   ok "the plain manifests install the operator; Ready $((SECONDS - t0))s after kubectl apply"
 else
-  bad "kubectl apply -f deploy/ did not bring the operator up"
+  bad "kubectl apply -f deploy/ did not bring the operator up: $(cat "$TMP/apply.err")"
 fi
 # store-2's identity outlived its pod (memberGracePeriodSeconds 300): a StatefulSet pod
 # keeps its NodeID by name, through the operator's reinstall too.

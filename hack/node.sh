@@ -330,10 +330,10 @@ node_ready() {
 }
 
 cmd_up() {
-  local t0=$SECONDS
+  local t0=$SECONDS b
   need_root up
   for b in kubelet kube-controller-manager kube-proxy kube-router pause.tar; do
-    [[ -e $BIN_DIR/$b ]] || cmd_install
+    [[ -e $BIN_DIR/$b ]] || { cmd_install; break; }
   done
   cmd_down >/dev/null 2>&1 || cmd_down
   mkdir -p "$NODE_DIR"

@@ -7,7 +7,7 @@
 #   5. kubectl apply deploy/examples/statefulset-cluster.yaml: three members start with the
 #      sidecar injected
 #   6. from pods on the pod network: a client session with each member, members talking
-#      on the private port, a non-member pod blocked there by the NetworkPolicy and served
+#      on the private port, a non-member pod rejected there by the NetworkPolicy and served
 #      on the client port; from the node (which the policy admits): a stranger's key
 #      refused by the sidecar itself
 # Options: --keep leaves it running (stop with: hack/demo.sh --down). Needs root.
@@ -81,7 +81,7 @@ for pair in "0 1" "1 2" "2 0"; do
   show kubectl -n "$NS" exec "store-$1" -c app -- member_app hello "store-$2" "hi from store-$1"
 done
 
-say "a pod that is not a member: the NetworkPolicy drops it on the cluster port, the client port is open"
+say "a pod that is not a member: the NetworkPolicy rejects it on the cluster port (kube-router answers with a reset), the client port is open"
 kubectl -n "$NS" run outsider --image=ghcr.io/xlattice/xlattice-member-app:0.1.0 \
   --overrides='{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":65532}}}' -- serve >/dev/null
 kubectl -n "$NS" wait pod/outsider --for=condition=Ready --timeout=60s >/dev/null
@@ -102,7 +102,7 @@ run "echo 'just a client' | xlattice connect store-1 --port client"
 echo "just a client" | "$BIN/xlattice" connect store-1 --directory /tmp/xlattice-demo-directory.yaml | sed 's/^/    /'
 printf '  store-1 sidecar metrics:\n'
 curl -fsS "http://$ip1:15090/metrics" | grep '^xlattice_sidecar_handshakes_total' | sed 's/^/    /'
-rm -rf /tmp/xlattice-demo-stranger /tmp/xlattice-demo-bad.yaml
+rm -rf /tmp/xlattice-demo-stranger /tmp/xlattice-demo-bad.yaml /tmp/xlattice-demo-directory.yaml
 
 say "done"
 if $KEEP; then

@@ -81,7 +81,7 @@ for pair in "0 1" "1 2" "2 0"; do
   show kubectl -n "$NS" exec "store-$1" -c app -- member_app hello "store-$2" "hi from store-$1"
 done
 
-say "a pod that is not a member: the NetworkPolicy rejects it on the cluster port (kube-router answers with a reset), the client port is open"
+say "a pod that is not a member: the NetworkPolicy rejects it on the cluster port (kube-router rejects the connection), the client port is open"
 kubectl -n "$NS" run outsider --image=ghcr.io/xlattice/xlattice-member-app:0.1.0 \
   --overrides='{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":65532}}}' -- serve >/dev/null
 kubectl -n "$NS" wait pod/outsider --for=condition=Ready --timeout=60s >/dev/null

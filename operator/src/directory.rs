@@ -11,7 +11,13 @@ use kube::{
 use tracing::info;
 use xlattice_protocol::MemberDirectory;
 
-use crate::{crd::XLatticeCluster, desired, error::Result, metrics::Metrics, names::*};
+use crate::{
+    crd::XLatticeCluster,
+    desired,
+    error::{deleted_or_gone, Result},
+    metrics::Metrics,
+    names::*,
+};
 
 #[derive(Debug, Default)]
 pub struct Published {
@@ -72,14 +78,12 @@ pub async fn publish(
         if published.config_maps.contains(stale) {
             continue;
         }
-        match api.delete(stale, &DeleteParams::default()).await {
-            Ok(_) => {
-                metrics.write("ConfigMap");
-                info!(configmap = %stale, namespace = %ns, "empty directory shard deleted");
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
+        let deleted = api.delete(stale, &DeleteParams::default()).await;
+        if deleted.is_ok() {
+            metrics.write("ConfigMap");
+            info!(configmap = %stale, namespace = %ns, "empty directory shard deleted");
         }
+        deleted_or_gone(deleted)?;
     }
     Ok(published)
 }

@@ -36,7 +36,7 @@ impl Error {
     /// A bounded label for the failures metric (never an object name).
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Self::Kube(e) if is_conflict(e) => "conflict",
             Self::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
             Self::Kube(_) => "kube",
             Self::Finalizer(inner) => match inner.as_ref() {
@@ -52,6 +52,24 @@ impl Error {
             Self::Tls(_) => "tls",
             Self::LostLease(_) => "lease",
         }
+    }
+}
+
+/// The API server answered 404: the object is gone (for a delete, what was wanted).
+pub fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(s) if s.code == 404)
+}
+
+/// The API server answered 409: the object changed since it was read (retried, not reported).
+pub fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(s) if s.code == 409)
+}
+
+/// A delete's outcome, where an object already gone counts as deleted.
+pub fn deleted_or_gone<T>(result: std::result::Result<T, kube::Error>) -> Result<()> {
+    match result {
+        Err(e) if !is_not_found(&e) => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

@@ -99,7 +99,7 @@ impl LeaseLock {
         };
         match result {
             Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) if crate::error::is_conflict(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

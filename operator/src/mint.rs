@@ -105,7 +105,7 @@ async fn mint_one(
     let secret = identity_secret(cluster, pod, &identity, rotation::stamp(tokens, Timestamp::now()));
     match api.create(&PostParams::default(), &secret).await {
         Ok(created) => Ok(Minted::Created(created)),
-        Err(kube::Error::Api(status)) if status.code == 409 => {
+        Err(e) if crate::error::is_conflict(&e) => {
             let theirs = api.get(&identity_secret_name(pod)).await?;
             Ok(Minted::Found(theirs))
         }

@@ -9,6 +9,30 @@ pub const IDENTITIES_MINTED: &str = "IdentitiesMinted";
 pub const NETWORK_POLICY_READY: &str = "NetworkPolicyReady";
 pub const DEGRADED: &str = "Degraded";
 
+/// Why a cluster cannot be served as asked: the condition's reason (a bounded set, so
+/// alerts can match on it) and a message naming the member or field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Degraded {
+    pub reason: DegradedReason,
+    pub message: String,
+}
+
+/// The `reason` of a Degraded=True condition. Listed from the most to the least urgent:
+/// when a reconcile finds several, the status reports the first (see `Degraded::worst`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DegradedReason {
+    /// The spec cannot be served as written (the message names the field).
+    InvalidSpec,
+    /// A member has no identity: minting failed.
+    MintingFailed,
+    /// Keys due for rotation were not rotated.
+    RotationFailed,
+    /// A directory shard would exceed the ConfigMap size limit; the last one written stays.
+    DirectoryTooLarge,
+    /// An identity Secret cannot be read: its member is left out of the directory.
+    CorruptIdentity,
+}
+
 /// What one reconcile found.
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
@@ -19,8 +43,8 @@ pub struct Facts {
     pub pods_without_sidecar: Vec<String>,
     /// The directory shard ConfigMaps that exist.
     pub directory: Vec<String>,
-    /// Why the cluster cannot be served as asked: (reason, message).
-    pub degraded: Option<(String, String)>,
+    /// Why the cluster cannot be served as asked.
+    pub degraded: Option<Degraded>,
     /// Set when this reconcile rotated keys; else the observed value is kept.
     pub last_rotation: Option<Time>,
 }
@@ -62,7 +86,7 @@ pub fn desired(observed: Option<&XLatticeClusterStatus>, facts: &Facts, now: Tim
             },
         ),
         match &facts.degraded {
-            Some((reason, message)) => cond(DEGRADED, true, (reason.as_str(), message.clone())),
+            Some(d) => cond(DEGRADED, true, (d.reason.as_str(), d.message.clone())),
             None => cond(DEGRADED, false, ("AsExpected", "no problem found".into())),
         },
     ];
@@ -91,11 +115,46 @@ pub fn desired(observed: Option<&XLatticeClusterStatus>, facts: &Facts, now: Tim
 
 fn not_ready(facts: &Facts) -> String {
     match &facts.degraded {
-        Some((_, message)) => message.clone(),
+        Some(d) => d.message.clone(),
         None if facts.minted < facts.members => {
             format!("minting identities: {} of {}", facts.minted, facts.members)
         }
         None => "NetworkPolicy not applied yet".into(),
+    }
+}
+
+// === impl Degraded ===
+
+impl Degraded {
+    pub fn new(reason: DegradedReason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The one to report when a reconcile found several: the most urgent, the first found
+    /// among equals.
+    pub fn worst(found: impl IntoIterator<Item = Degraded>) -> Option<Degraded> {
+        found.into_iter().reduce(|a, b| if b.reason < a.reason { b } else { a })
+    }
+}
+
+impl DegradedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => "InvalidSpec",
+            Self::MintingFailed => "MintingFailed",
+            Self::RotationFailed => "RotationFailed",
+            Self::DirectoryTooLarge => "DirectoryTooLarge",
+            Self::CorruptIdentity => "CorruptIdentity",
+        }
+    }
+}
+
+impl std::fmt::Display for Degraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason.as_str(), self.message)
     }
 }
 
@@ -137,7 +196,7 @@ mod tests {
         );
 
         let degraded = Facts {
-            degraded: Some(("InvalidSelector".into(), "bad".into())),
+            degraded: Some(Degraded::new(DegradedReason::InvalidSpec, "bad")),
             ..facts
         };
         let second = desired(Some(&first), &degraded, at(300));
@@ -158,5 +217,18 @@ mod tests {
         );
         assert_eq!(rotated.last_rotation, Some(at(400)));
         assert_eq!(desired(Some(&rotated), &degraded, at(500)), rotated);
+    }
+
+    #[test]
+    fn the_most_urgent_degraded_reason_wins() {
+        use DegradedReason::*;
+        let found = [
+            Degraded::new(CorruptIdentity, "a"),
+            Degraded::new(MintingFailed, "b"),
+            Degraded::new(RotationFailed, "c"),
+            Degraded::new(MintingFailed, "d"),
+        ];
+        assert_eq!(Degraded::worst(found), Some(Degraded::new(MintingFailed, "b")));
+        assert_eq!(Degraded::worst([]), None);
     }
 }

@@ -264,7 +264,7 @@ pub async fn ensure_secret(
             info!(secret = TLS_SECRET, namespace, sans = %sans_text(sans), ?plan, "renewed the webhook certificate");
             from_secret(&secret).ok_or_else(|| Error::Tls("renewed Secret lacks its keys".into()))
         }
-        Err(kube::Error::Api(s)) if s.code == 409 => {
+        Err(e) if crate::error::is_conflict(&e) => {
             let theirs = api.get(TLS_SECRET).await?;
             from_secret(&theirs).ok_or_else(|| Error::Tls(format!("{TLS_SECRET} lacks {CA_KEY}/{CERT_KEY}/{KEY_KEY}")))
         }

@@ -1,0 +1,303 @@
+//! The reconciler: one XLatticeCluster at a time, read everything, decide with the pure
+//! functions of `desired`, `membership` and `status`, write only what differs.
+//!
+//! `apply` is a list of phases, each in the module named for what it writes:
+//! `identities` (Secrets: mint, rotate, reap), `publication` (directory shards,
+//! NetworkPolicy, Services), `workloads` (pod templates). Each returns an `Outcome`;
+//! `Outcome::conclude` decides what the status says and whether to retry.
+
+mod context;
+mod identities;
+mod publication;
+mod workloads;
+
+use std::{sync::Arc, time::Duration, time::Instant};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{ConfigMap, Pod, Secret, Service},
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::{
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    core::Selector,
+    runtime::{
+        controller::Action,
+        events::EventType,
+        finalizer::{finalizer, Event as Finalizer},
+    },
+    Api, Resource, ResourceExt,
+};
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use context::key;
+pub use context::Context;
+
+use crate::{
+    crd::{XLatticeCluster, XLatticeClusterStatus},
+    error::{backoff, deleted_or_gone, is_not_found, Error, Result},
+    membership,
+    names::*,
+    rotation::Tokens,
+    status::{self, Degraded, DegradedReason, Facts},
+};
+
+/// How often a settled cluster is looked at again without any event.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What one reconcile read, kept current by the phases as they write.
+struct Observed<'a> {
+    cluster: &'a XLatticeCluster,
+    ns: String,
+    /// Pods the selector matches.
+    members: Vec<&'a Pod>,
+    /// The cluster's identity Secrets.
+    secrets: Vec<Secret>,
+    secrets_api: Api<Secret>,
+}
+
+/// What a phase leaves for the end of the reconcile.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Look again no later than this.
+    requeue: Option<Duration>,
+    /// What the status must report.
+    degraded: Option<Degraded>,
+    /// Retried with backoff, after the rest of the reconcile has written what it could.
+    error: Option<Error>,
+}
+
+/// Entry point for the controller: wraps apply/cleanup in the finalizer.
+pub async fn reconcile(cluster: Arc<XLatticeCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let ns = cluster
+        .namespace()
+        .ok_or_else(|| Error::InvalidSpec("XLatticeCluster is namespaced".into()))?;
+    let api: Api<XLatticeCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, cluster.clone(), |event| async {
+        match event {
+            Finalizer::Apply(cluster) => apply(&cluster, &ctx).await,
+            Finalizer::Cleanup(cluster) => cleanup(&cluster, &ctx).await,
+        }
+    })
+    .await;
+    let result = match result {
+        // Two cleanups raced (the deletion and a child's event); the first one finished.
+        Err(kube::runtime::finalizer::Error::RemoveFinalizer(e)) if is_not_found(&e) => Ok(Action::await_change()),
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    };
+    ctx.metrics.observe(started.elapsed());
+    if result.is_ok() {
+        ctx.failures.lock().expect("lock poisoned").remove(&key(&cluster));
+    }
+    result
+}
+
+/// Requeue with a per-cluster exponential backoff.
+pub fn error_policy(cluster: Arc<XLatticeCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(error.metric_label());
+    let mut failures = ctx.failures.lock().expect("lock poisoned");
+    let n = failures.entry(key(&cluster)).or_default();
+    let wait = backoff(*n);
+    *n = n.saturating_add(1);
+    warn!(cluster = %key(&cluster), %error, reason = error.metric_label(), retry_in = ?wait, "reconcile failed");
+    Action::requeue(wait)
+}
+
+async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
+    let mut facts = Facts {
+        generation: cluster.metadata.generation,
+        ..Default::default()
+    };
+    let (selector, sizes) = match usable_spec(cluster) {
+        Ok(usable) => usable,
+        Err(degraded) => {
+            // The user must change the spec: no point retrying before that.
+            facts.degraded = Some(degraded);
+            write_status(cluster, ctx, &facts).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let ns = cluster.namespace().unwrap_or_default();
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods = pods_api
+        .list(&ListParams::default().labels(&selector.to_string()))
+        .await?
+        .items;
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets = secrets_api
+        .list(&ListParams::default().labels(&owned_by(&cluster.name_any())))
+        .await?
+        .items;
+    let mut obs = Observed {
+        cluster,
+        ns,
+        members: membership::members(&selector, &pods),
+        secrets,
+        secrets_api,
+    };
+
+    let mut outcomes = vec![identities::mint(ctx, &mut obs, sizes).await];
+    let (rotated, rotated_at) = identities::rotate(ctx, &mut obs, sizes.1).await;
+    outcomes.push(rotated);
+    facts.last_rotation = rotated_at;
+    outcomes.push(identities::reap(ctx, &mut obs).await?);
+    outcomes.push(publication::directory(ctx, &obs, &mut facts).await?);
+    publication::network(ctx, &obs, &mut facts).await?;
+    facts.pods_without_sidecar = membership::without_sidecar(&obs.members);
+    outcomes.push(workloads::restart(ctx, &obs, &facts.pods_without_sidecar).await?);
+
+    let (degraded, error, requeue) = Outcome::conclude(outcomes);
+    facts.degraded = degraded;
+    write_status(cluster, ctx, &facts).await?;
+    match error {
+        Some(error) => Err(error),
+        None => Ok(Action::requeue(requeue)),
+    }
+}
+
+/// The selector and key sizes, or why the spec cannot be served.
+fn usable_spec(
+    cluster: &XLatticeCluster,
+) -> Result<(Selector, (xlattice_protocol::NodeIdBits, xlattice_protocol::RsaBits)), Degraded> {
+    let invalid = |message: String| Degraded::new(DegradedReason::InvalidSpec, message);
+    let selector =
+        Selector::try_from(cluster.spec.selector.clone()).map_err(|e| invalid(format!("spec.selector: {e}")))?;
+    let sizes = cluster.spec.key_sizes().map_err(invalid)?;
+    Ok((selector, sizes))
+}
+
+// === impl Observed ===
+
+impl Observed<'_> {
+    fn is_member(&self, pod: &str) -> bool {
+        self.members.iter().any(|p| p.name_any() == pod)
+    }
+
+    /// The rotation tokens that apply to member `pod` now.
+    fn tokens(&self, pod: &str) -> Tokens {
+        let token =
+            |annotations: &std::collections::BTreeMap<String, String>| annotations.get(ROTATE_ANNOTATION).cloned();
+        Tokens {
+            cluster: token(self.cluster.annotations()),
+            pod: self
+                .members
+                .iter()
+                .find(|p| p.name_any() == pod)
+                .and_then(|p| token(p.annotations())),
+        }
+    }
+}
+
+// === impl Outcome ===
+
+impl Outcome {
+    fn requeue_within(&mut self, wait: Duration) {
+        self.requeue = Some(self.requeue.map_or(wait, |r| r.min(wait)));
+    }
+
+    fn degraded(&mut self, degraded: Degraded) {
+        self.degraded = Degraded::worst(self.degraded.take().into_iter().chain([degraded]));
+    }
+
+    /// A failure that degrades the cluster and is retried (the first one is kept).
+    fn fail(&mut self, degraded: Degraded, error: Error) {
+        self.degraded(degraded);
+        self.error.get_or_insert(error);
+    }
+
+    /// The precedence rule, in one place: the status reports the most urgent Degraded reason
+    /// of all phases; the reconcile retries with the first error in phase order; otherwise
+    /// it looks again at the earliest time a phase asked for (or after `RESYNC`).
+    fn conclude(outcomes: Vec<Outcome>) -> (Option<Degraded>, Option<Error>, Duration) {
+        let mut requeue = RESYNC;
+        let mut degraded = Vec::new();
+        let mut error = None;
+        for outcome in outcomes {
+            requeue = requeue.min(outcome.requeue.unwrap_or(RESYNC));
+            degraded.extend(outcome.degraded);
+            if error.is_none() {
+                error = outcome.error;
+            }
+        }
+        (Degraded::worst(degraded), error, requeue)
+    }
+}
+
+async fn write_status(cluster: &XLatticeCluster, ctx: &Context, facts: &Facts) -> Result<()> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let desired = status::desired(cluster.status.as_ref(), facts, now);
+    if cluster.status.as_ref() == Some(&desired) {
+        return Ok(());
+    }
+    let was_degraded = degraded_reason(cluster.status.as_ref());
+    let api: Api<XLatticeCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": XLatticeCluster::api_version(&()),
+        "kind": XLatticeCluster::kind(&()),
+        "status": desired,
+    });
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.write("XLatticeClusterStatus");
+    if let Some(degraded) = &facts.degraded {
+        if was_degraded.as_deref() != Some(degraded.reason.as_str()) {
+            ctx.event(cluster, EventType::Warning, "Degraded", degraded.to_string())
+                .await;
+        }
+    }
+    Ok(())
+}
+
+fn degraded_reason(status: Option<&XLatticeClusterStatus>) -> Option<String> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::DEGRADED && c.status == "True")
+        .map(|c| c.reason.clone())
+}
+
+/// The bare API server has no garbage collector: owner references alone would leave the
+/// Secrets behind, so everything the cluster owns is deleted explicitly.
+async fn cleanup(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
+    let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
+    let client = &ctx.client;
+    let owned = ListParams::default().labels(&owned_by(&name));
+    delete_owned(&Api::<Secret>::namespaced(client.clone(), &ns), &owned, ctx).await?;
+    delete_owned(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &owned, ctx).await?;
+    delete_owned(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), &owned, ctx).await?;
+    delete_owned(&Api::<Service>::namespaced(client.clone(), &ns), &owned, ctx).await?;
+    ctx.orphans.lock().expect("lock poisoned").remove(&key(cluster));
+    info!(cluster = %key(cluster), "cleaned up");
+    ctx.event(
+        cluster,
+        EventType::Normal,
+        "CleanedUp",
+        "deleted identities, directory, NetworkPolicy and Services".into(),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Deletes what carries our labels, so a same-named object of someone else's survives.
+async fn delete_owned<K>(api: &Api<K>, owned: &ListParams, ctx: &Context) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    for object in api.list(owned).await?.items {
+        let deleted = api.delete(&object.name_any(), &DeleteParams::default()).await;
+        if deleted.is_ok() {
+            ctx.metrics.write(&K::kind(&()));
+        }
+        deleted_or_gone(deleted)?;
+    }
+    Ok(())
+}

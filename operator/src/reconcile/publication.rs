@@ -1,0 +1,91 @@
+//! The phases that publish a cluster: the member directory (from the identity Secrets of
+//! current members), the NetworkPolicy and the Services.
+
+use kube::{
+    api::{Patch, PatchParams},
+    Api, Resource, ResourceExt,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use tracing::info;
+
+use super::{Context, Observed, Outcome};
+use crate::{
+    desired, directory,
+    error::Result,
+    names::FIELD_MANAGER,
+    status::{Degraded, DegradedReason, Facts},
+};
+
+/// Publishes the directory of current members that have a readable identity; records in
+/// `facts` what exists.
+pub(super) async fn directory(ctx: &Context, obs: &Observed<'_>, facts: &mut Facts) -> Result<Outcome> {
+    let cluster = obs.cluster;
+    let mut outcome = Outcome::default();
+    let mut records = Vec::new();
+    for secret in &obs.secrets {
+        let Some(member) = desired::secret_member(secret) else {
+            continue;
+        };
+        if obs.is_member(member) {
+            match ctx.record(secret, member) {
+                Ok(record) => records.push(record),
+                Err(error) => outcome.degraded(Degraded::new(DegradedReason::CorruptIdentity, error.to_string())),
+            }
+        }
+    }
+    facts.members = obs.members.len();
+    facts.minted = records.len().min(obs.members.len());
+    let dir = desired::directory(cluster, records, &obs.members);
+    let published = directory::publish(&ctx.client, &ctx.metrics, cluster, &dir).await?;
+    if let Some(message) = published.too_large {
+        // Retrying would not help: the status says so (and an Event, when it becomes the
+        // reason the cluster is degraded).
+        outcome.degraded(Degraded::new(DegradedReason::DirectoryTooLarge, message));
+    }
+    facts.directory = published.config_maps;
+    Ok(outcome)
+}
+
+/// Applies the NetworkPolicy and the two Services where they differ from the spec.
+pub(super) async fn network(ctx: &Context, obs: &Observed<'_>, facts: &mut Facts) -> Result<()> {
+    let cluster = obs.cluster;
+    ensure(
+        ctx,
+        &obs.ns,
+        &desired::network_policy(cluster),
+        desired::network_policy_matches,
+    )
+    .await?;
+    facts.network_policy_ready = true;
+    for service in desired::services(cluster) {
+        ensure(ctx, &obs.ns, &service, desired::service_matches).await?;
+    }
+    Ok(())
+}
+
+/// Server-side applies `desired` when the observed object differs in what we set.
+async fn ensure<K>(ctx: &Context, ns: &str, desired: &K, matches: fn(&K, &K) -> bool) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let name = desired.name_any();
+    if let Some(observed) = api.get_opt(&name).await? {
+        if matches(desired, &observed) {
+            return Ok(());
+        }
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(desired),
+    )
+    .await?;
+    ctx.metrics.write(&K::kind(&()));
+    info!(kind = %K::kind(&()), %name, namespace = ns, "applied");
+    Ok(())
+}

@@ -8,6 +8,7 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use kube::{
+    api::DynamicObject,
     core::{Selector, SelectorExt},
     runtime::{controller::Controller, reflector::ObjectRef, reflector::Store, watcher},
     Api, ResourceExt,
@@ -15,24 +16,26 @@ use kube::{
 use tracing::{debug, warn};
 
 use crate::{
-    crd::XLatticeCluster,
+    crd,
     names::{INJECTED_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL},
     reconcile::{error_policy, reconcile, Context},
 };
 
 /// Clusters a pod event concerns: those whose selector matches the pod, and the one that
 /// injected it (its labels may have changed so that it no longer matches: it must leave).
-pub fn clusters_for_pod(pod: &Pod, clusters: &[Arc<XLatticeCluster>]) -> Vec<ObjectRef<XLatticeCluster>> {
+pub fn clusters_for_pod(pod: &Pod, clusters: &[Arc<DynamicObject>]) -> Vec<ObjectRef<DynamicObject>> {
     let ns = pod.namespace();
     let injected = pod.annotations().get(INJECTED_ANNOTATION);
+    let selects = |c: &DynamicObject| {
+        crd::decode_selector(c)
+            .and_then(|s| Selector::try_from(s).ok())
+            .is_some_and(|s| s.matches(pod.labels()))
+    };
     clusters
         .iter()
         .filter(|c| c.namespace() == ns)
-        .filter(|c| {
-            injected == Some(&c.name_any())
-                || Selector::try_from(c.spec.selector.clone()).is_ok_and(|s| s.matches(pod.labels()))
-        })
-        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .filter(|c| injected == Some(&c.name_any()) || selects(c))
+        .map(|c| ObjectRef::from_obj_with(c.as_ref(), crd::api_resource()))
         .collect()
 }
 
@@ -40,8 +43,11 @@ pub fn clusters_for_pod(pod: &Pod, clusters: &[Arc<XLatticeCluster>]) -> Vec<Obj
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let controller = Controller::new(Api::<XLatticeCluster>::all(client.clone()), watcher::Config::default());
-    let store: Store<XLatticeCluster> = controller.store();
+    // Untyped, so that one cluster the types cannot hold fails only its own reconcile, not
+    // the list every cluster comes from.
+    let clusters = Api::<DynamicObject>::all_with(client.clone(), &crd::api_resource());
+    let controller = Controller::new_with(clusters, watcher::Config::default(), crd::api_resource());
+    let store: Store<DynamicObject> = controller.store();
     controller
         .owns(Api::<Secret>::all(client.clone()), owned.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
@@ -70,10 +76,13 @@ mod tests {
 
     #[test]
     fn pods_map_to_matching_and_injecting_clusters() {
-        let c = Arc::new(cluster(serde_json::json!({})));
+        let untyped = |c| Arc::new(serde_json::from_value::<DynamicObject>(serde_json::to_value(c).unwrap()).unwrap());
+        let c = untyped(cluster(serde_json::json!({})));
         let mut other = cluster(serde_json::json!({"selector": {"matchLabels": {"app": "web"}}}));
         other.metadata.name = Some("web".into());
-        let clusters = vec![c, Arc::new(other)];
+        let mut broken = untyped(other.clone());
+        Arc::make_mut(&mut broken).data["spec"]["service"] = serde_json::json!({"type": "Headless"});
+        let clusters = vec![c, untyped(other), broken];
         let refs = clusters_for_pod(&pod("a", None), &clusters);
         assert_eq!(refs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["store"]);
 
@@ -81,6 +90,8 @@ mod tests {
         relabelled.metadata.labels = None;
         assert!(clusters_for_pod(&relabelled, &clusters).is_empty());
         relabelled.metadata.annotations = Some([(INJECTED_ANNOTATION.to_string(), "web".to_string())].into());
-        assert_eq!(clusters_for_pod(&relabelled, &clusters)[0].name, "web");
+        let refs = clusters_for_pod(&relabelled, &clusters);
+        assert_eq!(refs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["web", "web"]);
+        assert_eq!(refs[0].dyntype.kind, "XLatticeCluster");
     }
 }

@@ -6,7 +6,10 @@
 
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::{CustomResource, KubeSchema};
+use kube::{
+    api::{ApiResource, DynamicObject},
+    CustomResource, KubeSchema,
+};
 use serde::{Deserialize, Serialize};
 use xlattice_protocol::{NodeIdBits, RsaBits};
 
@@ -39,18 +42,37 @@ pub const UPSTREAM_PORT_OFFSET: u16 = 10_000;
 #[x_kube(
     validation = Rule::new("self.clusterPort != self.clientPort")
         .message("spec.clusterPort and spec.clientPort must differ"),
-    validation = Rule::new("!has(self.upstream) || !has(self.upstream.clusterPort) || (self.upstream.clusterPort != self.clusterPort && self.upstream.clusterPort != self.clientPort)")
-        .message("spec.upstream.clusterPort must differ from spec.clusterPort and spec.clientPort"),
-    validation = Rule::new("!has(self.upstream) || !has(self.upstream.clientPort) || (self.upstream.clientPort != self.clusterPort && self.upstream.clientPort != self.clientPort)")
-        .message("spec.upstream.clientPort must differ from spec.clusterPort and spec.clientPort"),
+    validation = Rule::new("!(self.clusterPort in [15001, 15090])").field_path(".clusterPort")
+        .message("spec.clusterPort must not be 15001 or 15090: the sidecar listens there (outbound CONNECT, metrics and probes)"),
+    validation = Rule::new("!(self.clientPort in [15001, 15090])").field_path(".clientPort")
+        .message("spec.clientPort must not be 15001 or 15090: the sidecar listens there (outbound CONNECT, metrics and probes)"),
     validation = Rule::new("(has(self.upstream) && has(self.upstream.clusterPort)) || self.clusterPort <= 55535")
         .message("spec.upstream.clusterPort must be set when spec.clusterPort > 55535 (the default is clusterPort + 10000)"),
     validation = Rule::new("(has(self.upstream) && has(self.upstream.clientPort)) || self.clientPort <= 55535")
         .message("spec.upstream.clientPort must be set when spec.clientPort > 55535 (the default is clientPort + 10000)"),
+    validation = Rule::new("!((has(self.upstream) && has(self.upstream.clusterPort) ? self.upstream.clusterPort : self.clusterPort + 10000) in [self.clusterPort, self.clientPort, 15001, 15090])")
+        .message("spec.upstream.clusterPort (default clusterPort + 10000) must differ from spec.clusterPort, spec.clientPort and the sidecar's ports 15001 and 15090"),
+    validation = Rule::new("!((has(self.upstream) && has(self.upstream.clientPort) ? self.upstream.clientPort : self.clientPort + 10000) in [self.clusterPort, self.clientPort, 15001, 15090])")
+        .message("spec.upstream.clientPort (default clientPort + 10000) must differ from spec.clusterPort, spec.clientPort and the sidecar's ports 15001 and 15090"),
+    validation = Rule::new("(has(self.upstream) && has(self.upstream.clusterPort) ? self.upstream.clusterPort : self.clusterPort + 10000) != (has(self.upstream) && has(self.upstream.clientPort) ? self.upstream.clientPort : self.clientPort + 10000)")
+        .message("spec.upstream.clusterPort and spec.upstream.clientPort (defaults: clusterPort + 10000, clientPort + 10000) must differ: they are the application's two loopback listeners"),
+    validation = Rule::new("(has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)")
+        .field_path(".selector")
+        .message("spec.selector must select something: an empty selector would make every pod of the namespace a member and cut all of them off with the cluster's NetworkPolicy"),
+    validation = Rule::new("!has(self.selector.matchExpressions) || size(self.selector.matchExpressions) == 0")
+        .field_path(".selector.matchExpressions")
+        .message("spec.selector.matchExpressions is not supported yet: the cluster's Services select pods by labels only, so use spec.selector.matchLabels"),
+    validation = Rule::new("!has(self.selector.matchLabels) || self.selector.matchLabels.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && self.selector.matchLabels[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'))")
+        .field_path(".selector.matchLabels")
+        .message("spec.selector.matchLabels: each key must be a label name ([prefix/]name, name at most 63 characters of [A-Za-z0-9._-]) and each value at most 63 characters of [A-Za-z0-9._-], starting and ending alphanumeric"),
+    validation = Rule::new("!has(self.clientAccess) || self.clientAccess.all(p, !has(p.ipBlock) || (isCIDR(p.ipBlock.cidr) && (!has(p.ipBlock.except) || p.ipBlock.except.all(e, isCIDR(e)))))")
+        .field_path(".clientAccess")
+        .message("spec.clientAccess: every ipBlock.cidr and ipBlock.except entry must be a CIDR such as 10.0.0.0/8 or fd00::/8"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct XLatticeClusterSpec {
     /// Member pods: every pod of this namespace the selector matches gets an identity.
+    #[schemars(schema_with = "bounded_selector")]
     pub selector: LabelSelector,
 
     /// Private port, the same on every member, reachable only from other members.
@@ -77,13 +99,14 @@ pub struct XLatticeClusterSpec {
 
     /// Who may reach the client port. Empty: anyone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "bounded_peers")]
     pub client_access: Vec<NetworkPolicyPeer>,
 
     /// Further ports of the member pods that stay open to anyone. Every other port is cut
     /// off by the cluster's NetworkPolicy (a policy that selects a pod denies all ingress
     /// it does not allow).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(range(min = 1, max = 65535)))]
+    #[schemars(inner(range(min = 1, max = 65535)), length(max = 64))]
     pub extra_ingress_ports: Vec<i32>,
 
     /// The Service that publishes the client port.
@@ -135,10 +158,17 @@ pub enum ServiceType {
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(
+    validation = Rule::new("self.period.matches('^[-+]?(0|(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$') && duration(self.period) <= duration('876000h') && duration(self.period) >= duration('-876000h')")
+        .field_path(".period")
+        .message("spec.rotation.period must be a Go duration such as 720h or 1h30m, at most 876000h (100 years); a negative one disables periodic rotation"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationSettings {
     /// Go duration ("720h", "30m"); at least 1s is honoured, a negative one disables.
-    pub period: kube::core::Duration,
+    /// Kept as written: the operator parses it (`rotation::parse_period`) with bounds.
+    #[schemars(length(max = 64))]
+    pub period: String,
 }
 
 /// Observed state, written by the operator through server-side apply.
@@ -165,6 +195,83 @@ pub struct XLatticeClusterStatus {
     /// When keys of a member were last rotated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+/// Why a stored XLatticeCluster cannot be read as this version of the operator knows it
+/// (written before a schema change, or past a schema that allows what the types do not).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Undecodable {
+    /// The JSON path of the offending field, e.g. `spec.rotation.period`.
+    pub field: String,
+    pub reason: String,
+}
+
+/// The resource as the untyped API sees it: the controller and the webhook list and watch
+/// clusters untyped, so that one object the types cannot hold fails only itself.
+pub fn api_resource() -> ApiResource {
+    ApiResource::erase::<XLatticeCluster>(&())
+}
+
+/// One cluster, typed, or the field that stops it.
+pub fn decode(object: &DynamicObject) -> Result<XLatticeCluster, Undecodable> {
+    let value = serde_json::to_value(object).map_err(|e| Undecodable {
+        field: ".".into(),
+        reason: e.to_string(),
+    })?;
+    serde_path_to_error::deserialize(value).map_err(|e| Undecodable {
+        field: e.path().to_string(),
+        reason: e.inner().to_string(),
+    })
+}
+
+/// The selector alone, when the rest of a cluster cannot be decoded: enough to know which
+/// pods it claims.
+pub fn decode_selector(object: &DynamicObject) -> Option<LabelSelector> {
+    serde_json::from_value(object.data.get("spec")?.get("selector")?.clone()).ok()
+}
+
+/// The status as stored, if it can be read (a status this version cannot read is replaced).
+pub fn decode_status(object: &DynamicObject) -> Option<XLatticeClusterStatus> {
+    serde_json::from_value(object.data.get("status")?.clone()).ok()
+}
+
+/// Label names and values as the API server defines them (a label value may be empty).
+pub const LABEL_VALUE_PATTERN: &str = "^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$";
+
+/// The member selector, with the bounds the API server's CEL cost estimate needs and the
+/// label value syntax as a schema pattern (label names are checked by the operator).
+fn bounded_selector(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<LabelSelector>();
+    if let Some(labels) = schema.pointer_mut("/properties/matchLabels") {
+        labels["maxProperties"] = 32.into();
+        labels["additionalProperties"]["maxLength"] = 63.into();
+        labels["additionalProperties"]["pattern"] = LABEL_VALUE_PATTERN.into();
+    }
+    if let Some(expressions) = schema.pointer_mut("/properties/matchExpressions") {
+        expressions["maxItems"] = 32.into();
+    }
+    schema
+}
+
+/// `clientAccess` peers, bounded so that the CIDR rule's cost can be estimated: an IPv6
+/// CIDR is at most 43 characters.
+fn bounded_peers(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<NetworkPolicyPeer>>();
+    schema.insert("maxItems".into(), 64.into());
+    if let Some(block) = schema.pointer_mut("/items/properties/ipBlock/properties") {
+        block["cidr"]["maxLength"] = 64.into();
+        block["except"]["maxItems"] = 64.into();
+        block["except"]["items"]["maxLength"] = 64.into();
+    }
+    for selector in ["podSelector", "namespaceSelector"] {
+        if let Some(labels) = schema.pointer_mut(&format!("/items/properties/{selector}/properties/matchLabels")) {
+            labels["maxProperties"] = 32.into();
+            labels["additionalProperties"]["maxLength"] = 63.into();
+            labels["additionalProperties"]["pattern"] = LABEL_VALUE_PATTERN.into();
+        }
+    }
+    schema
 }
 
 fn default_node_id_bits() -> u16 {
@@ -223,6 +330,35 @@ mod tests {
         ] {
             assert!(crd.contains(needle), "CRD lacks {needle}");
         }
+    }
+
+    #[test]
+    fn an_undecodable_cluster_names_its_field() {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "xlattice.io/v1alpha1", "kind": "XLatticeCluster",
+            "metadata": {"name": "bad", "namespace": "ns"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "x"}},
+                "clusterPort": 7000, "clientPort": 8000,
+                "service": {"type": "Headless"},
+            },
+            "status": {"members": "many"},
+        }))
+        .unwrap();
+        let error = decode(&object).unwrap_err();
+        assert_eq!(error.field, "spec.service.type", "{error}");
+        let selector = decode_selector(&object).unwrap();
+        assert_eq!(selector.match_labels.unwrap()["app"], "x");
+        assert_eq!(decode_status(&object), None, "an unreadable status is not an error");
+
+        let mut good = object.clone();
+        good.data["spec"]["service"]["type"] = "NodePort".into();
+        good.data["status"] = serde_json::json!({"members": 2});
+        let cluster = decode(&good).unwrap();
+        assert_eq!(
+            (cluster.metadata.name.as_deref(), cluster.status.unwrap().members),
+            (Some("bad"), 2)
+        );
     }
 
     #[test]

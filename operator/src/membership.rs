@@ -5,11 +5,73 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::{
+    api::core::v1::{Pod, Secret},
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
 use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
 
 use crate::{desired::secret_member, names::SIDECAR_NAME};
+
+/// Whether `selector` can be served, with the reason naming the field. The CRD's rules
+/// refuse the same at admission (`crd.rs`); this catches objects stored before those rules.
+pub fn check_selector(selector: &LabelSelector) -> Result<(), String> {
+    let labels = selector.match_labels.clone().unwrap_or_default();
+    let expressions = selector.match_expressions.as_deref().unwrap_or_default();
+    if !expressions.is_empty() {
+        return Err("spec.selector.matchExpressions is not supported yet: the cluster's Services select pods by labels only, so use spec.selector.matchLabels".into());
+    }
+    if labels.is_empty() {
+        return Err(
+            "spec.selector must select something: an empty selector would make every pod of the namespace a member"
+                .into(),
+        );
+    }
+    for (key, value) in &labels {
+        if !is_label_key(key) {
+            return Err(format!(
+                "spec.selector.matchLabels: {key:?} is not a label name ([prefix/]name)"
+            ));
+        }
+        if !is_label_value(value) {
+            return Err(format!("spec.selector.matchLabels[{key:?}]: {value:?} is not a label value (at most 63 characters of [A-Za-z0-9._-], alphanumeric at both ends)"));
+        }
+    }
+    Ok(())
+}
+
+/// `[A-Za-z0-9._-]{0,63}`, alphanumeric at both ends (or empty).
+fn is_label_value(value: &str) -> bool {
+    value.is_empty() || is_label_name(value)
+}
+
+/// `[prefix/]name`: prefix a DNS subdomain, name a non-empty label value.
+fn is_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let dns_label = |l: &str| {
+        let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        ends(l.chars().next())
+            && ends(l.chars().last())
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(dns_label));
+    prefix_ok && is_label_name(name)
+}
+
+fn is_label_name(name: &str) -> bool {
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    name.len() <= 63
+        && alnum(name.chars().next())
+        && alnum(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
 
 /// Pods the selector matches, minus finished ones (a completed Job pod no longer serves).
 pub fn members<'a>(selector: &Selector, pods: &'a [Pod]) -> Vec<&'a Pod> {
@@ -103,6 +165,22 @@ mod tests {
     use super::*;
     use crate::desired::{identity_secret, tests::*};
     use xlattice_protocol::{Identity, NodeIdBits, RsaBits};
+
+    /// The same table the e2e test sends to the API server: the CRD's rules and this check
+    /// refuse the same selectors.
+    #[test]
+    fn selectors_are_checked_as_the_crd_checks_them() {
+        let cases: Vec<serde_json::Value> =
+            serde_json::from_str(include_str!("../tests/fixtures/selectors.json")).unwrap();
+        for case in cases {
+            let selector: LabelSelector = serde_json::from_value(case["selector"].clone()).unwrap();
+            match (check_selector(&selector), case["refused"].as_str()) {
+                (Ok(()), None) => {}
+                (Err(e), Some(needle)) => assert!(e.starts_with(needle), "{selector:?}: {e} lacks {needle}"),
+                (got, want) => panic!("{selector:?}: got {got:?}, want refusal {want:?}"),
+            }
+        }
+    }
 
     fn secret_for(name: &str, uid: &str) -> Secret {
         let c = cluster(serde_json::json!({}));

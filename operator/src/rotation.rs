@@ -106,10 +106,63 @@ pub fn due(secret: &Secret, tokens: &Tokens, period: Option<Duration>, now: Time
     }
 }
 
+/// The longest period honoured; the schema refuses longer ones, and an object written
+/// before that rule is refused here instead of overflowing.
+pub const MAX_PERIOD: Duration = Duration::from_secs(876_000 * 3600);
+
 /// `spec.rotation.period` as a std Duration; negative or absent: no periodic rotation.
-pub fn period(spec: &crate::crd::XLatticeClusterSpec) -> Option<Duration> {
-    let p = spec.rotation.as_ref()?.period;
-    (!p.is_negative()).then(|| p.into())
+/// An unusable value is an error naming the field (the reconcile reports it on status).
+pub fn period(spec: &crate::crd::XLatticeClusterSpec) -> Result<Option<Duration>, String> {
+    let Some(rotation) = &spec.rotation else {
+        return Ok(None);
+    };
+    parse_period(&rotation.period).map_err(|e| format!("spec.rotation.period: {:?} {e}", rotation.period))
+}
+
+/// A Go duration ("1h30m", "-1s", "0", "1.5h"), bounded by `MAX_PERIOD`; `None` when
+/// negative. Written here rather than borrowed so that no value can overflow or panic.
+pub fn parse_period(text: &str) -> Result<Option<Duration>, String> {
+    let negative = text.starts_with('-');
+    let mut rest = text.strip_prefix(['-', '+']).unwrap_or(text);
+    if rest == "0" {
+        // As in Go, "-0" is zero, not negative.
+        return Ok(Some(Duration::ZERO));
+    }
+    if rest.is_empty() {
+        return Err("is not a Go duration such as 720h or 1h30m".into());
+    }
+    let mut seconds = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(number_end);
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "\u{00b5}s" | "\u{03bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err("is not a Go duration such as 720h or 1h30m (units: ns, us, ms, s, m, h)".into()),
+        };
+        let value: f64 = match number {
+            "" | "." => return Err("is not a Go duration such as 720h or 1h30m".into()),
+            n => n
+                .parse()
+                .map_err(|_| "is not a Go duration such as 720h or 1h30m".to_string())?,
+        };
+        seconds += value * scale;
+        if seconds > MAX_PERIOD.as_secs_f64() {
+            return Err("is longer than 876000h (100 years)".into());
+        }
+        rest = tail;
+    }
+    Ok((!negative).then(|| Duration::from_secs_f64(seconds)))
 }
 
 #[cfg(test)]
@@ -220,10 +273,40 @@ mod tests {
     #[test]
     fn period_comes_from_the_spec() {
         let c = crate::desired::tests::cluster(serde_json::json!({"rotation": {"period": "720h"}}));
-        assert_eq!(period(&c.spec), Some(Duration::from_secs(720 * 3600)));
+        assert_eq!(period(&c.spec), Ok(Some(Duration::from_secs(720 * 3600))));
         let c = crate::desired::tests::cluster(serde_json::json!({"rotation": {"period": "-1s"}}));
-        assert_eq!(period(&c.spec), None);
+        assert_eq!(period(&c.spec), Ok(None));
         let c = crate::desired::tests::cluster(serde_json::json!({}));
-        assert_eq!(period(&c.spec), None);
+        assert_eq!(period(&c.spec), Ok(None));
+        let c = crate::desired::tests::cluster(serde_json::json!({"rotation": {"period": "banana"}}));
+        let error = period(&c.spec).unwrap_err();
+        assert!(error.starts_with("spec.rotation.period: \"banana\""), "{error}");
+    }
+
+    #[test]
+    fn periods_parse_as_go_does_and_never_overflow() {
+        let ok =
+            |text: &str, secs: f64| assert_eq!(parse_period(text), Ok(Some(Duration::from_secs_f64(secs))), "{text}");
+        ok("0", 0.0);
+        ok("30m", 1800.0);
+        ok("1h30m", 5400.0);
+        ok("1.5h", 5400.0);
+        ok(".5s", 0.5);
+        ok("+2s", 2.0);
+        ok("1h1m1s1ms1us1ns", 3661.001001001);
+        ok("2\u{00b5}s", 2e-6);
+        ok("876000h", 876_000.0 * 3600.0);
+        assert_eq!(parse_period("-720h"), Ok(None));
+        assert_eq!(parse_period("-0"), Ok(Some(Duration::ZERO)));
+        for bad in ["", "-", "banana", "10", "h", "1d", "1.2.3s", ".s", "1h 2m", "5 m"] {
+            assert!(parse_period(bad).is_err(), "{bad:?} must be refused");
+        }
+        for huge in ["876001h", "99999999999999999999999h", "1e300h", &"9".repeat(400)] {
+            assert!(
+                parse_period(&format!("{huge}h")).is_err() || parse_period(huge).is_err(),
+                "{huge}"
+            );
+        }
+        assert!(parse_period(&format!("{}h", "9".repeat(400))).is_err());
     }
 }

@@ -49,6 +49,28 @@ pub struct Facts {
     pub last_rotation: Option<Time>,
 }
 
+// === impl Facts ===
+
+impl Facts {
+    /// What a stored status says was found, for a reconcile that could not look itself.
+    pub fn observed(status: Option<&XLatticeClusterStatus>) -> Self {
+        let Some(status) = status else {
+            return Self::default();
+        };
+        let ready = |type_: &str| status.conditions.iter().any(|c| c.type_ == type_ && c.status == "True");
+        Self {
+            generation: status.observed_generation,
+            members: status.members.max(0) as usize,
+            minted: status.minted.max(0) as usize,
+            network_policy_ready: ready(NETWORK_POLICY_READY),
+            pods_without_sidecar: status.pods_without_sidecar.clone(),
+            directory: status.directory_config_maps.clone(),
+            degraded: None,
+            last_rotation: None,
+        }
+    }
+}
+
 /// The status to report. Conditions keep their lastTransitionTime while their status holds,
 /// so an unchanged cluster yields a status equal to the observed one: no write.
 pub fn desired(observed: Option<&XLatticeClusterStatus>, facts: &Facts, now: Time) -> XLatticeClusterStatus {

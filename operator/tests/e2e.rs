@@ -12,9 +12,6 @@ use std::{collections::BTreeMap, time::Duration, time::Instant};
 
 use k8s_openapi::{
     api::{
-        admissionregistration::v1::{
-            MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-        },
         apps::v1::{Deployment, DeploymentSpec, ReplicaSet, ReplicaSetSpec},
         core::v1::{ConfigMap, Pod, PodTemplateSpec, Secret, Service},
         networking::v1::NetworkPolicy,
@@ -88,6 +85,25 @@ async fn bad_manifests_are_refused_naming_the_field() {
         (json!({"nodeIdBits": 128}), "spec.nodeIdBits"),
         (json!({"upstream": {"clusterPort": 8000}}), "spec.upstream.clusterPort"),
         (json!({"service": {"type": "ExternalName"}}), "spec.service.type"),
+        (json!({"rotation": {"period": "banana"}}), "spec.rotation.period"),
+        (json!({"rotation": {"period": "99999999999h"}}), "spec.rotation.period"),
+        (
+            json!({"clientAccess": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}),
+            "spec.clientAccess",
+        ),
+        (
+            json!({"clientAccess": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0"]}}]}),
+            "spec.clientAccess",
+        ),
+        (json!({"clusterPort": 15090}), "spec.clusterPort must not be 15001 or 15090"),
+        (json!({"clientPort": 15001}), "spec.clientPort must not be 15001 or 15090"),
+        // The application's default loopback port would be the public client port.
+        (json!({"clientPort": 17000}), "spec.upstream.clusterPort (default clusterPort + 10000)"),
+        (
+            json!({"upstream": {"clusterPort": 18000}}),
+            "spec.upstream.clusterPort and spec.upstream.clientPort",
+        ),
+        (json!({"upstream": {"clientPort": 15001}}), "spec.upstream.clientPort"),
     ];
     // Untyped: the Rust types could not even hold most of these values.
     let resource = ApiResource::erase::<XLatticeCluster>(&());
@@ -117,6 +133,23 @@ async fn bad_manifests_are_refused_naming_the_field() {
             "refusal of {change} should name {needle:?}: {}",
             status.message
         );
+    }
+    // Selectors: the same table the operator's own check is unit-tested with.
+    let selectors: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(repo_file("operator/tests/fixtures/selectors.json")).unwrap())
+            .unwrap();
+    for case in selectors {
+        let mut spec = base.clone();
+        spec["selector"] = case["selector"].clone();
+        let created = raw.create(&dry, &manifest("store", spec)).await;
+        match (created, case["refused"].as_str()) {
+            (Ok(_), None) => {}
+            (Err(kube::Error::Api(status)), Some(needle)) => {
+                assert_eq!(status.code, 422, "{status:?}");
+                assert!(status.message.contains(needle), "{case}: {} lacks {needle}", status.message);
+            }
+            (got, want) => panic!("{case}: got {got:?}, want refusal {want:?}"),
+        }
     }
     let err = raw.create(&dry, &manifest("Bad_Name", base)).await.unwrap_err();
     assert!(err.to_string().contains("metadata.name"), "{err}");
@@ -554,50 +587,7 @@ async fn restarts_workloads_one_at_a_time(env: &Env) {
 }
 
 async fn webhook_injects(env: &Env, operator: &Operator, ns: &str) {
-    let mwc_api: Api<MutatingWebhookConfiguration> = Api::all(env.admin.clone());
-    let _ = mwc_api
-        .delete("xlattice-sidecar-injector", &DeleteParams::default())
-        .await;
-    let mwc = MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some("xlattice-sidecar-injector".into()),
-            ..Default::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: "inject.xlattice.io".into(),
-            admission_review_versions: vec!["v1".into()],
-            side_effects: "None".into(),
-            failure_policy: Some("Fail".into()),
-            reinvocation_policy: Some("Never".into()),
-            timeout_seconds: Some(10),
-            client_config: WebhookClientConfig {
-                url: Some(format!("https://127.0.0.1:{}/mutate-pods", operator.webhook)),
-                ..Default::default()
-            },
-            // Only this test's namespace: other tests' pods must not depend on this operator.
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "kubernetes.io/metadata.name".to_string(),
-                    ns.to_string(),
-                )])),
-                ..Default::default()
-            }),
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec!["".into()]),
-                api_versions: Some(vec!["v1".into()]),
-                operations: Some(vec!["CREATE".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            ..Default::default()
-        }]),
-    };
-    mwc_api.create(&PostParams::default(), &mwc).await.unwrap();
-    wait_for("the operator writes the caBundle", WAIT, || async {
-        let mwc = mwc_api.get("xlattice-sidecar-injector").await.ok()?;
-        mwc.webhooks?.first()?.client_config.ca_bundle.as_ref().map(|_| ())
-    })
-    .await;
+    let mwc_api = register_webhook(&env.admin, operator, ns).await;
 
     // A Deployment-style pod: generateName only. The webhook names it, so its Secret is known.
     let mut pod = member_pod("", "store", &[]);

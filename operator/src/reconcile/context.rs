@@ -7,8 +7,9 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::{
+    api::DynamicObject,
     runtime::events::{Event, EventType, Recorder},
     Client, Resource, ResourceExt,
 };
@@ -17,7 +18,7 @@ use tracing::warn;
 use xlattice_protocol::{Identity, MemberRecord};
 
 use crate::{
-    crd::XLatticeCluster,
+    crd::{self, XLatticeCluster, XLatticeClusterStatus},
     error::{Error, Result},
     membership::OrphanClock,
     metrics::Metrics,
@@ -38,8 +39,42 @@ pub struct Context {
 }
 
 /// `namespace/name`: how logs, clocks and failure counts name a cluster.
-pub fn key(cluster: &XLatticeCluster) -> String {
+pub fn key(cluster: &impl ResourceExt) -> String {
     format!("{}/{}", cluster.namespace().unwrap_or_default(), cluster.name_any())
+}
+
+/// A cluster as its status and Events address it, whether or not its spec could be read.
+pub struct Subject {
+    pub ns: String,
+    pub name: String,
+    pub generation: Option<i64>,
+    pub reference: ObjectReference,
+    /// The status as stored.
+    pub status: Option<XLatticeClusterStatus>,
+}
+
+// === impl Subject ===
+
+impl Subject {
+    pub fn of(cluster: &XLatticeCluster) -> Self {
+        Self {
+            ns: cluster.namespace().unwrap_or_default(),
+            name: cluster.name_any(),
+            generation: cluster.metadata.generation,
+            reference: cluster.object_ref(&()),
+            status: cluster.status.clone(),
+        }
+    }
+
+    pub fn of_object(object: &DynamicObject) -> Self {
+        Self {
+            ns: object.namespace().unwrap_or_default(),
+            name: object.name_any(),
+            generation: object.metadata.generation,
+            reference: object.object_ref(&crd::api_resource()),
+            status: crd::decode_status(object),
+        }
+    }
 }
 
 // === impl Context ===
@@ -58,6 +93,10 @@ impl Context {
     }
 
     pub(super) async fn event(&self, cluster: &XLatticeCluster, type_: EventType, reason: &str, note: String) {
+        self.event_on(&cluster.object_ref(&()), type_, reason, note).await
+    }
+
+    pub(super) async fn event_on(&self, regarding: &ObjectReference, type_: EventType, reason: &str, note: String) {
         let event = Event {
             type_,
             reason: reason.into(),
@@ -65,7 +104,7 @@ impl Context {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(error) = self.recorder.publish(&event, &cluster.object_ref(&())).await {
+        if let Err(error) = self.recorder.publish(&event, regarding).await {
             warn!(%error, reason, "publishing an event failed");
         }
     }

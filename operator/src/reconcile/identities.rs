@@ -71,10 +71,15 @@ type DueRotation = (String, Secret, rotation::Tokens, rotation::Reason);
 
 /// Rotates the keys of members whose token changed or whose keys outlived the period.
 /// Returns when keys were rotated, if any were.
-pub(super) async fn rotate(ctx: &Context, obs: &mut Observed<'_>, rsa: RsaBits) -> (Outcome, Option<Time>) {
+pub(super) async fn rotate(
+    ctx: &Context,
+    obs: &mut Observed<'_>,
+    rsa: RsaBits,
+    period: Option<Duration>,
+) -> (Outcome, Option<Time>) {
     let cluster = obs.cluster;
     let now = Timestamp::now();
-    let (due, mut outcome) = due_rotations(obs, now);
+    let (due, mut outcome) = due_rotations(obs, period, now);
     if due.is_empty() {
         return (outcome, None);
     }
@@ -122,8 +127,7 @@ pub(super) async fn rotate(ctx: &Context, obs: &mut Observed<'_>, rsa: RsaBits) 
 
 /// The members whose keys are due now; the outcome asks to look again when the next
 /// period elapses.
-fn due_rotations(obs: &Observed<'_>, now: Timestamp) -> (Vec<DueRotation>, Outcome) {
-    let period = rotation::period(&obs.cluster.spec);
+fn due_rotations(obs: &Observed<'_>, period: Option<Duration>, now: Timestamp) -> (Vec<DueRotation>, Outcome) {
     let mut outcome = Outcome::default();
     let mut due = Vec::new();
     for secret in &obs.secrets {

@@ -21,7 +21,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::{
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams},
     core::Selector,
     runtime::{
         controller::Action,
@@ -32,16 +32,17 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
+use xlattice_protocol::{NodeIdBits, RsaBits};
 
-use context::key;
 pub use context::Context;
+use context::{key, Subject};
 
 use crate::{
-    crd::{XLatticeCluster, XLatticeClusterStatus},
+    crd::{self, Undecodable, XLatticeCluster, XLatticeClusterStatus},
     error::{backoff, deleted_or_gone, is_not_found, Error, Result},
     membership,
     names::*,
-    rotation::Tokens,
+    rotation::{self, Tokens},
     status::{self, Degraded, DegradedReason, Facts},
 };
 
@@ -70,18 +71,23 @@ struct Outcome {
     error: Option<Error>,
 }
 
-/// Entry point for the controller: wraps apply/cleanup in the finalizer.
-pub async fn reconcile(cluster: Arc<XLatticeCluster>, ctx: Arc<Context>) -> Result<Action> {
+/// Entry point for the controller: wraps apply/cleanup in the finalizer. Clusters arrive
+/// untyped: one that cannot be decoded is reported on its own status, and cleans up when
+/// deleted like any other.
+pub async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let ns = cluster
         .namespace()
         .ok_or_else(|| Error::InvalidSpec("XLatticeCluster is namespaced".into()))?;
-    let api: Api<XLatticeCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &crd::api_resource());
     let result = finalizer(&api, FINALIZER, cluster.clone(), |event| async {
         match event {
-            Finalizer::Apply(cluster) => apply(&cluster, &ctx).await,
-            Finalizer::Cleanup(cluster) => cleanup(&cluster, &ctx).await,
+            Finalizer::Apply(object) => match crd::decode(&object) {
+                Ok(cluster) => apply(&cluster, &ctx).await,
+                Err(undecodable) => report_undecodable(&object, undecodable, &ctx).await,
+            },
+            Finalizer::Cleanup(object) => cleanup(&object, &ctx).await,
         }
     })
     .await;
@@ -92,19 +98,22 @@ pub async fn reconcile(cluster: Arc<XLatticeCluster>, ctx: Arc<Context>) -> Resu
     };
     ctx.metrics.observe(started.elapsed());
     if result.is_ok() {
-        ctx.failures.lock().expect("lock poisoned").remove(&key(&cluster));
+        ctx.failures
+            .lock()
+            .expect("lock poisoned")
+            .remove(&key(cluster.as_ref()));
     }
     result
 }
 
 /// Requeue with a per-cluster exponential backoff.
-pub fn error_policy(cluster: Arc<XLatticeCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(cluster: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failure(error.metric_label());
     let mut failures = ctx.failures.lock().expect("lock poisoned");
-    let n = failures.entry(key(&cluster)).or_default();
+    let n = failures.entry(key(cluster.as_ref())).or_default();
     let wait = backoff(*n);
     *n = n.saturating_add(1);
-    warn!(cluster = %key(&cluster), %error, reason = error.metric_label(), retry_in = ?wait, "reconcile failed");
+    warn!(cluster = %key(cluster.as_ref()), %error, reason = error.metric_label(), retry_in = ?wait, "reconcile failed");
     Action::requeue(wait)
 }
 
@@ -113,19 +122,19 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
         generation: cluster.metadata.generation,
         ..Default::default()
     };
-    let (selector, sizes) = match usable_spec(cluster) {
+    let usable = match usable_spec(cluster) {
         Ok(usable) => usable,
         Err(degraded) => {
             // The user must change the spec: no point retrying before that.
             facts.degraded = Some(degraded);
-            write_status(cluster, ctx, &facts).await?;
+            write_status(&Subject::of(cluster), ctx, &facts).await?;
             return Ok(Action::await_change());
         }
     };
     let ns = cluster.namespace().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods = pods_api
-        .list(&ListParams::default().labels(&selector.to_string()))
+        .list(&ListParams::default().labels(&usable.selector.to_string()))
         .await?
         .items;
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -136,39 +145,63 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     let mut obs = Observed {
         cluster,
         ns,
-        members: membership::members(&selector, &pods),
+        members: membership::members(&usable.selector, &pods),
         secrets,
         secrets_api,
     };
 
-    let mut outcomes = vec![identities::mint(ctx, &mut obs, sizes).await];
-    let (rotated, rotated_at) = identities::rotate(ctx, &mut obs, sizes.1).await;
+    let mut outcomes = vec![identities::mint(ctx, &mut obs, usable.sizes).await];
+    let (rotated, rotated_at) = identities::rotate(ctx, &mut obs, usable.sizes.1, usable.period).await;
     outcomes.push(rotated);
     facts.last_rotation = rotated_at;
     outcomes.push(identities::reap(ctx, &mut obs).await?);
     outcomes.push(publication::directory(ctx, &obs, &mut facts).await?);
-    publication::network(ctx, &obs, &mut facts).await?;
+    outcomes.push(publication::network(ctx, &obs, &mut facts).await?);
     facts.pods_without_sidecar = membership::without_sidecar(&obs.members);
     outcomes.push(workloads::restart(ctx, &obs, &facts.pods_without_sidecar).await?);
 
     let (degraded, error, requeue) = Outcome::conclude(outcomes);
     facts.degraded = degraded;
-    write_status(cluster, ctx, &facts).await?;
+    write_status(&Subject::of(cluster), ctx, &facts).await?;
     match error {
         Some(error) => Err(error),
         None => Ok(Action::requeue(requeue)),
     }
 }
 
-/// The selector and key sizes, or why the spec cannot be served.
-fn usable_spec(
-    cluster: &XLatticeCluster,
-) -> Result<(Selector, (xlattice_protocol::NodeIdBits, xlattice_protocol::RsaBits)), Degraded> {
+/// A cluster this operator cannot read: said on its status and in a Warning Event (once,
+/// when it becomes the reason), and not retried until it changes. Nothing else waits on it.
+async fn report_undecodable(object: &DynamicObject, undecodable: Undecodable, ctx: &Context) -> Result<Action> {
+    let subject = Subject::of_object(object);
+    warn!(cluster = %key(object), field = %undecodable.field, reason = %undecodable.reason, "cannot read this XLatticeCluster");
+    ctx.metrics.failure(Error::InvalidSpec(String::new()).metric_label());
+    // What the last readable version published stays as it was, and the status says so.
+    let facts = Facts {
+        generation: subject.generation,
+        degraded: Some(Degraded::new(DegradedReason::InvalidSpec, undecodable.to_string())),
+        ..Facts::observed(subject.status.as_ref())
+    };
+    write_status(&subject, ctx, &facts).await?;
+    Ok(Action::await_change())
+}
+
+/// What of the spec the phases need, parsed once; or why the spec cannot be served.
+struct Usable {
+    selector: Selector,
+    sizes: (NodeIdBits, RsaBits),
+    /// Periodic rotation, if any.
+    period: Option<Duration>,
+}
+
+fn usable_spec(cluster: &XLatticeCluster) -> Result<Usable, Degraded> {
     let invalid = |message: String| Degraded::new(DegradedReason::InvalidSpec, message);
-    let selector =
-        Selector::try_from(cluster.spec.selector.clone()).map_err(|e| invalid(format!("spec.selector: {e}")))?;
-    let sizes = cluster.spec.key_sizes().map_err(invalid)?;
-    Ok((selector, sizes))
+    let spec = &cluster.spec;
+    membership::check_selector(&spec.selector).map_err(invalid)?;
+    Ok(Usable {
+        selector: Selector::try_from(spec.selector.clone()).map_err(|e| invalid(format!("spec.selector: {e}")))?,
+        sizes: spec.key_sizes().map_err(invalid)?,
+        period: rotation::period(spec).map_err(invalid)?,
+    })
 }
 
 // === impl Observed ===
@@ -228,21 +261,22 @@ impl Outcome {
     }
 }
 
-async fn write_status(cluster: &XLatticeCluster, ctx: &Context, facts: &Facts) -> Result<()> {
+async fn write_status(subject: &Subject, ctx: &Context, facts: &Facts) -> Result<()> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let desired = status::desired(cluster.status.as_ref(), facts, now);
-    if cluster.status.as_ref() == Some(&desired) {
+    let desired = status::desired(subject.status.as_ref(), facts, now);
+    if subject.status.as_ref() == Some(&desired) {
         return Ok(());
     }
-    let was_degraded = degraded_reason(cluster.status.as_ref());
-    let api: Api<XLatticeCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let was_degraded = degraded_reason(subject.status.as_ref());
+    // Untyped: the answer is the whole object, which may be one the types cannot hold.
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &subject.ns, &crd::api_resource());
     let patch = serde_json::json!({
         "apiVersion": XLatticeCluster::api_version(&()),
         "kind": XLatticeCluster::kind(&()),
         "status": desired,
     });
     api.patch_status(
-        &cluster.name_any(),
+        &subject.name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
@@ -250,7 +284,8 @@ async fn write_status(cluster: &XLatticeCluster, ctx: &Context, facts: &Facts) -
     ctx.metrics.write("XLatticeClusterStatus");
     if let Some(degraded) = &facts.degraded {
         if was_degraded.as_deref() != Some(degraded.reason.as_str()) {
-            ctx.event(cluster, EventType::Warning, "Degraded", degraded.to_string())
+            let note = degraded.to_string();
+            ctx.event_on(&subject.reference, EventType::Warning, "Degraded", note)
                 .await;
         }
     }
@@ -267,7 +302,7 @@ fn degraded_reason(status: Option<&XLatticeClusterStatus>) -> Option<String> {
 
 /// The bare API server has no garbage collector: owner references alone would leave the
 /// Secrets behind, so everything the cluster owns is deleted explicitly.
-async fn cleanup(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
+async fn cleanup(cluster: &DynamicObject, ctx: &Context) -> Result<Action> {
     let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
     let client = &ctx.client;
     let owned = ListParams::default().labels(&owned_by(&name));
@@ -277,13 +312,9 @@ async fn cleanup(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     delete_owned(&Api::<Service>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     ctx.orphans.lock().expect("lock poisoned").remove(&key(cluster));
     info!(cluster = %key(cluster), "cleaned up");
-    ctx.event(
-        cluster,
-        EventType::Normal,
-        "CleanedUp",
-        "deleted identities, directory, NetworkPolicy and Services".into(),
-    )
-    .await;
+    let note = "deleted identities, directory, NetworkPolicy and Services".to_string();
+    let reference = Subject::of_object(cluster).reference;
+    ctx.event_on(&reference, EventType::Normal, "CleanedUp", note).await;
     Ok(Action::await_change())
 }
 

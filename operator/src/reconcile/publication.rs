@@ -11,7 +11,7 @@ use tracing::info;
 use super::{Context, Observed, Outcome};
 use crate::{
     desired, directory,
-    error::Result,
+    error::{Error, Result},
     names::FIELD_MANAGER,
     status::{Degraded, DegradedReason, Facts},
 };
@@ -46,21 +46,39 @@ pub(super) async fn directory(ctx: &Context, obs: &Observed<'_>, facts: &mut Fac
     Ok(outcome)
 }
 
-/// Applies the NetworkPolicy and the two Services where they differ from the spec.
-pub(super) async fn network(ctx: &Context, obs: &Observed<'_>, facts: &mut Facts) -> Result<()> {
+/// Applies the NetworkPolicy and the two Services where they differ from the spec. One the
+/// API server refuses as invalid is a spec the schema let through (an object stored before
+/// a rule, a label name in `clientAccess`): reported, not retried until the spec changes.
+pub(super) async fn network(ctx: &Context, obs: &Observed<'_>, facts: &mut Facts) -> Result<Outcome> {
     let cluster = obs.cluster;
-    ensure(
-        ctx,
-        &obs.ns,
-        &desired::network_policy(cluster),
-        desired::network_policy_matches,
-    )
-    .await?;
-    facts.network_policy_ready = true;
-    for service in desired::services(cluster) {
-        ensure(ctx, &obs.ns, &service, desired::service_matches).await?;
+    let mut outcome = Outcome::default();
+    let policy = desired::network_policy(cluster);
+    match refused(ensure(ctx, &obs.ns, &policy, desired::network_policy_matches).await)? {
+        Some(message) => outcome.degraded(Degraded::new(
+            DegradedReason::InvalidSpec,
+            format!(
+                "spec.selector or spec.clientAccess: the API server refused NetworkPolicy {}: {message}",
+                policy.name_any()
+            ),
+        )),
+        None => facts.network_policy_ready = true,
     }
-    Ok(())
+    for service in desired::services(cluster) {
+        if let Some(message) = refused(ensure(ctx, &obs.ns, &service, desired::service_matches).await)? {
+            let message = format!("spec: the API server refused Service {}: {message}", service.name_any());
+            outcome.degraded(Degraded::new(DegradedReason::InvalidSpec, message));
+        }
+    }
+    Ok(outcome)
+}
+
+/// The API server's message when it refused a write as invalid (422); other errors stay errors.
+fn refused(result: Result<()>) -> Result<Option<String>> {
+    match result {
+        Ok(()) => Ok(None),
+        Err(Error::Kube(kube::Error::Api(status))) if status.code == 422 => Ok(Some(status.message)),
+        Err(error) => Err(error),
+    }
 }
 
 /// Server-side applies `desired` when the observed object differs in what we set.

@@ -11,13 +11,14 @@ use k8s_openapi::{
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
 use kube::{
+    api::DynamicObject,
     core::{Selector, SelectorExt},
     ResourceExt,
 };
 use serde_json::{json, Value};
 
 use crate::{
-    crd::XLatticeCluster,
+    crd::{self, Undecodable, XLatticeCluster},
     desired::SIDECAR_ADMIN_PORT,
     names::{
         directory_shard_file, directory_shard_name, identity_secret_name, DIRECTORY_KEY, DIRECTORY_SHARDS,
@@ -49,6 +50,22 @@ pub enum Decision {
     Inject { cluster: String, patch: Vec<Value> },
     /// A pod the webhook cannot serve, with the reason for the user.
     Deny(String),
+}
+
+/// The refusal of a pod claimed by a cluster of its namespace that cannot be read (see
+/// `crd::decode`): admitting the pod without its sidecar would leave a member without an
+/// identity. A broken cluster whose selector does not match the pod stops nothing.
+pub fn unreadable_claim(pod: &Pod, unreadable: &[(DynamicObject, Undecodable)]) -> Option<String> {
+    let (object, why) = unreadable.iter().find(|(object, _)| {
+        crd::decode_selector(object)
+            .and_then(|s| Selector::try_from(s).ok())
+            .is_some_and(|s| s.matches(pod.labels()))
+    })?;
+    Some(format!(
+        "pod matches the selector of XLatticeCluster {}, which the operator cannot read ({why}): \
+         fix that field, and the pod can be created",
+        object.name_any()
+    ))
 }
 
 /// Decides for a pod being created in `clusters`' namespace. `suffix` provides the random
@@ -484,6 +501,19 @@ mod tests {
         );
         let mut stranger = p;
         stranger.metadata.labels = None;
-        assert_eq!(decide(&stranger, &[c], &config(), String::new), Decision::Skip);
+        assert_eq!(
+            decide(&stranger, std::slice::from_ref(&c), &config(), String::new),
+            Decision::Skip
+        );
+
+        // A cluster the operator cannot read refuses the pods it claims, naming the field,
+        // and nothing else.
+        let mut broken: DynamicObject = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        broken.data["spec"]["service"] = json!({"type": "Headless"});
+        let why = crd::decode(&broken).unwrap_err();
+        let unreadable = [(broken, why)];
+        let msg = unreadable_claim(&app_pod(Some("store-0"), None, &[]), &unreadable).unwrap();
+        assert!(msg.contains("spec.service.type"), "{msg}");
+        assert_eq!(unreadable_claim(&stranger, &unreadable), None);
     }
 }

@@ -19,10 +19,10 @@ use tracing::{info, warn};
 
 use super::{
     certs::TlsMaterial,
-    inject::{decide, random_suffix, Decision, SidecarConfig},
+    inject::{decide, random_suffix, unreadable_claim, Decision, SidecarConfig},
 };
 use crate::{
-    crd::XLatticeCluster,
+    crd,
     error::{Error, Result},
 };
 
@@ -109,13 +109,25 @@ async fn admit(state: &WebhookState, request: &AdmissionRequest<Pod>) -> Admissi
     let Some(namespace) = request.namespace.as_deref() else {
         return response;
     };
-    let clusters: Api<XLatticeCluster> = Api::namespaced(state.client.clone(), namespace);
+    let api: Api<DynamicObject> = Api::namespaced_with(state.client.clone(), namespace, &crd::api_resource());
     // Refusing is safer than admitting a member pod without its sidecar, which would then
     // run without an identity until someone restarts it.
-    let clusters = match clusters.list(&ListParams::default()).await {
+    let objects = match api.list(&ListParams::default()).await {
         Ok(list) => list.items,
         Err(error) => return response.deny(format!("xlattice webhook cannot list XLatticeClusters: {error}")),
     };
+    // Untyped, then one by one: a cluster the types cannot hold refuses only its own pods.
+    let (mut clusters, mut unreadable) = (Vec::new(), Vec::new());
+    for object in objects {
+        match crd::decode(&object) {
+            Ok(cluster) => clusters.push(cluster),
+            Err(why) => unreadable.push((object, why)),
+        }
+    }
+    if let Some(reason) = unreadable_claim(pod, &unreadable) {
+        info!(namespace, pod = ?pod.metadata.name, %reason, "refused pod");
+        return response.deny(reason);
+    }
     match decide(pod, &clusters, &state.config, random_suffix) {
         Decision::Skip => response,
         Decision::Deny(reason) => {

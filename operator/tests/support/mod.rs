@@ -11,12 +11,15 @@ use std::{
 
 use k8s_openapi::{
     api::{
+        admissionregistration::v1::{
+            MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+        },
         authentication::v1::{TokenRequest, TokenRequestSpec},
         core::v1::{Container, ContainerPort, Namespace, Pod, PodSpec, Secret, ServiceAccount},
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
 };
 use kube::{
     api::{Patch, PatchParams, PostParams},
@@ -394,4 +397,54 @@ impl Harness {
             operator,
         ))
     }
+}
+
+/// Registers the operator's webhook (by URL on loopback) for pods of namespace `ns` only,
+/// and waits until the operator has written its caBundle.
+pub async fn register_webhook(admin: &Client, operator: &Operator, ns: &str) -> Api<MutatingWebhookConfiguration> {
+    let mwc_api: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    let _ = mwc_api
+        .delete("xlattice-sidecar-injector", &kube::api::DeleteParams::default())
+        .await;
+    let mwc = MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some("xlattice-sidecar-injector".into()),
+            ..Default::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: "inject.xlattice.io".into(),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some("Fail".into()),
+            reinvocation_policy: Some("Never".into()),
+            timeout_seconds: Some(10),
+            client_config: WebhookClientConfig {
+                url: Some(format!("https://127.0.0.1:{}/mutate-pods", operator.webhook)),
+                ..Default::default()
+            },
+            // Only this test's namespace: other tests' pods must not depend on this operator.
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(std::collections::BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    ns.to_string(),
+                )])),
+                ..Default::default()
+            }),
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                operations: Some(vec!["CREATE".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            ..Default::default()
+        }]),
+    };
+    mwc_api.create(&PostParams::default(), &mwc).await.unwrap();
+    wait_for("the operator writes the caBundle", Duration::from_secs(60), || async {
+        let mwc = mwc_api.get("xlattice-sidecar-injector").await.ok()?;
+        mwc.webhooks?.first()?.client_config.ca_bundle.as_ref().map(|_| ())
+    })
+    .await;
+    mwc_api
 }

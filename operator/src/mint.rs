@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures::{stream, StreamExt};
+use futures::{stream, Stream, StreamExt};
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{api::PostParams, Api, ResourceExt};
 use tokio::sync::Semaphore;
@@ -63,19 +63,20 @@ async fn keygen<T: Send + 'static>(
 /// Mints identities for `pods` (each with the rotation tokens present now, recorded on its
 /// Secret so a new identity is not rotated for a token older than itself). Generation is
 /// bounded by `cpu` (shared by all reconciles); creation starts as soon as a key pair is
-/// ready, so the first Secrets appear early.
-pub async fn mint_all(
-    api: &Api<Secret>,
-    cluster: &XLatticeCluster,
+/// ready, so the first Secrets appear early. Each result is yielded as it happens, so the
+/// caller logs and counts every mint at once; dropping the stream cancels what is left.
+pub fn mint_all<'a>(
+    api: &'a Api<Secret>,
+    cluster: &'a XLatticeCluster,
     pods: Vec<(String, Tokens)>,
     taken: HashSet<NodeId>,
     sizes: (NodeIdBits, RsaBits),
     cpu: Arc<Semaphore>,
-) -> Vec<(String, Result<Minted>)> {
+) -> impl Stream<Item = (String, Result<Minted>)> + 'a {
     let taken = Arc::new(Mutex::new(taken));
     let parallel = cpu.available_permits().max(1) * 2;
     stream::iter(pods)
-        .map(|(pod, tokens)| {
+        .map(move |(pod, tokens)| {
             let (taken, cpu) = (taken.clone(), cpu.clone());
             async move {
                 let result = mint_one(api, cluster, &pod, &tokens, taken, sizes, cpu).await;
@@ -83,8 +84,6 @@ pub async fn mint_all(
             }
         })
         .buffer_unordered(parallel)
-        .collect()
-        .await
 }
 
 async fn mint_one(

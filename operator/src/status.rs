@@ -65,7 +65,11 @@ impl Facts {
             network_policy_ready: ready(NETWORK_POLICY_READY),
             pods_without_sidecar: status.pods_without_sidecar.clone(),
             directory: status.directory_config_maps.clone(),
-            degraded: None,
+            degraded: status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == DEGRADED && c.status == "True")
+                .and_then(|c| Some(Degraded::new(DegradedReason::parse(&c.reason)?, c.message.clone()))),
             last_rotation: None,
         }
     }
@@ -163,6 +167,18 @@ impl Degraded {
 }
 
 impl DegradedReason {
+    const ALL: [Self; 5] = [
+        Self::InvalidSpec,
+        Self::MintingFailed,
+        Self::RotationFailed,
+        Self::DirectoryTooLarge,
+        Self::CorruptIdentity,
+    ];
+
+    pub fn parse(reason: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == reason)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidSpec => "InvalidSpec",
@@ -252,5 +268,27 @@ mod tests {
         ];
         assert_eq!(Degraded::worst(found), Some(Degraded::new(MintingFailed, "b")));
         assert_eq!(Degraded::worst([]), None);
+        for reason in DegradedReason::ALL {
+            assert_eq!(DegradedReason::parse(reason.as_str()), Some(reason));
+        }
+    }
+
+    #[test]
+    fn facts_read_back_from_a_status_give_that_status() {
+        let facts = Facts {
+            generation: Some(4),
+            members: 3,
+            minted: 2,
+            network_policy_ready: true,
+            pods_without_sidecar: vec!["a".into()],
+            directory: vec!["s-directory-1".into()],
+            degraded: Some(Degraded::new(DegradedReason::CorruptIdentity, "xlattice-id-a")),
+            last_rotation: None,
+        };
+        let written = desired(None, &facts, at(100));
+        assert_eq!(
+            desired(Some(&written), &Facts::observed(Some(&written)), at(200)),
+            written
+        );
     }
 }

@@ -72,7 +72,8 @@ async fn one_bad_cluster_stalls_nothing() {
     let Some((h, mut operator)) = Harness::start_with_webhook("bad", webhook_port).await else {
         return;
     };
-    let clusters: Api<DynamicObject> = Api::namespaced_with(h.admin.clone(), &h.ns, &ApiResource::erase::<XLatticeCluster>(&()));
+    let clusters: Api<DynamicObject> =
+        Api::namespaced_with(h.admin.clone(), &h.ns, &ApiResource::erase::<XLatticeCluster>(&()));
     let pods: Api<Pod> = Api::namespaced(h.admin.clone(), &h.ns);
     let secrets = Api::namespaced(h.admin.clone(), &h.ns);
     let get = |name: &'static str| {
@@ -83,7 +84,9 @@ async fn one_bad_cluster_stalls_nothing() {
     // --- a cluster the types cannot hold, beside two good ones in the same namespace
     loosen_crd(&h.admin).await;
     for (pod, app) in [("good-0", "good"), ("broken-0", "broken"), ("peers-0", "peers")] {
-        pods.create(&PostParams::default(), &member_pod(pod, app, &[])).await.unwrap();
+        pods.create(&PostParams::default(), &member_pod(pod, app, &[]))
+            .await
+            .unwrap();
     }
     let mut broken_spec = spec("broken");
     broken_spec["service"] = json!({"type": "Headless"});
@@ -95,20 +98,37 @@ async fn one_bad_cluster_stalls_nothing() {
     peers_spec["clientAccess"] = json!([{"podSelector": {"matchLabels": {"Not_A/Valid/Key": "x"}}}]);
     apply(&clusters, &cluster("peers", peers_spec)).await;
 
-    wait_for("good is Ready", WAIT, || async { get("good").await.filter(ready).map(|_| ()) }).await;
+    wait_for("good is Ready", WAIT, || async {
+        get("good").await.filter(ready).map(|_| ())
+    })
+    .await;
     let message = wait_for("broken is Degraded: InvalidSpec", WAIT, || async {
         degraded(&get("broken").await?, "InvalidSpec")
     })
     .await;
-    assert!(message.contains("spec.service.type"), "status names the field: {message}");
+    assert!(
+        message.contains("spec.service.type"),
+        "status names the field: {message}"
+    );
     let message = wait_for("peers is Degraded: InvalidSpec", WAIT, || async {
         degraded(&get("peers").await?, "InvalidSpec")
     })
     .await;
-    assert!(message.contains("spec.selector or spec.clientAccess") && message.contains("NetworkPolicy"), "{message}");
+    assert!(
+        message.contains("spec.selector or spec.clientAccess") && message.contains("NetworkPolicy"),
+        "{message}"
+    );
     assert!(!ready(&get("peers").await.unwrap()));
-    assert_eq!(identity_secrets(&secrets, "broken").await.len(), 0, "nothing minted for an unreadable cluster");
-    assert_eq!(identity_secrets(&secrets, "peers").await.len(), 1, "peers still minted its member");
+    assert_eq!(
+        identity_secrets(&secrets, "broken").await.len(),
+        0,
+        "nothing minted for an unreadable cluster"
+    );
+    assert_eq!(
+        identity_secrets(&secrets, "peers").await.len(),
+        1,
+        "peers still minted its member"
+    );
 
     let events: Api<Event> = Api::namespaced(h.admin.clone(), &h.ns);
     wait_for("a Warning Event on broken naming the field", WAIT, || async {
@@ -127,9 +147,14 @@ async fn one_bad_cluster_stalls_nothing() {
     // --- a restart lists every cluster, the broken one included: the others carry on
     operator.kill();
     let mut operator = Operator::start(&h.kubeconfig, &h.op_ns, &h.run, webhook_port);
-    pods.create(&PostParams::default(), &member_pod("good-1", "good", &[])).await.unwrap();
+    pods.create(&PostParams::default(), &member_pod("good-1", "good", &[]))
+        .await
+        .unwrap();
     wait_for("the restarted operator mints good-1", WAIT, || async {
-        identity_secrets(&secrets, "good").await.contains_key("good-1").then_some(())
+        identity_secrets(&secrets, "good")
+            .await
+            .contains_key("good-1")
+            .then_some(())
     })
     .await;
 
@@ -153,15 +178,25 @@ async fn one_bad_cluster_stalls_nothing() {
         .await
         .expect("a pod no cluster claims is admitted");
     assert!(!stranger.annotations().contains_key("xlattice.io/injected"));
-    mwc.delete("xlattice-sidecar-injector", &DeleteParams::default()).await.unwrap();
+    mwc.delete("xlattice-sidecar-injector", &DeleteParams::default())
+        .await
+        .unwrap();
 
     // --- fixing the field heals the cluster
     let fix = json!({"spec": {"service": {"type": "ClusterIP"}}});
-    clusters.patch("broken", &PatchParams::default(), &Patch::Merge(&fix)).await.unwrap();
-    wait_for("broken becomes Ready once fixed", WAIT, || async { get("broken").await.filter(ready).map(|_| ()) }).await;
+    clusters
+        .patch("broken", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+    wait_for("broken becomes Ready once fixed", WAIT, || async {
+        get("broken").await.filter(ready).map(|_| ())
+    })
+    .await;
     assert_eq!(identity_secrets(&secrets, "broken").await.len(), 1);
     assert!(
-        !std::fs::read_to_string(&operator.log).unwrap().contains("BEGIN PRIVATE KEY"),
+        !std::fs::read_to_string(&operator.log)
+            .unwrap()
+            .contains("BEGIN PRIVATE KEY"),
         "no key material in the log"
     );
 
@@ -170,7 +205,13 @@ async fn one_bad_cluster_stalls_nothing() {
         clusters.delete(name, &DeleteParams::default()).await.unwrap();
     }
     wait_for("clusters deleted", WAIT, || async {
-        clusters.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+        clusters
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
     })
     .await;
     install_crd(&h.admin).await;

@@ -95,10 +95,19 @@ async fn bad_manifests_are_refused_naming_the_field() {
             json!({"clientAccess": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0"]}}]}),
             "spec.clientAccess",
         ),
-        (json!({"clusterPort": 15090}), "spec.clusterPort must not be 15001 or 15090"),
-        (json!({"clientPort": 15001}), "spec.clientPort must not be 15001 or 15090"),
+        (
+            json!({"clusterPort": 15090}),
+            "spec.clusterPort must not be 15001 or 15090",
+        ),
+        (
+            json!({"clientPort": 15001}),
+            "spec.clientPort must not be 15001 or 15090",
+        ),
         // The application's default loopback port would be the public client port.
-        (json!({"clientPort": 17000}), "spec.upstream.clusterPort (default clusterPort + 10000)"),
+        (
+            json!({"clientPort": 17000}),
+            "spec.upstream.clusterPort (default clusterPort + 10000)",
+        ),
         (
             json!({"upstream": {"clusterPort": 18000}}),
             "spec.upstream.clusterPort and spec.upstream.clientPort",
@@ -146,7 +155,11 @@ async fn bad_manifests_are_refused_naming_the_field() {
             (Ok(_), None) => {}
             (Err(kube::Error::Api(status)), Some(needle)) => {
                 assert_eq!(status.code, 422, "{status:?}");
-                assert!(status.message.contains(needle), "{case}: {} lacks {needle}", status.message);
+                assert!(
+                    status.message.contains(needle),
+                    "{case}: {} lacks {needle}",
+                    status.message
+                );
             }
             (got, want) => panic!("{case}: got {got:?}, want refusal {want:?}"),
         }

@@ -24,6 +24,34 @@ use crate::{
     metrics::Metrics,
 };
 
+/// Up to this many members, each gets an Event of its own.
+const MEMBER_EVENTS: usize = 10;
+/// The API server refuses an Event note longer than 1 KiB.
+const NOTE_BYTES: usize = 1024;
+
+/// An Event note about one member.
+pub struct MemberNote {
+    pub member: String,
+    /// The member's pod, when it exists (a departed member has none).
+    pub pod: Option<ObjectReference>,
+    pub note: String,
+}
+
+/// `summary: a, b, c` with as many names as fit in `limit` bytes, then `and N more`.
+pub fn naming(summary: &str, names: &[&str], limit: usize) -> String {
+    let mut out = format!("{summary}: ");
+    for (i, name) in names.iter().enumerate() {
+        let more = format!(" and {} more", names.len() - i);
+        let sep = if i == 0 { "" } else { ", " };
+        if out.len() + sep.len() + name.len() + more.len() > limit {
+            return out.trim_end().to_string() + &more;
+        }
+        out.push_str(sep);
+        out.push_str(name);
+    }
+    out
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
@@ -93,38 +121,63 @@ impl Context {
     }
 
     pub(super) async fn event(&self, cluster: &XLatticeCluster, type_: EventType, reason: &str, note: String) {
-        self.event_on(&cluster.object_ref(&()), type_, reason, note).await
+        self.publish(&cluster.object_ref(&()), None, type_, reason, note).await
     }
 
     pub(super) async fn event_on(&self, regarding: &ObjectReference, type_: EventType, reason: &str, note: String) {
+        self.publish(regarding, None, type_, reason, note).await
+    }
+
+    async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        related: Option<ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(note),
             action: reason.into(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(error) = self.recorder.publish(&event, regarding).await {
             warn!(%error, reason, "publishing an event failed");
         }
     }
 
-    /// One Normal event per member reads well for a handful; a large batch gets one
-    /// summary instead.
+    /// Normal Events about members. A handful get one Event each, regarding the member's
+    /// pod and related to the cluster: the recorder folds Events with the same regarding
+    /// object and reason into one series that keeps only the first note, so per-member notes
+    /// on the cluster would be lost. A large batch gets one summary on the cluster that
+    /// names its members (as many as an Event's note holds).
     pub(super) async fn member_events(
         &self,
         cluster: &XLatticeCluster,
         reason: &str,
-        per_member: Vec<String>,
+        notes: Vec<MemberNote>,
         summary: String,
     ) {
-        if per_member.len() <= 10 {
-            for note in per_member {
-                self.event(cluster, EventType::Normal, reason, note).await;
+        let cluster_ref = cluster.object_ref(&());
+        if notes.len() <= MEMBER_EVENTS {
+            for note in notes {
+                let regarding = note.pod.unwrap_or_else(|| cluster_ref.clone());
+                self.publish(
+                    &regarding,
+                    Some(cluster_ref.clone()),
+                    EventType::Normal,
+                    reason,
+                    note.note,
+                )
+                .await;
             }
-        } else {
-            self.event(cluster, EventType::Normal, reason, summary).await;
+            return;
         }
+        let names: Vec<&str> = notes.iter().map(|n| n.member.as_str()).collect();
+        let note = naming(&summary, &names, NOTE_BYTES);
+        self.publish(&cluster_ref, None, EventType::Normal, reason, note).await;
     }
 
     /// The public record of an identity Secret, parsed once per Secret.
@@ -149,5 +202,25 @@ impl Context {
             .expect("lock poisoned")
             .insert(uid, (version, record.clone()));
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::naming;
+
+    #[test]
+    fn a_summary_names_what_fits() {
+        assert_eq!(
+            naming("minted 3 identities", &["a", "b", "c"], 1024),
+            "minted 3 identities: a, b, c"
+        );
+        let names: Vec<String> = (0..500).map(|i| format!("store-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let note = naming("minted 500 identities", &names, 1024);
+        assert!(note.len() <= 1024, "{}", note.len());
+        assert!(note.starts_with("minted 500 identities: store-0, store-1,"), "{note}");
+        let shown = note.matches("store-").count();
+        assert!(note.ends_with(&format!(" and {} more", 500 - shown)), "{note}");
     }
 }

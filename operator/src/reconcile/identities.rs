@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     api::{DeleteParams, Preconditions},
@@ -15,7 +16,10 @@ use kube::{
 use tracing::{info, warn};
 use xlattice_protocol::{NodeIdBits, RsaBits};
 
-use super::{context::key, Context, Observed, Outcome};
+use super::{
+    context::{key, MemberNote},
+    Context, Observed, Outcome,
+};
 use crate::{
     desired,
     error::{deleted_or_gone, is_conflict, Error, Result},
@@ -26,44 +30,72 @@ use crate::{
     status::{Degraded, DegradedReason},
 };
 
+/// How often a long mint reports progress on status and checks that the cluster still
+/// wants it.
+const PROGRESS: Duration = Duration::from_secs(2);
+
 /// Mints an identity for every member without one. A failure does not stop the reconcile:
-/// the members that have identities still get a directory.
-pub(super) async fn mint(ctx: &Context, obs: &mut Observed<'_>, sizes: (NodeIdBits, RsaBits)) -> Outcome {
+/// the members that have identities still get a directory. While minting, the status says
+/// how far it got (Ready=False), and a deletion of the cluster stops it.
+pub(super) async fn mint(ctx: &Context, obs: &mut Observed<'_>, sizes: (NodeIdBits, RsaBits)) -> Result<Outcome> {
     let need = crate::membership::need_identity(&obs.members, &obs.secrets);
     if need.is_empty() {
-        return Outcome::default();
+        return Ok(Outcome::default());
     }
     let cluster = obs.cluster;
     info!(cluster = %key(cluster), pods = need.len(), "minting identities");
     let taken = mint::taken_node_ids(&obs.secrets);
     let need = need.into_iter().map(|pod| (pod.clone(), obs.tokens(&pod))).collect();
-    let results = mint::mint_all(&obs.secrets_api, cluster, need, taken, sizes, ctx.keygen.clone()).await;
+    let api = obs.secrets_api.clone();
+    let mut results = std::pin::pin!(mint::mint_all(&api, cluster, need, taken, sizes, ctx.keygen.clone()));
+    let mut progress = tokio::time::interval(PROGRESS);
     let mut outcome = Outcome::default();
-    let mut created = Vec::new();
-    for (pod, result) in results {
-        match result {
-            Ok(Minted::Created(secret)) => {
-                ctx.metrics.minted.inc();
-                ctx.metrics.write("Secret");
-                let node_id = announced_node_id(&secret);
-                info!(cluster = %key(cluster), %pod, %node_id, "minted identity");
-                created.push((pod, node_id));
-                obs.secrets.push(secret);
-            }
-            Ok(Minted::Found(secret)) => obs.secrets.push(secret),
-            Err(error) => {
-                warn!(cluster = %key(cluster), %pod, %error, "minting failed");
-                outcome.fail(Degraded::new(DegradedReason::MintingFailed, error.to_string()), error);
+    let mut notes = Vec::new();
+    loop {
+        tokio::select! {
+            next = results.next() => match next {
+                Some((pod, result)) => minted(ctx, obs, &mut outcome, &mut notes, pod, result),
+                None => break,
+            },
+            // The first tick is at once: Ready turns False before the first key is made.
+            _ = progress.tick() => {
+                if super::report_progress(ctx, obs).await? {
+                    info!(cluster = %key(cluster), "the cluster is being deleted: minting stopped");
+                    break;
+                }
             }
         }
     }
-    let notes = created
-        .iter()
-        .map(|(pod, node_id)| format!("minted identity {node_id} for pod {pod}"));
-    let summary = format!("minted {} identities", created.len());
-    ctx.member_events(cluster, "MintedIdentity", notes.collect(), summary)
-        .await;
-    outcome
+    let summary = format!("minted {} identities", notes.len());
+    ctx.member_events(cluster, "MintedIdentity", notes, summary).await;
+    Ok(outcome)
+}
+
+/// Logs and counts one mint as it happens, and keeps `obs.secrets` current.
+fn minted(
+    ctx: &Context,
+    obs: &mut Observed<'_>,
+    outcome: &mut Outcome,
+    notes: &mut Vec<MemberNote>,
+    pod: String,
+    result: Result<Minted>,
+) {
+    let cluster = key(obs.cluster);
+    match result {
+        Ok(Minted::Created(secret)) => {
+            ctx.metrics.minted.inc();
+            ctx.metrics.write("Secret");
+            let node_id = announced_node_id(&secret);
+            info!(%cluster, %pod, %node_id, "minted identity");
+            notes.push(obs.note(&pod, format!("minted identity {node_id} for pod {pod}")));
+            obs.secrets.push(secret);
+        }
+        Ok(Minted::Found(secret)) => obs.secrets.push(secret),
+        Err(error) => {
+            warn!(%cluster, %pod, %error, "minting failed");
+            outcome.fail(Degraded::new(DegradedReason::MintingFailed, error.to_string()), error);
+        }
+    }
 }
 
 /// A member whose keys are due: its pod, observed Secret, tokens now, and why.
@@ -101,9 +133,8 @@ pub(super) async fn rotate(
                 ctx.metrics.write("Secret");
                 let (node_id, reason) = (announced_node_id(&secret), &reasons[&pod]);
                 info!(cluster = %key(cluster), %pod, %node_id, %reason, "rotated keys");
-                notes.push(format!(
-                    "rotated the keys of pod {pod} (NodeID {node_id} kept): {reason}"
-                ));
+                let note = format!("rotated the keys of pod {pod} (NodeID {node_id} kept): {reason}");
+                notes.push(obs.note(&pod, note));
                 if let Some(slot) = obs.secrets.iter_mut().find(|s| s.name_any() == secret.name_any()) {
                     *slot = secret;
                 }
@@ -156,6 +187,7 @@ pub(super) async fn reap(ctx: &Context, obs: &mut Observed<'_>) -> Result<Outcom
             .judge(&obs.members, &obs.secrets, grace, Instant::now())
     };
     let mut outcome = Outcome::default();
+    let mut deleted = Vec::new();
     for (secret_name, verdict) in verdicts {
         match verdict {
             Orphan::Wait(left) => outcome.requeue_within(left + Duration::from_millis(100)),
@@ -173,10 +205,21 @@ pub(super) async fn reap(ctx: &Context, obs: &mut Observed<'_>) -> Result<Outcom
                 ctx.metrics.write("Secret");
                 obs.secrets.retain(|s| s.name_any() != secret_name);
                 info!(cluster = %key(cluster), secret = %secret_name, "deleted identity of a departed member");
-                let note = format!("deleted {secret_name}: its pod left more than {}s ago", grace.as_secs());
-                ctx.event(cluster, EventType::Normal, "DeletedIdentity", note).await;
+                deleted.push(secret_name);
             }
         }
+    }
+    if !deleted.is_empty() {
+        // One Event naming them all: Events on the cluster with one reason fold into a
+        // series that keeps only the first note.
+        let summary = format!(
+            "deleted {} identities whose pod left more than {}s ago",
+            deleted.len(),
+            grace.as_secs()
+        );
+        let names: Vec<&str> = deleted.iter().map(String::as_str).collect();
+        let note = super::context::naming(&summary, &names, 1024);
+        ctx.event(cluster, EventType::Normal, "DeletedIdentity", note).await;
     }
     Ok(outcome)
 }

@@ -58,6 +58,8 @@ struct Observed<'a> {
     /// The cluster's identity Secrets.
     secrets: Vec<Secret>,
     secrets_api: Api<Secret>,
+    /// The status as last written by this reconcile (progress), else as read.
+    status: Option<XLatticeClusterStatus>,
 }
 
 /// What a phase leaves for the end of the reconcile.
@@ -148,9 +150,10 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
         members: membership::members(&usable.selector, &pods),
         secrets,
         secrets_api,
+        status: cluster.status.clone(),
     };
 
-    let mut outcomes = vec![identities::mint(ctx, &mut obs, usable.sizes).await];
+    let mut outcomes = vec![identities::mint(ctx, &mut obs, usable.sizes).await?];
     let (rotated, rotated_at) = identities::rotate(ctx, &mut obs, usable.sizes.1, usable.period).await;
     outcomes.push(rotated);
     facts.last_rotation = rotated_at;
@@ -162,7 +165,11 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
 
     let (degraded, error, requeue) = Outcome::conclude(outcomes);
     facts.degraded = degraded;
-    write_status(&Subject::of(cluster), ctx, &facts).await?;
+    let subject = Subject {
+        status: obs.status.clone(),
+        ..Subject::of(cluster)
+    };
+    write_status(&subject, ctx, &facts).await?;
     match error {
         Some(error) => Err(error),
         None => Ok(Action::requeue(requeue)),
@@ -204,9 +211,43 @@ fn usable_spec(cluster: &XLatticeCluster) -> Result<Usable, Degraded> {
     })
 }
 
+/// Says on status how far minting got (Ready=False until every member has an identity);
+/// true when the cluster is being deleted, so the caller stops.
+async fn report_progress(ctx: &Context, obs: &mut Observed<'_>) -> Result<bool> {
+    let subject = Subject {
+        status: obs.status.clone(),
+        ..Subject::of(obs.cluster)
+    };
+    let minted = membership::need_identity(&obs.members, &obs.secrets).len();
+    let facts = Facts {
+        generation: subject.generation,
+        members: obs.members.len(),
+        minted: obs.members.len() - minted,
+        ..Facts::observed(subject.status.as_ref())
+    };
+    let written = write_status(&subject, ctx, &facts).await?;
+    let deleting = written
+        .as_ref()
+        .map(|object| object.metadata.deletion_timestamp.is_some());
+    if let Some(object) = written {
+        obs.status = crd::decode_status(&object);
+    }
+    Ok(deleting.unwrap_or(false))
+}
+
 // === impl Observed ===
 
 impl Observed<'_> {
+    /// An Event note about member `pod`, regarding its pod.
+    fn note(&self, pod: &str, note: String) -> context::MemberNote {
+        let found = self.members.iter().find(|p| p.name_any() == pod);
+        context::MemberNote {
+            member: pod.to_string(),
+            pod: found.map(|p| p.object_ref(&())),
+            note,
+        }
+    }
+
     fn is_member(&self, pod: &str) -> bool {
         self.members.iter().any(|p| p.name_any() == pod)
     }
@@ -261,11 +302,13 @@ impl Outcome {
     }
 }
 
-async fn write_status(subject: &Subject, ctx: &Context, facts: &Facts) -> Result<()> {
+/// Writes the status `facts` call for, unless it is what `subject` holds already; returns
+/// the object as written.
+async fn write_status(subject: &Subject, ctx: &Context, facts: &Facts) -> Result<Option<DynamicObject>> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let desired = status::desired(subject.status.as_ref(), facts, now);
     if subject.status.as_ref() == Some(&desired) {
-        return Ok(());
+        return Ok(None);
     }
     let was_degraded = degraded_reason(subject.status.as_ref());
     // Untyped: the answer is the whole object, which may be one the types cannot hold.
@@ -275,21 +318,24 @@ async fn write_status(subject: &Subject, ctx: &Context, facts: &Facts) -> Result
         "kind": XLatticeCluster::kind(&()),
         "status": desired,
     });
-    api.patch_status(
-        &subject.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &subject.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
     ctx.metrics.write("XLatticeClusterStatus");
     if let Some(degraded) = &facts.degraded {
         if was_degraded.as_deref() != Some(degraded.reason.as_str()) {
+            // The reason, not "Degraded", names the Event: the recorder folds Events with one
+            // reason into a series that keeps the first note.
             let note = degraded.to_string();
-            ctx.event_on(&subject.reference, EventType::Warning, "Degraded", note)
+            ctx.event_on(&subject.reference, EventType::Warning, degraded.reason.as_str(), note)
                 .await;
         }
     }
-    Ok(())
+    Ok(Some(written))
 }
 
 fn degraded_reason(status: Option<&XLatticeClusterStatus>) -> Option<String> {

@@ -87,13 +87,17 @@ pub struct XLatticeClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<UpstreamPorts>,
 
-    /// NodeID size in bits.
+    /// NodeID size in bits. Fixed for the life of the cluster: NodeIDs are the members'
+    /// names, and a directory mixing sizes would not be one cluster.
     #[serde(default = "default_node_id_bits")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.nodeIdBits cannot change on a live cluster: every member keeps its NodeID for life; create a new XLatticeCluster with the new size instead"))]
     #[schemars(extend("enum" = [160, 256]))]
     pub node_id_bits: u16,
 
-    /// RSA modulus size of both member keys.
+    /// RSA modulus size of both member keys. Fixed for the life of the cluster (existing
+    /// keys would not change size, so the cluster would mix sizes).
     #[serde(default = "default_rsa_bits")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.rsaBits cannot change on a live cluster: existing members keep their keys; create a new XLatticeCluster with the new size instead"))]
     #[schemars(extend("enum" = [2048, 3072, 4096]))]
     pub rsa_bits: u16,
 
@@ -188,6 +192,10 @@ pub struct XLatticeClusterStatus {
     /// Members that do not run the sidecar yet (a restart of their workload would inject it).
     #[serde(default)]
     pub pods_without_sidecar: Vec<String>,
+    /// Members whose sidecar was injected for an earlier spec (other ports): they serve the
+    /// old ports until restarted (`restartWorkloads` rolls them). Ready is False meanwhile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods_with_outdated_sidecar: Vec<String>,
     /// The ConfigMaps holding the member directory, one per shard with members; together
     /// they are the directory (`xlattice-operator directory <cluster>` prints it whole).
     #[serde(default)]

@@ -109,6 +109,20 @@ pub fn without_sidecar(members: &[&Pod]) -> Vec<String> {
         .collect()
 }
 
+/// Members whose sidecar runs with other arguments than `expected` (injected for an
+/// earlier spec: other ports). Members without the sidecar are not listed here.
+pub fn outdated_sidecar(members: &[&Pod], expected: &[String]) -> Vec<String> {
+    members
+        .iter()
+        .filter(|p| {
+            let init = p.spec.as_ref().and_then(|s| s.init_containers.as_ref());
+            let sidecar = init.into_iter().flatten().find(|c| c.name == SIDECAR_NAME);
+            sidecar.is_some_and(|c| c.args.as_deref() != Some(expected))
+        })
+        .map(|p| p.name_any())
+        .collect()
+}
+
 /// What to do with an identity whose pod is not a member.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Orphan {

@@ -100,15 +100,21 @@ pub fn members_service_name(cluster: &str) -> String {
     format!("{cluster}-members")
 }
 
+/// Short stable digest of `text` (hex, `HASH_CHARS` long), for values that must change when
+/// `text` does.
+pub fn short_hash(text: &str) -> String {
+    let hash = hex::encode(digest::digest(&digest::SHA256, text.as_bytes()));
+    hash[..HASH_CHARS].to_string()
+}
+
 /// Keeps names unique when shortened: the suffix hashes the full name. The cut is trimmed of
 /// '.' and '-' so the result stays a valid DNS subdomain and label value.
 fn shorten(name: &str, max: usize) -> String {
     if name.len() <= max {
         return name.to_string();
     }
-    let hash = hex::encode(digest::digest(&digest::SHA256, name.as_bytes()));
     let cut = name[..max - HASH_CHARS - 1].trim_end_matches(['.', '-']);
-    format!("{cut}-{}", &hash[..HASH_CHARS])
+    format!("{cut}-{}", short_hash(name))
 }
 
 #[cfg(test)]

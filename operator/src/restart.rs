@@ -15,8 +15,9 @@ use serde_json::json;
 
 use crate::error::Result;
 
-/// On the pod template of a workload the operator restarted, value: the cluster's uid. A
-/// workload is restarted at most once per cluster: if its new pods still lack the sidecar
+/// On the pod template of a workload the operator restarted, value: a token naming the
+/// cluster and the sidecar spec (`<cluster uid>/<hash of the sidecar's arguments>`). A
+/// workload is restarted at most once per token: if its new pods still lack the sidecar
 /// (no webhook?), restarting again would only loop.
 pub const RESTARTED_FOR_ANNOTATION: &str = "xlattice.io/restarted-for";
 pub const RESTARTED_AT_ANNOTATION: &str = "xlattice.io/restartedAt";
@@ -37,7 +38,7 @@ pub fn pod_owner(pod: &Pod) -> Option<(String, String)> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadState {
     pub workload: Workload,
-    /// Restarted for this cluster already.
+    /// Restarted for this token already.
     pub restarted: bool,
     /// Its controller has not finished rolling it out.
     pub rolling: bool,
@@ -51,12 +52,12 @@ pub fn next_restart(states: &[WorkloadState]) -> Option<Workload> {
     states.iter().filter(|s| !s.restarted).map(|s| s.workload.clone()).min()
 }
 
-fn deployment_state(d: &Deployment, uid: &str) -> WorkloadState {
+fn deployment_state(d: &Deployment, token: &str) -> WorkloadState {
     let template = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
     let restarted = template
         .and_then(|m| m.annotations.as_ref()?.get(RESTARTED_FOR_ANNOTATION))
         .map(String::as_str)
-        == Some(uid);
+        == Some(token);
     let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let status = d.status.clone().unwrap_or_default();
     let rolling = status.observed_generation < d.metadata.generation || status.updated_replicas.unwrap_or(0) < replicas;
@@ -67,12 +68,12 @@ fn deployment_state(d: &Deployment, uid: &str) -> WorkloadState {
     }
 }
 
-fn stateful_set_state(s: &StatefulSet, uid: &str) -> WorkloadState {
+fn stateful_set_state(s: &StatefulSet, token: &str) -> WorkloadState {
     let template = s.spec.as_ref().and_then(|s| s.template.metadata.as_ref());
     let restarted = template
         .and_then(|m| m.annotations.as_ref()?.get(RESTARTED_FOR_ANNOTATION))
         .map(String::as_str)
-        == Some(uid);
+        == Some(token);
     let status = s.status.clone().unwrap_or_default();
     let rolling =
         status.observed_generation < s.metadata.generation || status.update_revision != status.current_revision;
@@ -83,11 +84,12 @@ fn stateful_set_state(s: &StatefulSet, uid: &str) -> WorkloadState {
     }
 }
 
-/// Restarts at most one workload owning a pod in `without_sidecar`; returns it.
+/// Restarts at most one workload owning a pod in `without_sidecar` (pods that lack the
+/// sidecar of the current spec), marking it with `token`; returns it.
 pub async fn restart_one(
     client: &Client,
     ns: &str,
-    cluster_uid: &str,
+    token: &str,
     without_sidecar: &[&Pod],
     field_manager: &str,
 ) -> Result<Option<Workload>> {
@@ -120,12 +122,12 @@ pub async fn restart_one(
         match &owner {
             Workload::Deployment(name) => {
                 if let Some(d) = deployments.get_opt(name).await? {
-                    states.push(deployment_state(&d, cluster_uid));
+                    states.push(deployment_state(&d, token));
                 }
             }
             Workload::StatefulSet(name) => {
                 if let Some(s) = stateful_sets.get_opt(name).await? {
-                    states.push(stateful_set_state(&s, cluster_uid));
+                    states.push(stateful_set_state(&s, token));
                 }
             }
         }
@@ -135,7 +137,7 @@ pub async fn restart_one(
     };
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {
-        RESTARTED_FOR_ANNOTATION: cluster_uid,
+        RESTARTED_FOR_ANNOTATION: token,
         RESTARTED_AT_ANNOTATION: now,
     }}}}});
     let params = PatchParams {

@@ -41,6 +41,8 @@ pub struct Facts {
     pub minted: usize,
     pub network_policy_ready: bool,
     pub pods_without_sidecar: Vec<String>,
+    /// Members whose sidecar was made for an earlier spec.
+    pub pods_with_outdated_sidecar: Vec<String>,
     /// The directory shard ConfigMaps that exist.
     pub directory: Vec<String>,
     /// Why the cluster cannot be served as asked.
@@ -64,6 +66,7 @@ impl Facts {
             minted: status.minted.max(0) as usize,
             network_policy_ready: ready(NETWORK_POLICY_READY),
             pods_without_sidecar: status.pods_without_sidecar.clone(),
+            pods_with_outdated_sidecar: status.pods_with_outdated_sidecar.clone(),
             directory: status.directory_config_maps.clone(),
             degraded: status
                 .conditions
@@ -80,7 +83,7 @@ impl Facts {
 pub fn desired(observed: Option<&XLatticeClusterStatus>, facts: &Facts, now: Time) -> XLatticeClusterStatus {
     let minted = facts.minted >= facts.members;
     let degraded = facts.degraded.is_some();
-    let ready = minted && facts.network_policy_ready && !degraded;
+    let ready = minted && facts.network_policy_ready && !degraded && facts.pods_with_outdated_sidecar.is_empty();
     let mut conditions = vec![
         cond(
             READY,
@@ -131,6 +134,7 @@ pub fn desired(observed: Option<&XLatticeClusterStatus>, facts: &Facts, now: Tim
         minted: facts.minted as i32,
         conditions,
         pods_without_sidecar: facts.pods_without_sidecar.clone(),
+        pods_with_outdated_sidecar: facts.pods_with_outdated_sidecar.clone(),
         directory_config_maps: facts.directory.clone(),
         last_rotation: facts
             .last_rotation
@@ -145,6 +149,10 @@ fn not_ready(facts: &Facts) -> String {
         None if facts.minted < facts.members => {
             format!("minting identities: {} of {}", facts.minted, facts.members)
         }
+        None if !facts.pods_with_outdated_sidecar.is_empty() => format!(
+            "{} members run a sidecar made for an earlier spec (see podsWithOutdatedSidecar): restart them, or set restartWorkloads",
+            facts.pods_with_outdated_sidecar.len()
+        ),
         None => "NetworkPolicy not applied yet".into(),
     }
 }
@@ -281,6 +289,7 @@ mod tests {
             minted: 2,
             network_policy_ready: true,
             pods_without_sidecar: vec!["a".into()],
+            pods_with_outdated_sidecar: vec!["b".into()],
             directory: vec!["s-directory-1".into()],
             degraded: Some(Degraded::new(DegradedReason::CorruptIdentity, "xlattice-id-a")),
             last_rotation: None,

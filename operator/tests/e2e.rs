@@ -164,6 +164,28 @@ async fn bad_manifests_are_refused_naming_the_field() {
             (got, want) => panic!("{case}: got {got:?}, want refusal {want:?}"),
         }
     }
+    // Key sizes are fixed for the life of a cluster; ports may change.
+    let live = raw.create(&PostParams::default(), &manifest("live", base.clone())).await.unwrap();
+    for (change, needle) in [
+        (json!({"spec": {"nodeIdBits": 160}}), "spec.nodeIdBits cannot change"),
+        (json!({"spec": {"rsaBits": 4096}}), "spec.rsaBits cannot change"),
+    ] {
+        let params = PatchParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let err = raw.patch("live", &params, &Patch::Merge(&change)).await.unwrap_err();
+        assert!(err.to_string().contains(needle), "{change}: {err}");
+    }
+    let params = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    raw.patch("live", &params, &Patch::Merge(&json!({"spec": {"clientPort": 8100}})))
+        .await
+        .expect("ports may change on a live cluster");
+    raw.delete(&live.name_any(), &DeleteParams::default()).await.unwrap();
+
     let err = raw.create(&dry, &manifest("Bad_Name", base)).await.unwrap_err();
     assert!(err.to_string().contains("metadata.name"), "{err}");
 }
@@ -645,6 +667,32 @@ async fn webhook_injects(env: &Env, operator: &Operator, ns: &str) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("spec.clientPort"), "{err}");
+
+    // The ports change under a running member: its sidecar serves the old ones, and the
+    // status says so (Ready=False) until the spec matches again.
+    let ports = |client: i32| json!({"spec": {"clientPort": client}});
+    let outdated = || async {
+        let status = env.clusters.get("store").await.ok()?.status?;
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+        Some((status.pods_with_outdated_sidecar, ready.status, ready.message))
+    };
+    env.clusters
+        .patch("store", &PatchParams::default(), &Patch::Merge(&ports(8100)))
+        .await
+        .unwrap();
+    let (_, _, message) = wait_for("the injected member is reported outdated", WAIT, || async {
+        outdated().await.filter(|(pods, ready, _)| *pods == [name.clone()] && ready == "False")
+    })
+    .await;
+    assert!(message.contains("sidecar made for an earlier spec"), "{message}");
+    env.clusters
+        .patch("store", &PatchParams::default(), &Patch::Merge(&ports(8000)))
+        .await
+        .unwrap();
+    wait_for("back to the injected spec: nothing outdated", WAIT, || async {
+        outdated().await.filter(|(pods, _, _)| pods.is_empty())
+    })
+    .await;
 
     // The injected pod is no longer "without sidecar"; the old ones still are.
     wait_for("status lists only the un-injected members", WAIT, || async {

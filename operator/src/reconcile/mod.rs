@@ -161,7 +161,14 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     outcomes.push(publication::directory(ctx, &obs, &mut facts).await?);
     outcomes.push(publication::network(ctx, &obs, &mut facts).await?);
     facts.pods_without_sidecar = membership::without_sidecar(&obs.members);
-    outcomes.push(workloads::restart(ctx, &obs, &facts.pods_without_sidecar).await?);
+    let expected = crate::webhook::inject::sidecar_args(cluster);
+    facts.pods_with_outdated_sidecar = membership::outdated_sidecar(&obs.members, &expected);
+    let stale = [
+        facts.pods_without_sidecar.clone(),
+        facts.pods_with_outdated_sidecar.clone(),
+    ]
+    .concat();
+    outcomes.push(workloads::restart(ctx, &obs, &stale).await?);
 
     let (degraded, error, requeue) = Outcome::conclude(outcomes);
     facts.degraded = degraded;

@@ -1,5 +1,6 @@
 //! The phase that writes pod templates: with `restartWorkloads`, roll the Deployment or
-//! StatefulSet of one member that lacks the sidecar, one workload at a time.
+//! StatefulSet of one member that lacks the sidecar or runs one made for an earlier spec,
+//! one workload at a time.
 
 use std::time::Duration;
 
@@ -8,28 +9,36 @@ use kube::{runtime::events::EventType, ResourceExt};
 use tracing::info;
 
 use super::{context::key, Context, Observed, Outcome};
-use crate::{error::Result, names::FIELD_MANAGER, restart};
+use crate::{
+    error::Result,
+    names::{short_hash, FIELD_MANAGER},
+    restart,
+};
 
 /// How soon to look again while workloads roll: the next waits for this one to finish.
 const ROLLING: Duration = Duration::from_secs(5);
 
-pub(super) async fn restart(ctx: &Context, obs: &Observed<'_>, without_sidecar: &[String]) -> Result<Outcome> {
+/// `stale`: members without the sidecar or with an outdated one.
+pub(super) async fn restart(ctx: &Context, obs: &Observed<'_>, stale: &[String]) -> Result<Outcome> {
     let cluster = obs.cluster;
     let mut outcome = Outcome::default();
-    if !cluster.spec.restart_workloads || without_sidecar.is_empty() {
+    if !cluster.spec.restart_workloads || stale.is_empty() {
         return Ok(outcome);
     }
-    let stale: Vec<&Pod> = obs
+    let pods: Vec<&Pod> = obs
         .members
         .iter()
         .copied()
-        .filter(|p| without_sidecar.contains(&p.name_any()))
+        .filter(|p| stale.contains(&p.name_any()))
         .collect();
-    let uid = cluster.uid().unwrap_or_default();
-    if let Some(workload) = restart::restart_one(&ctx.client, &obs.ns, &uid, &stale, FIELD_MANAGER).await? {
+    // A workload is restarted once per cluster and sidecar spec: again after the ports
+    // change, never in a loop when its new pods still lack the sidecar (no webhook?).
+    let args = crate::webhook::inject::sidecar_args(cluster).join(" ");
+    let token = format!("{}/{}", cluster.uid().unwrap_or_default(), short_hash(&args));
+    if let Some(workload) = restart::restart_one(&ctx.client, &obs.ns, &token, &pods, FIELD_MANAGER).await? {
         ctx.metrics.write("WorkloadRestart");
         info!(cluster = %key(cluster), ?workload, "restarted a workload so its pods gain the sidecar");
-        let note = format!("restarted {workload:?}: its pods lack the sidecar");
+        let note = format!("restarted {workload:?}: its pods lack the sidecar of the current spec");
         ctx.event(cluster, EventType::Normal, "RestartedWorkload", note).await;
     }
     outcome.requeue_within(ROLLING);

@@ -206,12 +206,12 @@ fn directory_volume(cluster: &str) -> Volume {
     }
 }
 
-/// The native sidecar: an init container with restartPolicy Always starts before the app
-/// and does not keep a Job from completing.
-pub fn sidecar(cluster: &XLatticeCluster, config: &SidecarConfig) -> Container {
+/// The sidecar's arguments: all of them follow from the cluster's spec, so a running pod
+/// whose sidecar has other arguments was injected for an earlier spec.
+pub fn sidecar_args(cluster: &XLatticeCluster) -> Vec<String> {
     let (up_cluster, up_client) = cluster.spec.upstream_ports();
     let (cluster_port, client_port) = (cluster.spec.cluster_port, cluster.spec.client_port);
-    let args = [
+    [
         "run".to_string(),
         "--identity-dir".into(),
         IDENTITY_DIR.into(),
@@ -229,7 +229,15 @@ pub fn sidecar(cluster: &XLatticeCluster, config: &SidecarConfig) -> Container {
         CONNECT_LISTEN.into(),
         "--admin-listen".into(),
         format!("0.0.0.0:{SIDECAR_ADMIN_PORT}"),
-    ];
+    ]
+    .to_vec()
+}
+
+/// The native sidecar: an init container with restartPolicy Always starts before the app
+/// and does not keep a Job from completing.
+pub fn sidecar(cluster: &XLatticeCluster, config: &SidecarConfig) -> Container {
+    let (cluster_port, client_port) = (cluster.spec.cluster_port, cluster.spec.client_port);
+    let args = sidecar_args(cluster);
     let port = |name: &str, port: i32| ContainerPort {
         name: Some(name.into()),
         container_port: port,
@@ -249,7 +257,7 @@ pub fn sidecar(cluster: &XLatticeCluster, config: &SidecarConfig) -> Container {
         name: SIDECAR_NAME.into(),
         image: Some(config.image.clone()),
         image_pull_policy: config.pull_policy.clone(),
-        args: Some(args.to_vec()),
+        args: Some(args),
         restart_policy: Some("Always".into()),
         env: Some(vec![
             EnvVar {

@@ -348,6 +348,25 @@ else
   kubectl -n "$ROLL_NS" get pods >&2
 fi
 
+# The client port changes under running members: their sidecars are outdated until rolled.
+t0=$SECONDS
+kubectl -n "$ROLL_NS" patch xlatticecluster grid --type merge -p '{"spec":{"clientPort":9200}}' >/dev/null
+outdated_reported() { [[ -n $(kubectl -n "$ROLL_NS" get xlatticecluster grid -o 'jsonpath={.status.podsWithOutdatedSidecar}') ]]; }
+check "a port change is reported: status.podsWithOutdatedSidecar lists the running members" eventually 30 outdated_reported
+all_on_new_port() {
+  local pods
+  pods=$(kubectl -n "$ROLL_NS" get pods -o 'jsonpath={range .items[*]}{.metadata.deletionTimestamp}|{.spec.initContainers[0].args}|{.status.containerStatuses[0].ready}{"\n"}{end}')
+  [[ $(grep -c '^|.*"--client-port","9200".*|true$' <<<"$pods" || true) -eq 4 && $(grep -c . <<<"$pods") -eq 4 ]] || return 1
+  [[ -z $(kubectl -n "$ROLL_NS" get xlatticecluster grid -o 'jsonpath={.status.podsWithOutdatedSidecar}') ]] &&
+    [[ $(kubectl -n "$ROLL_NS" get xlatticecluster grid -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}') == True ]]
+}
+if eventually 240 all_on_new_port; then
+  ok "restartWorkloads rolled both workloads onto the new client port: 4 pods Ready, cluster Ready, $((SECONDS - t0))s after the change"
+else
+  bad "the workloads were not rolled onto the new client port"
+  kubectl -n "$ROLL_NS" get pods,xlatticecluster -o wide >&2
+fi
+
 # ---------------------------------------------------------------------------------------
 step "the operator pod killed: its Deployment brings it back, no identity changes"
 # The StatefulSet members' identities, which must outlive anything: store-0..2 (store-2's

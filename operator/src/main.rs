@@ -260,13 +260,41 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         holder,
         Duration::from_secs(args.lease_seconds),
     );
-    lock.acquire().await;
-    tokio::select! {
-        () = controller::run(ctx) => {
-            lock.release().await;
-            Ok(())
+    // Losing the Lease (to another replica, or by an API server away for longer than it
+    // lasts) stops the controller, not the process: the webhook and the probes keep
+    // serving, and the controller starts afresh once this replica leads again.
+    loop {
+        // A standby replica exits at once on SIGTERM; a leader drains its reconciles first
+        // (the controller's own signal handling) and hands the Lease over.
+        tokio::select! {
+            () = lock.acquire() => {}
+            () = terminated() => return Ok(()),
         }
-        lost = lock.hold() => Err(Box::new(lost)),
+        tokio::select! {
+            () = controller::run(ctx.clone()) => {
+                lock.release().await;
+                return Ok(());
+            }
+            lost = lock.hold() => {
+                metrics.failure(lost.metric_label());
+                warn!(error = %lost, "lost the leader Lease: stopped reconciling until this replica leads again");
+            }
+        }
+    }
+}
+
+/// SIGTERM (the kubelet stopping the pod) or Ctrl-C.
+async fn terminated() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            warn!(%error, "cannot watch for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

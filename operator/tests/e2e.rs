@@ -165,7 +165,10 @@ async fn bad_manifests_are_refused_naming_the_field() {
         }
     }
     // Key sizes are fixed for the life of a cluster; ports may change.
-    let live = raw.create(&PostParams::default(), &manifest("live", base.clone())).await.unwrap();
+    let live = raw
+        .create(&PostParams::default(), &manifest("live", base.clone()))
+        .await
+        .unwrap();
     for (change, needle) in [
         (json!({"spec": {"nodeIdBits": 160}}), "spec.nodeIdBits cannot change"),
         (json!({"spec": {"rsaBits": 4096}}), "spec.rsaBits cannot change"),
@@ -681,7 +684,9 @@ async fn webhook_injects(env: &Env, operator: &Operator, ns: &str) {
         .await
         .unwrap();
     let (_, _, message) = wait_for("the injected member is reported outdated", WAIT, || async {
-        outdated().await.filter(|(pods, ready, _)| *pods == [name.clone()] && ready == "False")
+        outdated()
+            .await
+            .filter(|(pods, ready, _)| *pods == [name.clone()] && ready == "False")
     })
     .await;
     assert!(message.contains("sidecar made for an earlier spec"), "{message}");

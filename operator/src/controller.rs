@@ -39,6 +39,19 @@ pub fn clusters_for_pod(pod: &Pod, clusters: &[Arc<DynamicObject>]) -> Vec<Objec
         .collect()
 }
 
+/// The clusters that may inherit pods from `cluster`: the others of its namespace, once it
+/// is being deleted.
+pub fn heirs(cluster: &DynamicObject, clusters: &[Arc<DynamicObject>]) -> Vec<ObjectRef<DynamicObject>> {
+    if cluster.metadata.deletion_timestamp.is_none() {
+        return Vec::new();
+    }
+    clusters
+        .iter()
+        .filter(|c| c.namespace() == cluster.namespace() && c.name_any() != cluster.name_any())
+        .map(|c| ObjectRef::from_obj_with(c.as_ref(), crd::api_resource()))
+        .collect()
+}
+
 /// Runs the controller until the stream ends (shutdown signal).
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
@@ -46,16 +59,25 @@ pub async fn run(ctx: Arc<Context>) {
     // Untyped, so that one cluster the types cannot hold fails only its own reconcile, not
     // the list every cluster comes from.
     let clusters = Api::<DynamicObject>::all_with(client.clone(), &crd::api_resource());
-    let controller = Controller::new_with(clusters, watcher::Config::default(), crd::api_resource());
+    let controller = Controller::new_with(clusters.clone(), watcher::Config::default(), crd::api_resource());
     let store: Store<DynamicObject> = controller.store();
     controller
         .owns(Api::<Secret>::all(client.clone()), owned.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned)
-        .watches(Api::<Pod>::all(client), watcher::Config::default(), move |pod| {
-            clusters_for_pod(&pod, &store.state())
+        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), {
+            let store = store.clone();
+            move |pod| clusters_for_pod(&pod, &store.state())
         })
+        // A cluster being deleted hands its pods over (`membership::claimed_by`): the
+        // others of its namespace look again.
+        .watches_with(
+            clusters,
+            crd::api_resource(),
+            watcher::Config::default(),
+            move |cluster| heirs(&cluster, &store.state()),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -93,5 +115,26 @@ mod tests {
         let refs = clusters_for_pod(&relabelled, &clusters);
         assert_eq!(refs.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["web", "web"]);
         assert_eq!(refs[0].dyntype.kind, "XLatticeCluster");
+    }
+
+    #[test]
+    fn a_deleted_cluster_wakes_the_others_of_its_namespace() {
+        let untyped = |name: &str, ns: &str| {
+            let mut c = cluster(serde_json::json!({}));
+            c.metadata.name = Some(name.into());
+            c.metadata.namespace = Some(ns.into());
+            Arc::new(serde_json::from_value::<DynamicObject>(serde_json::to_value(c).unwrap()).unwrap())
+        };
+        let clusters = vec![untyped("a", "ns"), untyped("b", "ns"), untyped("c", "other")];
+        assert!(
+            heirs(&clusters[0], &clusters).is_empty(),
+            "a live cluster hands nothing over"
+        );
+        let mut deleting = (*clusters[0]).clone();
+        deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        let names: Vec<String> = heirs(&deleting, &clusters).into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["b"]);
     }
 }

@@ -12,6 +12,9 @@ pub enum Error {
     #[error("key generation for pod {pod}: {reason}")]
     KeyGeneration { pod: String, reason: String },
 
+    #[error("Secret {secret} exists and is not this cluster's ({owner}): the pod's identity cannot be minted")]
+    NameTaken { secret: String, owner: String },
+
     #[error("identity Secret {secret} is unreadable: {reason}")]
     CorruptIdentity { secret: String, reason: String },
 
@@ -46,6 +49,7 @@ impl Error {
                 _ => "finalizer",
             },
             Self::KeyGeneration { .. } => "keygen",
+            Self::NameTaken { .. } => "name_taken",
             Self::CorruptIdentity { .. } => "corrupt_identity",
             Self::InvalidSpec(_) => "invalid_spec",
             Self::Directory(_) => "directory",

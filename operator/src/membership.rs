@@ -8,11 +8,15 @@ use std::{
 use k8s_openapi::{
     api::core::v1::{Pod, Secret},
     apimachinery::pkg::apis::meta::v1::LabelSelector,
+    jiff::Timestamp,
 };
 use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
 
-use crate::{desired::secret_member, names::SIDECAR_NAME};
+use crate::{
+    desired::secret_member,
+    names::{INJECTED_ANNOTATION, SIDECAR_NAME},
+};
 
 /// Whether `selector` can be served, with the reason naming the field. The CRD's rules
 /// refuse the same at admission (`crd.rs`); this catches objects stored before those rules.
@@ -73,6 +77,44 @@ fn is_label_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// A cluster of the namespace, as the claim rule sees it.
+#[derive(Clone, Debug)]
+pub struct Claimant {
+    pub name: String,
+    pub created: Option<Timestamp>,
+    pub selector: Option<Selector>,
+}
+
+/// The cluster a pod belongs to when several select it: the one that injected its sidecar
+/// (`xlattice.io/injected`), while that cluster exists and still selects it; else the oldest
+/// that selects it (creation time, then name). A cluster created later over running pods
+/// never takes them, and deleting the older one hands over only pods it did not inject.
+pub fn claimed_by<'c>(pod: &Pod, clusters: &'c [Claimant]) -> Option<&'c str> {
+    let selecting: Vec<&Claimant> = clusters
+        .iter()
+        .filter(|c| c.selector.as_ref().is_some_and(|s| s.matches(pod.labels())))
+        .collect();
+    let injected = pod.annotations().get(INJECTED_ANNOTATION);
+    if let Some(c) = selecting.iter().find(|c| Some(&c.name) == injected) {
+        return Some(&c.name);
+    }
+    selecting
+        .into_iter()
+        .min_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)))
+        .map(|c| c.name.as_str())
+}
+
+/// Pods `cluster` selects that belong to another cluster, by that cluster's name.
+pub fn claimed_by_others<'p>(cluster: &str, matched: &[&'p Pod], clusters: &[Claimant]) -> Vec<(&'p Pod, String)> {
+    matched
+        .iter()
+        .filter_map(|p| match claimed_by(p, clusters) {
+            Some(owner) if owner != cluster => Some((*p, owner.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Pods the selector matches, minus finished ones (a completed Job pod no longer serves).
 pub fn members<'a>(selector: &Selector, pods: &'a [Pod]) -> Vec<&'a Pod> {
     let mut members: Vec<&Pod> = pods
@@ -109,15 +151,17 @@ pub fn without_sidecar(members: &[&Pod]) -> Vec<String> {
         .collect()
 }
 
-/// Members whose sidecar runs with other arguments than `expected` (injected for an
-/// earlier spec: other ports). Members without the sidecar are not listed here.
-pub fn outdated_sidecar(members: &[&Pod], expected: &[String]) -> Vec<String> {
+/// Members whose sidecar was injected for another spec: other arguments than `expected`
+/// (other ports), or for another cluster (its volumes name that cluster's directory).
+/// Members without the sidecar are not listed here.
+pub fn outdated_sidecar(cluster: &str, members: &[&Pod], expected: &[String]) -> Vec<String> {
     members
         .iter()
         .filter(|p| {
             let init = p.spec.as_ref().and_then(|s| s.init_containers.as_ref());
             let sidecar = init.into_iter().flatten().find(|c| c.name == SIDECAR_NAME);
-            sidecar.is_some_and(|c| c.args.as_deref() != Some(expected))
+            let injected_for = p.annotations().get(INJECTED_ANNOTATION).map(String::as_str);
+            sidecar.is_some_and(|c| c.args.as_deref() != Some(expected) || injected_for != Some(cluster))
         })
         .map(|p| p.name_any())
         .collect()
@@ -194,6 +238,44 @@ mod tests {
                 (got, want) => panic!("{selector:?}: got {got:?}, want refusal {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_injecting_cluster_then_the_oldest_claims_a_pod() {
+        let claimant = |name: &str, created: i64, app: &str| Claimant {
+            name: name.into(),
+            created: Some(Timestamp::from_second(created).unwrap()),
+            selector: Some(Selector::from_iter([kube::core::Expression::Equal(
+                "app".into(),
+                app.into(),
+            )])),
+        };
+        let old = claimant("old", 100, "store");
+        let new = claimant("new", 200, "store");
+        let other = claimant("other", 50, "web");
+        let clusters = [new.clone(), old.clone(), other];
+        let plain = pod("store-0", None);
+        assert_eq!(claimed_by(&plain, &clusters), Some("old"), "the oldest");
+        let mut injected = plain.clone();
+        injected.metadata.annotations = Some([(INJECTED_ANNOTATION.to_string(), "new".to_string())].into());
+        assert_eq!(claimed_by(&injected, &clusters), Some("new"), "the injecting cluster");
+        assert_eq!(
+            claimed_by(&injected, std::slice::from_ref(&old)),
+            Some("old"),
+            "its injector is gone"
+        );
+        let tie = claimant("a-tie", 100, "store");
+        assert_eq!(claimed_by(&plain, &[old.clone(), tie]), Some("a-tie"), "then by name");
+        let matched = [&plain, &injected];
+        let others = claimed_by_others("new", &matched, &clusters);
+        assert_eq!(others.len(), 1);
+        assert_eq!(
+            (others[0].0.name_any(), others[0].1.as_str()),
+            ("store-0".to_string(), "old")
+        );
+        let mut unlabelled = pod("web-0", None);
+        unlabelled.metadata.labels = None;
+        assert_eq!(claimed_by(&unlabelled, &[old, new]), None);
     }
 
     fn secret_for(name: &str, uid: &str) -> Secret {

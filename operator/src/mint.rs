@@ -18,7 +18,7 @@ use crate::{
     crd::XLatticeCluster,
     desired::{identity_secret, rotated_secret},
     error::{Error, Result},
-    names::{identity_secret_name, NODE_ID_ANNOTATION},
+    names::{identity_secret_name, label_value, CLUSTER_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NODE_ID_ANNOTATION},
     rotation::{self, Tokens},
 };
 
@@ -106,6 +106,20 @@ async fn mint_one(
         Ok(created) => Ok(Minted::Created(created)),
         Err(e) if crate::error::is_conflict(&e) => {
             let theirs = api.get(&identity_secret_name(pod)).await?;
+            // Only an identity of this very cluster stands; a Secret of that name made by
+            // anyone else (another cluster, a user) is never published as this member's.
+            let ours = theirs.labels().get(CLUSTER_LABEL) == Some(&label_value(&cluster.name_any()))
+                && theirs.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY);
+            if !ours {
+                let owner = match theirs.labels().get(CLUSTER_LABEL) {
+                    Some(other) => format!("it belongs to XLatticeCluster {other}"),
+                    None => "it was not made by the operator".into(),
+                };
+                return Err(Error::NameTaken {
+                    secret: theirs.name_any(),
+                    owner,
+                });
+            }
             Ok(Minted::Found(theirs))
         }
         Err(e) => Err(e.into()),

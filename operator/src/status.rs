@@ -23,6 +23,9 @@ pub struct Degraded {
 pub enum DegradedReason {
     /// The spec cannot be served as written (the message names the field).
     InvalidSpec,
+    /// The selector matches pods of another cluster (named in the message): those stay
+    /// the other cluster's.
+    SelectorConflict,
     /// A member has no identity: minting failed.
     MintingFailed,
     /// Keys due for rotation were not rotated.
@@ -175,8 +178,9 @@ impl Degraded {
 }
 
 impl DegradedReason {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::InvalidSpec,
+        Self::SelectorConflict,
         Self::MintingFailed,
         Self::RotationFailed,
         Self::DirectoryTooLarge,
@@ -190,6 +194,7 @@ impl DegradedReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InvalidSpec => "InvalidSpec",
+            Self::SelectorConflict => "SelectorConflict",
             Self::MintingFailed => "MintingFailed",
             Self::RotationFailed => "RotationFailed",
             Self::DirectoryTooLarge => "DirectoryTooLarge",

@@ -200,8 +200,49 @@ async fn one_bad_cluster_stalls_nothing() {
         "no key material in the log"
     );
 
+    // --- two clusters select the same pod: the first keeps it, the second reports it
+    pods.create(&PostParams::default(), &member_pod("shared-0", "shared", &[]))
+        .await
+        .unwrap();
+    apply(&clusters, &cluster("first", spec("shared"))).await;
+    let first_id = wait_for("first mints shared-0", WAIT, || async {
+        let secrets = identity_secrets(&secrets, "first").await;
+        secrets
+            .get("shared-0")
+            .map(|s| s.annotations()["xlattice.io/node-id"].clone())
+    })
+    .await;
+    apply(&clusters, &cluster("second", spec("shared"))).await;
+    let message = wait_for("second is Degraded: SelectorConflict", WAIT, || async {
+        degraded(&get("second").await?, "SelectorConflict")
+    })
+    .await;
+    assert!(
+        message.contains("shared-0 (first)"),
+        "names the pod and its cluster: {message}"
+    );
+    let second = get("second").await.unwrap();
+    assert_eq!(
+        second.data.pointer("/status/members"),
+        Some(&json!(0)),
+        "second counts no member"
+    );
+    assert!(
+        identity_secrets(&secrets, "second").await.is_empty(),
+        "second minted another's member"
+    );
+    let kept = identity_secrets(&secrets, "first").await["shared-0"].annotations()["xlattice.io/node-id"].clone();
+    assert_eq!(kept, first_id, "shared-0 keeps its NodeID");
+    // Once first is gone (its identities with it), the pod is second's.
+    clusters.delete("first", &DeleteParams::default()).await.unwrap();
+    wait_for("second takes shared-0 once first is deleted", WAIT, || async {
+        let c = get("second").await?;
+        (ready(&c) && identity_secrets(&secrets, "second").await.contains_key("shared-0")).then_some(())
+    })
+    .await;
+
     // --- clean up with the operator still running (finalizers), and the CRD as committed
-    for name in ["broken", "good", "peers"] {
+    for name in ["broken", "good", "peers", "second"] {
         clusters.delete(name, &DeleteParams::default()).await.unwrap();
     }
     wait_for("clusters deleted", WAIT, || async {

@@ -144,16 +144,17 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
         .list(&ListParams::default().labels(&owned_by(&cluster.name_any())))
         .await?
         .items;
+    let (members, claims) = claim(ctx, cluster, membership::members(&usable.selector, &pods)).await?;
     let mut obs = Observed {
         cluster,
         ns,
-        members: membership::members(&usable.selector, &pods),
+        members,
         secrets,
         secrets_api,
         status: cluster.status.clone(),
     };
 
-    let mut outcomes = vec![identities::mint(ctx, &mut obs, usable.sizes).await?];
+    let mut outcomes = vec![claims, identities::mint(ctx, &mut obs, usable.sizes).await?];
     let (rotated, rotated_at) = identities::rotate(ctx, &mut obs, usable.sizes.1, usable.period).await;
     outcomes.push(rotated);
     facts.last_rotation = rotated_at;
@@ -162,7 +163,7 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     outcomes.push(publication::network(ctx, &obs, &mut facts).await?);
     facts.pods_without_sidecar = membership::without_sidecar(&obs.members);
     let expected = crate::webhook::inject::sidecar_args(cluster);
-    facts.pods_with_outdated_sidecar = membership::outdated_sidecar(&obs.members, &expected);
+    facts.pods_with_outdated_sidecar = membership::outdated_sidecar(&cluster.name_any(), &obs.members, &expected);
     let stale = [
         facts.pods_without_sidecar.clone(),
         facts.pods_with_outdated_sidecar.clone(),
@@ -216,6 +217,43 @@ fn usable_spec(cluster: &XLatticeCluster) -> Result<Usable, Degraded> {
         sizes: spec.key_sizes().map_err(invalid)?,
         period: rotation::period(spec).map_err(invalid)?,
     })
+}
+
+/// The matched pods this cluster may call its members: not those another cluster of the
+/// namespace claims (`membership::claimed_by`), which are reported instead.
+async fn claim<'p>(ctx: &Context, cluster: &XLatticeCluster, matched: Vec<&'p Pod>) -> Result<(Vec<&'p Pod>, Outcome)> {
+    let ns = cluster.namespace().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &crd::api_resource());
+    let claimants: Vec<membership::Claimant> = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_none() || c.name_any() == cluster.name_any())
+        .map(|c| membership::Claimant {
+            name: c.name_any(),
+            created: c.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            selector: crd::decode_selector(c).and_then(|s| Selector::try_from(s).ok()),
+        })
+        .collect();
+    let others = membership::claimed_by_others(&cluster.name_any(), &matched, &claimants);
+    let mut outcome = Outcome::default();
+    if let Some((_, owner)) = others.first() {
+        let names: Vec<String> = others.iter().map(|(p, o)| format!("{} ({o})", p.name_any())).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let summary = format!(
+            "spec.selector also matches {} pods of other XLatticeClusters, which keep them (first: {owner}); \
+             narrow the selector so that no pod matches two clusters",
+            others.len()
+        );
+        let message = context::naming(&summary, &names, 1024);
+        outcome.degraded(Degraded::new(DegradedReason::SelectorConflict, message));
+    }
+    let members = matched
+        .into_iter()
+        .filter(|p| !others.iter().any(|(o, _)| o.name_any() == p.name_any()))
+        .collect();
+    Ok((members, outcome))
 }
 
 /// Says on status how far minting got (Ready=False until every member has an identity);

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub minted: Counter,
     pub rotated: Counter,
     pub deleted: Counter,
+    /// Members whose identity Secret vanished (deleted by hand?) and was minted anew.
+    pub replaced: Counter,
     /// Writes by kind, so "a settled cluster writes nothing" can be checked from outside.
     pub writes: Family<KindLabel, Counter>,
     ready: AtomicBool,
@@ -51,6 +53,7 @@ impl Default for Metrics {
         let minted = Counter::default();
         let rotated = Counter::default();
         let deleted = Counter::default();
+        let replaced = Counter::default();
         let writes = Family::<KindLabel, Counter>::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register("reconcile_failures", "Reconciles failed, by reason", failures.clone());
@@ -67,6 +70,11 @@ impl Default for Metrics {
             deleted.clone(),
         );
         registry.register(
+            "identities_replaced",
+            "Published members whose identity Secret vanished and who got a new identity (new NodeID)",
+            replaced.clone(),
+        );
+        registry.register(
             "writes",
             "Write requests issued by the reconciler, by kind",
             writes.clone(),
@@ -79,6 +87,7 @@ impl Default for Metrics {
             minted,
             rotated,
             deleted,
+            replaced,
             writes,
             ready: AtomicBool::new(false),
         }

@@ -32,6 +32,8 @@ pub enum DegradedReason {
     RotationFailed,
     /// A directory shard would exceed the ConfigMap size limit; the last one written stays.
     DirectoryTooLarge,
+    /// Two members hold one NodeID (a hand edit): the later is left out of the directory.
+    DuplicateNodeId,
     /// An identity Secret cannot be read: its member is left out of the directory.
     CorruptIdentity,
 }
@@ -178,12 +180,13 @@ impl Degraded {
 }
 
 impl DegradedReason {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::InvalidSpec,
         Self::SelectorConflict,
         Self::MintingFailed,
         Self::RotationFailed,
         Self::DirectoryTooLarge,
+        Self::DuplicateNodeId,
         Self::CorruptIdentity,
     ];
 
@@ -198,6 +201,7 @@ impl DegradedReason {
             Self::MintingFailed => "MintingFailed",
             Self::RotationFailed => "RotationFailed",
             Self::DirectoryTooLarge => "DirectoryTooLarge",
+            Self::DuplicateNodeId => "DuplicateNodeId",
             Self::CorruptIdentity => "CorruptIdentity",
         }
     }

@@ -11,10 +11,10 @@ use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time
 use kube::{
     api::{DeleteParams, Preconditions},
     runtime::events::EventType,
-    ResourceExt,
+    Resource, ResourceExt,
 };
 use tracing::{info, warn};
-use xlattice_protocol::{NodeIdBits, RsaBits};
+use xlattice_protocol::{NodeId, NodeIdBits, RsaBits};
 
 use super::{
     context::{key, MemberNote},
@@ -44,7 +44,22 @@ pub(super) async fn mint(ctx: &Context, obs: &mut Observed<'_>, sizes: (NodeIdBi
     }
     let cluster = obs.cluster;
     info!(cluster = %key(cluster), pods = need.len(), "minting identities");
-    let taken = mint::taken_node_ids(&obs.secrets);
+    // A member the published directory lists already had an identity: its Secret vanished.
+    let published = match crate::directory::fetch(&ctx.client, &obs.ns, &cluster.name_any()).await {
+        Ok(dir) => dir.members,
+        Err(error) => {
+            warn!(cluster = %key(cluster), %error, "cannot read the published directory: replaced identities will not be told apart");
+            Vec::new()
+        }
+    };
+    let before: HashMap<String, NodeId> = published
+        .into_iter()
+        .filter(|m| need.contains(&m.name))
+        .map(|m| (m.name, m.node_id))
+        .collect();
+    let mut taken = mint::taken_node_ids(&obs.secrets);
+    // A NodeID is never handed out twice in a cluster, not even after its member left.
+    taken.extend(before.values().copied());
     let need = need.into_iter().map(|pod| (pod.clone(), obs.tokens(&pod))).collect();
     let api = obs.secrets_api.clone();
     let mut results = std::pin::pin!(mint::mint_all(&api, cluster, need, taken, sizes, ctx.keygen.clone()));
@@ -54,7 +69,13 @@ pub(super) async fn mint(ctx: &Context, obs: &mut Observed<'_>, sizes: (NodeIdBi
     loop {
         tokio::select! {
             next = results.next() => match next {
-                Some((pod, result)) => minted(ctx, obs, &mut outcome, &mut notes, pod, result),
+                Some((pod, result)) => {
+                    let replaced = before.get(&pod).filter(|_| matches!(result, Ok(Minted::Created(_))));
+                    if let (Some(old), Ok(Minted::Created(secret))) = (replaced, &result) {
+                        replaced_identity(ctx, obs, &pod, &old.to_string(), &announced_node_id(secret)).await;
+                    }
+                    minted(ctx, obs, &mut outcome, &mut notes, pod, result);
+                }
                 None => break,
             },
             // The first tick is at once: Ready turns False before the first key is made.
@@ -69,6 +90,23 @@ pub(super) async fn mint(ctx: &Context, obs: &mut Observed<'_>, sizes: (NodeIdBi
     let summary = format!("minted {} identities", notes.len());
     ctx.member_events(cluster, "MintedIdentity", notes, summary).await;
     Ok(outcome)
+}
+
+/// The loud trace of an identity replaced: a published member's Secret vanished (deleted
+/// by hand?), so it got a new identity. Re-minting restores the member at once (a member
+/// without an identity is refused by every peer); its peers see a new NodeID, a new member.
+async fn replaced_identity(ctx: &Context, obs: &Observed<'_>, pod: &str, old: &str, new: &str) {
+    ctx.metrics.replaced.inc();
+    warn!(cluster = %key(obs.cluster), %pod, old_node_id = %old, new_node_id = %new, "identity Secret vanished: minted a new identity");
+    let note = format!(
+        "the identity Secret of pod {pod} vanished (deleted by hand?): minted a new identity, NodeID {new} replaces {old}; peers see a new member"
+    );
+    let regarding = obs
+        .note(pod, String::new())
+        .pod
+        .unwrap_or_else(|| obs.cluster.object_ref(&()));
+    ctx.event_on(&regarding, EventType::Warning, "ReplacedIdentity", note)
+        .await;
 }
 
 /// Logs and counts one mint as it happens, and keeps `obs.secrets` current.

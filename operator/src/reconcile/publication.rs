@@ -1,14 +1,16 @@
 //! The phases that publish a cluster: the member directory (from the identity Secrets of
 //! current members), the NetworkPolicy and the Services.
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     api::{Patch, PatchParams},
     Api, Resource, ResourceExt,
 };
 use serde::{de::DeserializeOwned, Serialize};
-use tracing::info;
+use tracing::{info, warn};
+use xlattice_protocol::MemberRecord;
 
-use super::{Context, Observed, Outcome};
+use super::{context::key, Context, Observed, Outcome};
 use crate::{
     desired, directory,
     error::{Error, Result},
@@ -21,15 +23,33 @@ use crate::{
 pub(super) async fn directory(ctx: &Context, obs: &Observed<'_>, facts: &mut Facts) -> Result<Outcome> {
     let cluster = obs.cluster;
     let mut outcome = Outcome::default();
-    let mut records = Vec::new();
-    for secret in &obs.secrets {
-        let Some(member) = desired::secret_member(secret) else {
+    let mut records: Vec<MemberRecord> = Vec::new();
+    // Oldest first: when a hand edit makes two members share a NodeID, the one that had it
+    // first keeps it and the other is left out (clients refuse a directory with duplicates).
+    let mut secrets: Vec<&Secret> = obs.secrets.iter().collect();
+    secrets.sort_by_key(|s| (s.creation_timestamp().map(|t| t.0), s.name_any()));
+    for secret in secrets {
+        let Some(member) = desired::secret_member(secret).filter(|m| obs.is_member(m)) else {
             continue;
         };
-        if obs.is_member(member) {
-            match ctx.record(secret, member) {
-                Ok(record) => records.push(record),
-                Err(error) => outcome.degraded(Degraded::new(DegradedReason::CorruptIdentity, error.to_string())),
+        match ctx.record(secret, member) {
+            Ok(record) => match records.iter().find(|r| r.node_id == record.node_id) {
+                Some(first) => {
+                    let message = format!(
+                        "members {} and {member} both hold NodeID {} (a hand edit of {}?): {member} is left out of the directory until its Secret is fixed or deleted",
+                        first.name,
+                        record.node_id,
+                        secret.name_any()
+                    );
+                    warn!(cluster = %key(cluster), %member, node_id = %record.node_id, "duplicate NodeID: member left out of the directory");
+                    outcome.degraded(Degraded::new(DegradedReason::DuplicateNodeId, message));
+                }
+                None => records.push(record),
+            },
+            Err(error) => {
+                warn!(cluster = %key(cluster), %member, %error, "unreadable identity: member left out of the directory");
+                let message = format!("member {member} is left out of the directory: {error}");
+                outcome.degraded(Degraded::new(DegradedReason::CorruptIdentity, message));
             }
         }
     }

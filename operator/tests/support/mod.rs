@@ -241,6 +241,8 @@ pub async fn operator_kubeconfig(admin: &Client, admin_path: &Path, op_ns: &str,
     };
     apply(&Api::<RoleBinding>::namespaced(admin.clone(), op_ns), &rb).await;
 
+    install_admission_policy(admin, op_ns, run).await;
+
     let request = TokenRequest {
         spec: TokenRequestSpec {
             expiration_seconds: Some(3600),
@@ -270,6 +272,30 @@ pub async fn operator_kubeconfig(admin: &Client, admin_path: &Path, op_ns: &str,
     let path = std::env::temp_dir().join(format!("xlattice-operator-{run}.kubeconfig"));
     std::fs::write(&path, yaml).unwrap();
     path
+}
+
+/// The chart's ValidatingAdmissionPolicy (charts/xlattice-operator/rbac/admission-policy.yaml)
+/// for the operator's ServiceAccount in `op_ns`, named for this run, so that every e2e test
+/// runs the operator under the policy users install. The API server enforces it a moment
+/// after it is stored.
+pub async fn install_admission_policy(admin: &Client, op_ns: &str, run: &str) {
+    use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
+    let text = std::fs::read_to_string(repo_file("charts/xlattice-operator/rbac/admission-policy.yaml"))
+        .unwrap()
+        .replace("__NAME__", &format!("xlattice-operator-writes-{run}"))
+        .replace("__OPERATOR_NAMESPACE__", op_ns)
+        .replace(
+            "__OPERATOR__",
+            &format!("system:serviceaccount:{op_ns}:xlattice-operator"),
+        );
+    let mut docs = serde_yaml::Deserializer::from_str(&text);
+    let policy: ValidatingAdmissionPolicy = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(admin.clone());
+    apply(&policies, &policy).await;
+    apply(&Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone()), &binding).await;
+    // Type errors show in the policy's status, written by kube-controller-manager, which
+    // this control plane does not run: hack/node-test.sh checks them on the real node.
 }
 
 /// The operator binary running as its ServiceAccount, killed on drop.

@@ -1,0 +1,332 @@
+//! Least privilege, tried with the operator's own token against a real kube-apiserver: the
+//! chart's RBAC and its ValidatingAdmissionPolicy together let the ServiceAccount write what
+//! the operator owns and nothing else. Each escalation an attacker holding the token would
+//! try is attempted and must be refused; what the operator does itself must still pass.
+
+mod support;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec},
+        core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Secret, Service, ServicePort, ServiceSpec},
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+    ByteString,
+};
+use kube::{
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    Api, Client,
+};
+use serde_json::json;
+use support::*;
+
+const MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", "xlattice-operator");
+
+fn meta(name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+        ..Default::default()
+    }
+}
+
+fn deployment(name: &str) -> Deployment {
+    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
+    Deployment {
+        metadata: meta(name, &[]),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "app".into(),
+                        image: Some("registry.invalid/app:1".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The refusal's text, or a failure naming the write that got through.
+fn refused<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) -> String {
+    match result {
+        Ok(_) => panic!("the operator's token could {what}"),
+        Err(kube::Error::Api(status)) => {
+            assert!(matches!(status.code, 403 | 422), "{what}: {status:?}");
+            status.message
+        }
+        Err(other) => panic!("{what}: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn the_operators_token_writes_only_what_the_operator_owns() {
+    let Some((h, mut operator)) = Harness::start("priv").await else {
+        return;
+    };
+    // The token, not the process: the operator is not needed for this test.
+    operator.kill();
+    let op = admin_client(&h.kubeconfig).await; // any kubeconfig: this one holds the SA's token
+    let ns = &h.ns;
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let patch_dry = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+
+    // What a user owns in a namespace the operator serves.
+    let admin_secrets: Api<Secret> = Api::namespaced(h.admin.clone(), ns);
+    let user_secret = Secret {
+        metadata: meta("db-password", &[]),
+        string_data: Some(BTreeMap::from([("password".to_string(), "hunter2".to_string())])),
+        ..Default::default()
+    };
+    admin_secrets
+        .create(&PostParams::default(), &user_secret)
+        .await
+        .unwrap();
+    let admin_deploys: Api<Deployment> = Api::namespaced(h.admin.clone(), ns);
+    admin_deploys
+        .create(&PostParams::default(), &deployment("web"))
+        .await
+        .unwrap();
+    let user_service = Service {
+        metadata: meta("web", &[]),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([("app".to_string(), "web".to_string())])),
+            ports: Some(vec![ServicePort {
+                port: 80,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Api::<Service>::namespaced(h.admin.clone(), ns)
+        .create(&PostParams::default(), &user_service)
+        .await
+        .unwrap();
+    let admin_cms: Api<ConfigMap> = Api::namespaced(h.admin.clone(), ns);
+    admin_cms
+        .create(
+            &PostParams::default(),
+            &ConfigMap {
+                metadata: meta("settings", &[]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let secrets: Api<Secret> = Api::namespaced(op.clone(), ns);
+    let deploys: Api<Deployment> = Api::namespaced(op.clone(), ns);
+    let services: Api<Service> = Api::namespaced(op.clone(), ns);
+    let cms: Api<ConfigMap> = Api::namespaced(op.clone(), ns);
+
+    // --- Secrets: only identity Secrets it labels as its own
+    let identity = Secret {
+        metadata: meta("xlattice-id-probe", &[MANAGED]),
+        type_: Some("xlattice.io/identity".into()),
+        data: Some(BTreeMap::from([("node-id".to_string(), ByteString(b"00".to_vec()))])),
+        ..Default::default()
+    };
+    // The policy is enforced a moment after it is stored.
+    wait_for(
+        "the admission policy refuses an Opaque Secret",
+        Duration::from_secs(30),
+        || async {
+            let opaque = Secret {
+                metadata: meta("planted", &[MANAGED]),
+                ..Default::default()
+            };
+            secrets.create(&dry, &opaque).await.is_err().then_some(())
+        },
+    )
+    .await;
+    secrets
+        .create(&dry, &identity)
+        .await
+        .expect("an identity Secret may be created");
+    let message = refused(
+        "create an unlabelled identity-typed Secret",
+        secrets
+            .create(
+                &dry,
+                &Secret {
+                    metadata: meta("x", &[]),
+                    ..identity.clone()
+                },
+            )
+            .await,
+    );
+    assert!(message.contains("managed-by=xlattice-operator"), "{message}");
+    let message = refused(
+        "create a labelled Opaque Secret",
+        secrets
+            .create(
+                &dry,
+                &Secret {
+                    type_: None,
+                    ..identity.clone()
+                },
+            )
+            .await,
+    );
+    assert!(message.contains("xlattice.io/identity"), "{message}");
+    let steal = json!({"metadata": {"labels": {MANAGED.0: MANAGED.1}}, "type": "xlattice.io/identity"});
+    refused(
+        "adopt a user's Secret by labelling it",
+        secrets.patch("db-password", &patch_dry, &Patch::Merge(&steal)).await,
+    );
+    refused(
+        "overwrite a user's Secret",
+        secrets
+            .patch(
+                "db-password",
+                &patch_dry,
+                &Patch::Merge(&json!({"stringData": {"password": "x"}})),
+            )
+            .await,
+    );
+    refused(
+        "delete a user's Secret",
+        secrets
+            .delete(
+                "db-password",
+                &DeleteParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+            )
+            .await,
+    );
+
+    // --- workloads: only the restart annotations of the pod template
+    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "evil/app:1"}]}}}});
+    let message = refused(
+        "change a Deployment's image",
+        deploys.patch("web", &patch_dry, &Patch::Merge(&image)).await,
+    );
+    assert!(message.contains("restart annotations"), "{message}");
+    let sa = json!({"spec": {"template": {"spec": {"serviceAccountName": "admin"}}}});
+    refused(
+        "change a Deployment's ServiceAccount",
+        deploys.patch("web", &patch_dry, &Patch::Merge(&sa)).await,
+    );
+    let scale = json!({"spec": {"replicas": 0}});
+    refused(
+        "scale a Deployment to zero",
+        deploys.patch("web", &patch_dry, &Patch::Merge(&scale)).await,
+    );
+    let sneak = json!({"spec": {"template": {"metadata": {"annotations": {"xlattice.io/restartedAt": "now", "sidecar.istio.io/inject": "false"}}}}});
+    refused(
+        "slip another annotation in with a restart",
+        deploys.patch("web", &patch_dry, &Patch::Merge(&sneak)).await,
+    );
+    let restart = json!({"spec": {"template": {"metadata": {"annotations": {"xlattice.io/restartedAt": "now", "xlattice.io/restarted-for": "uid/hash"}}}}});
+    deploys
+        .patch("web", &patch_dry, &Patch::Merge(&restart))
+        .await
+        .expect("restartWorkloads' patch passes");
+    refused(
+        "delete a Deployment",
+        deploys
+            .delete(
+                "web",
+                &DeleteParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+            )
+            .await,
+    );
+
+    // --- Services, ConfigMaps: only its own
+    let hijack = json!({"spec": {"selector": {"app": "attacker"}}});
+    refused(
+        "redirect a user's Service",
+        services.patch("web", &patch_dry, &Patch::Merge(&hijack)).await,
+    );
+    refused(
+        "rewrite a user's ConfigMap",
+        cms.patch("settings", &patch_dry, &Patch::Merge(&json!({"data": {"k": "v"}})))
+            .await,
+    );
+    cms.create(
+        &dry,
+        &ConfigMap {
+            metadata: meta("store-directory-0", &[MANAGED]),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a directory shard may be created");
+
+    // --- its webhook configuration: the caBundle only
+    let mwc_api = register_webhook_config(&h.admin).await;
+    let mwcs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> = Api::all(op.clone());
+    let widen = json!({"webhooks": [{"name": "inject.xlattice.io", "failurePolicy": "Ignore"}]});
+    refused(
+        "change its webhook's failurePolicy",
+        mwcs.patch("xlattice-sidecar-injector", &patch_dry, &Patch::Strategic(&widen))
+            .await,
+    );
+    let ca = json!({"webhooks": [{"name": "inject.xlattice.io", "clientConfig": {"caBundle": "Zm9v"}}]});
+    mwcs.patch("xlattice-sidecar-injector", &patch_dry, &Patch::Strategic(&ca))
+        .await
+        .expect("the caBundle may be written");
+    mwc_api
+        .delete("xlattice-sidecar-injector", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+/// A webhook configuration like the chart's, without waiting for an operator's caBundle.
+async fn register_webhook_config(
+    admin: &Client,
+) -> Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhook, MutatingWebhookConfiguration, WebhookClientConfig,
+    };
+    let api: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    let _ = api.delete("xlattice-sidecar-injector", &DeleteParams::default()).await;
+    let mwc = MutatingWebhookConfiguration {
+        metadata: meta("xlattice-sidecar-injector", &[]),
+        webhooks: Some(vec![MutatingWebhook {
+            name: "inject.xlattice.io".into(),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some("Fail".into()),
+            client_config: WebhookClientConfig {
+                url: Some("https://127.0.0.1:1/mutate-pods".into()),
+                ..Default::default()
+            },
+            // Selects nothing: no pod of any test depends on it.
+            object_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([("xlattice.io/never".to_string(), "true".to_string())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+    };
+    api.create(&PostParams::default(), &mwc).await.unwrap();
+    api
+}

@@ -11,7 +11,7 @@ use kube::{
     api::DynamicObject,
     core::{Selector, SelectorExt},
     runtime::{controller::Controller, reflector::ObjectRef, reflector::Store, watcher},
-    Api, ResourceExt,
+    ResourceExt,
 };
 use tracing::{debug, warn};
 
@@ -19,6 +19,7 @@ use crate::{
     crd,
     names::{INJECTED_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL},
     reconcile::{error_policy, reconcile, Context},
+    scope::{self, Scope},
 };
 
 /// Clusters a pod event concerns: those whose selector matches the pod, and the one that
@@ -52,21 +53,27 @@ pub fn heirs(cluster: &DynamicObject, clusters: &[Arc<DynamicObject>]) -> Vec<Ob
         .collect()
 }
 
-/// Runs the controller until the stream ends (shutdown signal).
-pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
+/// Runs a controller per watch of `scope` (one for all namespaces, or one per namespace)
+/// until they end (shutdown signal).
+pub async fn run(ctx: Arc<Context>, scope: &Scope) {
+    futures::future::join_all(scope.watches().into_iter().map(|ns| run_in(ctx.clone(), ns))).await;
+}
+
+/// One controller over `namespace` (or all namespaces).
+async fn run_in(ctx: Arc<Context>, namespace: Option<String>) {
+    let (client, ns) = (ctx.client.clone(), namespace.as_deref());
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     // Untyped, so that one cluster the types cannot hold fails only its own reconcile, not
     // the list every cluster comes from.
-    let clusters = Api::<DynamicObject>::all_with(client.clone(), &crd::api_resource());
+    let clusters = scope::clusters(&client, ns);
     let controller = Controller::new_with(clusters.clone(), watcher::Config::default(), crd::api_resource());
     let store: Store<DynamicObject> = controller.store();
     controller
-        .owns(Api::<Secret>::all(client.clone()), owned.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned)
-        .watches(Api::<Pod>::all(client.clone()), watcher::Config::default(), {
+        .owns(scope::api::<Secret>(&client, ns), owned.clone())
+        .owns(scope::api::<ConfigMap>(&client, ns), owned.clone())
+        .owns(scope::api::<NetworkPolicy>(&client, ns), owned.clone())
+        .owns(scope::api::<Service>(&client, ns), owned)
+        .watches(scope::api::<Pod>(&client, ns), watcher::Config::default(), {
             let store = store.clone();
             move |pod| clusters_for_pod(&pod, &store.state())
         })

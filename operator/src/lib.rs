@@ -16,6 +16,7 @@ pub mod names;
 pub mod reconcile;
 pub mod restart;
 pub mod rotation;
+pub mod scope;
 pub mod status;
 pub mod webhook;
 

@@ -12,6 +12,7 @@ use xlattice_operator::{
     leader::LeaseLock,
     metrics::{self, Metrics},
     reconcile::Context,
+    scope::Scope,
     webhook::{certs, inject::SidecarConfig, server},
 };
 
@@ -54,6 +55,10 @@ struct RunArgs {
     /// Identity of this replica in the leader Lease.
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
+    /// Serve only these namespaces (repeat, or comma-separate); none: every namespace. With
+    /// a list, the chart binds the operator's ClusterRole in these namespaces only.
+    #[arg(long = "watch-namespace", env = "XLATTICE_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// Metrics (/metrics) and probes (/livez, /readyz).
     #[arg(long, env = "XLATTICE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -158,6 +163,8 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     init_tracing(args.log_json);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = Client::try_default().await?;
+    let scope = Scope::from_flags(&args.watch_namespaces);
+    info!(?scope, "serving");
     let metrics = Arc::new(Metrics::default());
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
 
@@ -225,9 +232,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         });
         tokio::spawn({
-            let (client, addr) = (client.clone(), args.webhook_addr);
+            let (client, addr, scope) = (client.clone(), args.webhook_addr, scope.clone());
             async move {
-                if let Err(error) = server::serve(addr, tls_rx, client, config).await {
+                if let Err(error) = server::serve(addr, tls_rx, client, config, scope).await {
                     error!(%error, "webhook server stopped");
                 }
             }
@@ -250,7 +257,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.keygen_threads.unwrap_or(cpus),
     ));
     if !args.leader_elect {
-        controller::run(ctx).await;
+        controller::run(ctx, &scope).await;
         return Ok(());
     }
     let lock = LeaseLock::new(
@@ -271,7 +278,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             () = terminated() => return Ok(()),
         }
         tokio::select! {
-            () = controller::run(ctx.clone()) => {
+            () = controller::run(ctx.clone(), &scope) => {
                 lock.release().await;
                 return Ok(());
             }

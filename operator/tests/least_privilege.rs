@@ -330,3 +330,78 @@ async fn register_webhook_config(
     api.create(&PostParams::default(), &mwc).await.unwrap();
     api
 }
+
+/// With watchNamespaces, the token reads and writes nothing outside the namespaces it
+/// serves (no Secret of kube-system, no list across the cluster), and the operator still
+/// serves its namespace in full.
+#[tokio::test]
+async fn a_namespaced_operator_reads_nothing_elsewhere() {
+    let Some((h, operator)) = Harness::start_scoped("scoped", free_port(), true).await else {
+        return;
+    };
+    let op = admin_client(&h.kubeconfig).await;
+    let elsewhere = format!("xl-scoped-other-{}", h.run);
+    create_namespace(&h.admin, &elsewhere).await;
+    let secret = Secret {
+        metadata: meta("db-password", &[]),
+        string_data: Some(BTreeMap::from([("password".to_string(), "hunter2".to_string())])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(h.admin.clone(), &elsewhere)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let message = refused(
+        "read a Secret of a namespace it does not serve",
+        Api::<Secret>::namespaced(op.clone(), &elsewhere)
+            .get("db-password")
+            .await,
+    );
+    assert!(message.contains("forbidden"), "{message}");
+    refused(
+        "list kube-system's Secrets",
+        Api::<Secret>::namespaced(op.clone(), "kube-system")
+            .list(&Default::default())
+            .await,
+    );
+    refused(
+        "list every Secret",
+        Api::<Secret>::all(op.clone()).list(&Default::default()).await,
+    );
+    refused(
+        "list pods across the cluster",
+        Api::<k8s_openapi::api::core::v1::Pod>::all(op.clone())
+            .list(&Default::default())
+            .await,
+    );
+
+    // The namespace it serves, in full: a member minted, the cluster Ready.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(h.admin.clone(), &h.ns);
+    pods.create(&PostParams::default(), &member_pod("s-0", "s", &[]))
+        .await
+        .unwrap();
+    let clusters: Api<xlattice_operator::XLatticeCluster> = Api::namespaced(h.admin.clone(), &h.ns);
+    let spec = json!({"apiVersion": "xlattice.io/v1alpha1", "kind": "XLatticeCluster", "metadata": {"name": "s"},
+        "spec": {"selector": {"matchLabels": {"app": "s"}}, "clusterPort": 7000, "clientPort": 8000}});
+    apply(&clusters, &serde_json::from_value(spec).unwrap()).await;
+    wait_for(
+        "the namespaced operator makes s Ready",
+        Duration::from_secs(60),
+        || async {
+            let status = clusters.get("s").await.ok()?.status?;
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            (ready && status.minted == 1).then_some(())
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(&operator.log).unwrap();
+    assert!(
+        !log.contains("403"),
+        "the namespaced operator was refused something:\n{}",
+        operator.log_tail()
+    );
+    clusters.delete("s", &DeleteParams::default()).await.unwrap();
+}

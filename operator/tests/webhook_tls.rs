@@ -76,7 +76,13 @@ async fn the_webhook_certificate_is_renewed_and_served_without_a_gap_in_trust() 
         pull_policy: None,
         resources: Default::default(),
     };
-    tokio::spawn(server::serve(addr, tls, admin.clone(), config));
+    tokio::spawn(server::serve(
+        addr,
+        tls,
+        admin.clone(),
+        config,
+        xlattice_operator::scope::Scope::All,
+    ));
     let served = wait_for("the webhook serves", Duration::from_secs(10), || async {
         presented(addr, &first.ca_pem).await.ok()
     })

@@ -24,6 +24,7 @@ use super::{
 use crate::{
     crd,
     error::{Error, Result},
+    scope::Scope,
 };
 
 pub const PATH: &str = "/mutate-pods";
@@ -32,6 +33,9 @@ pub const PATH: &str = "/mutate-pods";
 struct WebhookState {
     client: Client,
     config: Arc<SidecarConfig>,
+    /// Pods of namespaces the operator does not serve are admitted as they are: it could
+    /// neither read their clusters nor mint their identities.
+    scope: Arc<Scope>,
 }
 
 pub fn server_config(tls: &TlsMaterial) -> Result<rustls::ServerConfig> {
@@ -55,6 +59,7 @@ pub async fn serve(
     mut tls: watch::Receiver<TlsMaterial>,
     client: Client,
     config: SidecarConfig,
+    scope: Scope,
 ) -> Result<()> {
     let with_alpn = |material: &TlsMaterial| -> Result<Arc<rustls::ServerConfig>> {
         let mut server_config = server_config(material)?;
@@ -79,6 +84,7 @@ pub async fn serve(
     let app = Router::new().route(PATH, post(mutate)).with_state(WebhookState {
         client,
         config: Arc::new(config),
+        scope: Arc::new(scope),
     });
     info!(%addr, path = PATH, "serving the sidecar injection webhook");
     axum_server::bind_rustls(addr, rustls)
@@ -106,7 +112,7 @@ async fn admit(state: &WebhookState, request: &AdmissionRequest<Pod>) -> Admissi
     let (Operation::Create, Some(pod)) = (&request.operation, &request.object) else {
         return response;
     };
-    let Some(namespace) = request.namespace.as_deref() else {
+    let Some(namespace) = request.namespace.as_deref().filter(|ns| state.scope.serves(ns)) else {
         return response;
     };
     let api: Api<DynamicObject> = Api::namespaced_with(state.client.clone(), namespace, &crd::api_resource());

@@ -188,14 +188,27 @@ pub fn free_port() -> u16 {
 }
 
 /// The operator's identity: a ServiceAccount bound to exactly the roles of
-/// charts/xlattice-operator/rbac/roles.yaml, and a kubeconfig holding its token.
+/// charts/xlattice-operator/rbac/roles.yaml, as the chart binds them (cluster-wide, or with
+/// `watch` in that namespace only), and a kubeconfig holding its token.
 pub async fn operator_kubeconfig(admin: &Client, admin_path: &Path, op_ns: &str, run: &str) -> PathBuf {
+    operator_kubeconfig_for(admin, admin_path, op_ns, run, None).await
+}
+
+pub async fn operator_kubeconfig_for(
+    admin: &Client,
+    admin_path: &Path,
+    op_ns: &str,
+    run: &str,
+    watch: Option<&str>,
+) -> PathBuf {
     create_namespace(admin, op_ns).await;
     let text = std::fs::read_to_string(repo_file("charts/xlattice-operator/rbac/roles.yaml")).unwrap();
     let mut docs = serde_yaml::Deserializer::from_str(&text);
     let cluster_role: ClusterRole = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
     let mut role: Role = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
+    let webhook_role: ClusterRole = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
     apply(&Api::<ClusterRole>::all(admin.clone()), &cluster_role).await;
+    apply(&Api::<ClusterRole>::all(admin.clone()), &webhook_role).await;
     role.metadata.namespace = Some(op_ns.into());
     apply(&Api::<Role>::namespaced(admin.clone(), op_ns), &role).await;
 
@@ -214,31 +227,48 @@ pub async fn operator_kubeconfig(admin: &Client, admin_path: &Path, op_ns: &str,
         namespace: Some(op_ns.into()),
         ..Default::default()
     };
-    let crb = ClusterRoleBinding {
+    let role_ref = |kind: &str, name: &str| RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: kind.into(),
+        name: name.into(),
+    };
+    let cluster_binding = |name: String, role: &str| ClusterRoleBinding {
         metadata: ObjectMeta {
-            name: Some(format!("xlattice-operator-{run}")),
+            name: Some(name),
             ..Default::default()
         },
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "ClusterRole".into(),
-            name: "xlattice-operator".into(),
-        },
+        role_ref: role_ref("ClusterRole", role),
         subjects: Some(vec![subject.clone()]),
     };
-    apply(&Api::<ClusterRoleBinding>::all(admin.clone()), &crb).await;
-    let rb = RoleBinding {
+    let role_binding = |ns: &str, kind: &str, role: &str| RoleBinding {
         metadata: ObjectMeta {
             name: Some("xlattice-operator".into()),
+            namespace: Some(ns.into()),
             ..Default::default()
         },
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: "xlattice-operator".into(),
-        },
-        subjects: Some(vec![subject]),
+        role_ref: role_ref(kind, role),
+        subjects: Some(vec![subject.clone()]),
     };
+    let bindings: Api<ClusterRoleBinding> = Api::all(admin.clone());
+    apply(
+        &bindings,
+        &cluster_binding(format!("xlattice-operator-webhook-{run}"), "xlattice-operator-webhook"),
+    )
+    .await;
+    match watch {
+        None => {
+            apply(
+                &bindings,
+                &cluster_binding(format!("xlattice-operator-{run}"), "xlattice-operator"),
+            )
+            .await;
+        }
+        Some(ns) => {
+            let binding = role_binding(ns, "ClusterRole", "xlattice-operator");
+            apply(&Api::<RoleBinding>::namespaced(admin.clone(), ns), &binding).await;
+        }
+    }
+    let rb = role_binding(op_ns, "Role", "xlattice-operator");
     apply(&Api::<RoleBinding>::namespaced(admin.clone(), op_ns), &rb).await;
 
     install_admission_policy(admin, op_ns, run).await;
@@ -308,6 +338,11 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(kubeconfig: &Path, op_ns: &str, run: &str, webhook: u16) -> Self {
+        Self::start_watching(kubeconfig, op_ns, run, webhook, None)
+    }
+
+    /// With `watch`, the operator serves that namespace only (`--watch-namespace`).
+    pub fn start_watching(kubeconfig: &Path, op_ns: &str, run: &str, webhook: u16, watch: Option<&str>) -> Self {
         let metrics = free_port();
         let log = std::env::temp_dir().join(format!("xlattice-operator-{run}-{metrics}.log"));
         let out = std::fs::File::create(&log).unwrap();
@@ -321,6 +356,7 @@ impl Operator {
                 "--pod-name",
                 &format!("op-{metrics}"),
             ])
+            .args(watch.map(|ns| format!("--watch-namespace={ns}")))
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
@@ -407,6 +443,12 @@ impl Harness {
     }
 
     pub async fn start_with_webhook(prefix: &str, webhook_port: u16) -> Option<(Self, Operator)> {
+        Self::start_scoped(prefix, webhook_port, false).await
+    }
+
+    /// `namespaced`: the operator serves the test's namespace only, bound there only (the
+    /// chart's watchNamespaces).
+    pub async fn start_scoped(prefix: &str, webhook_port: u16, namespaced: bool) -> Option<(Self, Operator)> {
         let path = kubeconfig_path()?;
         let admin = admin_client(&path).await;
         install_crd(&admin).await;
@@ -414,8 +456,9 @@ impl Harness {
         let ns = format!("xl-{prefix}-{run}");
         let op_ns = format!("xl-{prefix}-op-{run}");
         create_namespace(&admin, &ns).await;
-        let kubeconfig = operator_kubeconfig(&admin, &path, &op_ns, &run).await;
-        let operator = Operator::start(&kubeconfig, &op_ns, &run, webhook_port);
+        let watch = namespaced.then_some(ns.as_str());
+        let kubeconfig = operator_kubeconfig_for(&admin, &path, &op_ns, &run, watch).await;
+        let operator = Operator::start_watching(&kubeconfig, &op_ns, &run, webhook_port, watch);
         Some((
             Self {
                 admin,

@@ -97,6 +97,15 @@ fi
 op_pod=$(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator -o 'jsonpath={.items[0].metadata.name}')
 check "the operator leads through its Lease (in-cluster config, its own ServiceAccount)" \
   eventually 30 bash -c "[[ \$(kubectl -n $OP_NS get lease xlattice-operator -o 'jsonpath={.spec.holderIdentity}') == $op_pod ]]"
+# kube-controller-manager type-checks the admission policy's expressions against the
+# schemas of every kind it matches; a warning would mean an expression that cannot work.
+policy_checked() { [[ -n $(kubectl get validatingadmissionpolicy xlattice-operator-writes -o 'jsonpath={.status.typeChecking}') ]]; }
+if eventually 60 policy_checked; then
+  warnings=$(kubectl get validatingadmissionpolicy xlattice-operator-writes -o 'jsonpath={.status.typeChecking.expressionWarnings}')
+  check "the chart's admission policy type-checks without a warning${warnings:+: $warnings}" test -z "$warnings"
+else
+  bad "the admission policy was never type-checked"
+fi
 
 # ---------------------------------------------------------------------------------------
 step "the StatefulSet example: injected by the webhook (through its Service), pods start"

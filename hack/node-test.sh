@@ -339,7 +339,11 @@ apiVersion: xlattice.io/v1alpha1
 kind: XLatticeCluster
 metadata: {name: grid}
 spec:
-  selector: {matchLabels: {xl-member: grid}}
+  # matchExpressions: the Services cannot say this selector, so the operator writes their
+  # EndpointSlices (checked below through kube-proxy).
+  selector:
+    matchLabels: {xl-member: grid}
+    matchExpressions: [{key: app, operator: In, values: [db, web]}]
   clusterPort: 9000
   clientPort: 9100
   restartWorkloads: true
@@ -375,6 +379,10 @@ else
   bad "the workloads were not rolled onto the new client port"
   kubectl -n "$ROLL_NS" get pods,xlatticecluster -o wide >&2
 fi
+grid_ip=$(kubectl -n "$ROLL_NS" get service grid -o 'jsonpath={.spec.clusterIP}')
+db0=$(kubectl -n "$ROLL_NS" get pods -l app=db -o 'jsonpath={.items[0].metadata.name}')
+check "the grid Service (no selector: matchExpressions) reaches a member through the operator's EndpointSlices and kube-proxy" \
+  eventually 30 bash -c "[[ \$(kubectl -n $ROLL_NS exec $db0 -c app -- member_app probe $grid_ip:9200 1000) == open ]]"
 
 # ---------------------------------------------------------------------------------------
 step "the operator pod killed: its Deployment brings it back, no identity changes"

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::{
     core::v1::{ConfigMap, Pod, Secret, Service},
+    discovery::v1::EndpointSlice,
     networking::v1::NetworkPolicy,
 };
 use kube::{
@@ -72,7 +73,8 @@ async fn run_in(ctx: Arc<Context>, namespace: Option<String>) {
         .owns(scope::api::<Secret>(&client, ns), owned.clone())
         .owns(scope::api::<ConfigMap>(&client, ns), owned.clone())
         .owns(scope::api::<NetworkPolicy>(&client, ns), owned.clone())
-        .owns(scope::api::<Service>(&client, ns), owned)
+        .owns(scope::api::<Service>(&client, ns), owned.clone())
+        .owns(scope::api::<EndpointSlice>(&client, ns), owned)
         .watches(scope::api::<Pod>(&client, ns), watcher::Config::default(), {
             let store = store.clone();
             move |pod| clusters_for_pod(&pod, &store.state())

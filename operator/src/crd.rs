@@ -59,9 +59,9 @@ pub const UPSTREAM_PORT_OFFSET: u16 = 10_000;
     validation = Rule::new("(has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)")
         .field_path(".selector")
         .message("spec.selector must select something: an empty selector would make every pod of the namespace a member and cut all of them off with the cluster's NetworkPolicy"),
-    validation = Rule::new("!has(self.selector.matchExpressions) || size(self.selector.matchExpressions) == 0")
+    validation = Rule::new("!has(self.selector.matchExpressions) || self.selector.matchExpressions.all(e, e.key.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && (e.operator in ['In', 'NotIn'] ? (has(e.values) && size(e.values) > 0) : (e.operator in ['Exists', 'DoesNotExist'] && (!has(e.values) || size(e.values) == 0))))")
         .field_path(".selector.matchExpressions")
-        .message("spec.selector.matchExpressions is not supported yet: the cluster's Services select pods by labels only, so use spec.selector.matchLabels"),
+        .message("spec.selector.matchExpressions: each key must be a label name, each operator In, NotIn, Exists or DoesNotExist, with values for In and NotIn and none for Exists and DoesNotExist"),
     validation = Rule::new("!has(self.selector.matchLabels) || self.selector.matchLabels.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && self.selector.matchLabels[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'))")
         .field_path(".selector.matchLabels")
         .message("spec.selector.matchLabels: each key must be a label name ([prefix/]name, name at most 63 characters of [A-Za-z0-9._-]) and each value at most 63 characters of [A-Za-z0-9._-], starting and ending alphanumeric"),
@@ -258,6 +258,12 @@ fn bounded_selector(generator: &mut schemars::SchemaGenerator) -> schemars::Sche
     }
     if let Some(expressions) = schema.pointer_mut("/properties/matchExpressions") {
         expressions["maxItems"] = 32.into();
+        let item = &mut expressions["items"]["properties"];
+        item["key"]["maxLength"] = 317.into();
+        item["operator"]["maxLength"] = 16.into();
+        item["values"]["maxItems"] = 64.into();
+        item["values"]["items"]["maxLength"] = 63.into();
+        item["values"]["items"]["pattern"] = LABEL_VALUE_PATTERN.into();
     }
     schema
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         core::v1::{ConfigMap, Pod, Secret, Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
         networking::v1::{
             NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
         },
@@ -226,7 +227,11 @@ fn service_port(name: &str, port: i32) -> ServicePort {
 /// names for peers, published before readiness so members can find each other at startup).
 pub fn services(cluster: &XLatticeCluster) -> [Service; 2] {
     let name = cluster.name_any();
-    let selector = cluster.spec.selector.match_labels.clone();
+    // A Service selects by labels only: with matchExpressions it has no selector, and the
+    // operator writes its EndpointSlices (`endpoint_slices`).
+    let selector = (!writes_endpoint_slices(cluster))
+        .then(|| cluster.spec.selector.match_labels.clone())
+        .flatten();
     let client = Service {
         metadata: owned_meta(cluster, client_service_name(&name)),
         spec: Some(ServiceSpec {
@@ -250,6 +255,112 @@ pub fn services(cluster: &XLatticeCluster) -> [Service; 2] {
         ..Default::default()
     };
     [client, members]
+}
+
+/// Whether the cluster's Services need EndpointSlices written by the operator: their
+/// selector cannot say what the cluster's does.
+pub fn writes_endpoint_slices(cluster: &XLatticeCluster) -> bool {
+    cluster
+        .spec
+        .selector
+        .match_expressions
+        .as_ref()
+        .is_some_and(|e| !e.is_empty())
+}
+
+/// The API server refuses an EndpointSlice with more endpoints than this.
+const ENDPOINTS_PER_SLICE: usize = 1000;
+
+/// The EndpointSlices of both Services when the operator writes them: the members with a
+/// pod IP, by address family, at most 1000 per slice. The client Service's endpoints are
+/// ready when their pod is; the members Service publishes every member (as its
+/// `publishNotReadyAddresses` says), so peers can find each other while starting.
+pub fn endpoint_slices(cluster: &XLatticeCluster, members: &[&Pod]) -> Vec<EndpointSlice> {
+    if !writes_endpoint_slices(cluster) {
+        return Vec::new();
+    }
+    let name = cluster.name_any();
+    let services = [
+        (client_service_name(&name), "xl-client", cluster.spec.client_port, false),
+        (
+            members_service_name(&name),
+            "xl-cluster",
+            cluster.spec.cluster_port,
+            true,
+        ),
+    ];
+    let mut slices = Vec::new();
+    for (service, port_name, port, publish_not_ready) in services {
+        for family in ["IPv4", "IPv6"] {
+            let endpoints: Vec<Endpoint> = members
+                .iter()
+                .filter_map(|p| slice_endpoint(p, family, publish_not_ready))
+                .collect();
+            for (k, chunk) in endpoints.chunks(ENDPOINTS_PER_SLICE).enumerate() {
+                let mut metadata = owned_meta(cluster, format!("{service}-{}-{k}", family.to_lowercase()));
+                let labels = metadata.labels.get_or_insert_with(Default::default);
+                labels.insert("kubernetes.io/service-name".into(), service.clone());
+                labels.insert("endpointslice.kubernetes.io/managed-by".into(), MANAGED_BY.into());
+                slices.push(EndpointSlice {
+                    metadata,
+                    address_type: family.into(),
+                    endpoints: chunk.to_vec(),
+                    ports: Some(vec![EndpointPort {
+                        name: Some(port_name.into()),
+                        port: Some(port),
+                        protocol: Some("TCP".into()),
+                        app_protocol: None,
+                    }]),
+                });
+            }
+        }
+    }
+    slices
+}
+
+/// A member as an endpoint of `family`, if it has an IP of that family.
+fn slice_endpoint(pod: &Pod, family: &str, publish_not_ready: bool) -> Option<Endpoint> {
+    let status = pod.status.as_ref()?;
+    let ip = status.pod_ip.clone()?;
+    if (family == "IPv6") != ip.contains(':') {
+        return None;
+    }
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let terminating = pod.metadata.deletion_timestamp.is_some();
+    Some(Endpoint {
+        addresses: vec![ip],
+        conditions: Some(EndpointConditions {
+            ready: Some((ready || publish_not_ready) && !terminating),
+            serving: Some(ready),
+            terminating: Some(terminating),
+        }),
+        node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        target_ref: Some(pod.object_ref(&())),
+        ..Default::default()
+    })
+}
+
+pub fn endpoint_slice_matches(desired: &EndpointSlice, observed: &EndpointSlice) -> bool {
+    let targets = |s: &EndpointSlice| {
+        s.endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.addresses.clone(),
+                    e.conditions.clone(),
+                    e.target_ref.as_ref().and_then(|r| r.uid.clone()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    meta_matches(&desired.metadata, &observed.metadata)
+        && desired.address_type == observed.address_type
+        && desired.ports == observed.ports
+        && targets(desired) == targets(observed)
 }
 
 /// True when `observed` carries our labels and owner reference (the parts we set).
@@ -325,6 +436,70 @@ pub(crate) mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn services_of_a_match_expressions_cluster_get_slices_from_the_operator() {
+        let labels_only = cluster(serde_json::json!({}));
+        assert!(endpoint_slices(&labels_only, &[&pod("a", Some("10.0.0.1"))]).is_empty());
+        assert!(services(&labels_only)
+            .iter()
+            .all(|s| s.spec.as_ref().unwrap().selector.is_some()));
+
+        let c = cluster(serde_json::json!({"selector": {
+            "matchLabels": {"app": "store"},
+            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["db"]}],
+        }}));
+        assert!(services(&c).iter().all(|s| s.spec.as_ref().unwrap().selector.is_none()));
+        let mut ready = pod("ready", Some("10.0.0.1"));
+        ready.status.as_mut().unwrap().conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            ..Default::default()
+        }]);
+        let starting = pod("starting", Some("10.0.0.2"));
+        let v6 = pod("v6", Some("fd00::3"));
+        let no_ip = pod("no-ip", None);
+        let slices = endpoint_slices(&c, &[&ready, &starting, &v6, &no_ip]);
+        let names: Vec<String> = slices.iter().map(|s| s.name_any()).collect();
+        assert_eq!(
+            names,
+            [
+                "store-ipv4-0",
+                "store-ipv6-0",
+                "store-members-ipv4-0",
+                "store-members-ipv6-0"
+            ]
+        );
+        let ready_of = |slice: &EndpointSlice| -> Vec<(String, bool)> {
+            slice
+                .endpoints
+                .iter()
+                .map(|e| (e.addresses[0].clone(), e.conditions.as_ref().unwrap().ready.unwrap()))
+                .collect()
+        };
+        assert_eq!(
+            ready_of(&slices[0]),
+            [("10.0.0.1".into(), true), ("10.0.0.2".into(), false)]
+        );
+        assert_eq!(
+            ready_of(&slices[2]),
+            [("10.0.0.1".into(), true), ("10.0.0.2".into(), true)],
+            "published before ready"
+        );
+        assert_eq!(
+            slices[0].metadata.labels.as_ref().unwrap()["kubernetes.io/service-name"],
+            "store"
+        );
+        assert_eq!(slices[0].ports.as_ref().unwrap()[0].name.as_deref(), Some("xl-client"));
+        assert_eq!(slices[1].address_type, "IPv6");
+
+        let many: Vec<Pod> = (0..1001)
+            .map(|i| pod(&format!("m-{i}"), Some(&format!("10.1.{}.{}", i / 250, i % 250))))
+            .collect();
+        let many: Vec<&Pod> = many.iter().collect();
+        let sizes: Vec<usize> = endpoint_slices(&c, &many).iter().map(|s| s.endpoints.len()).collect();
+        assert_eq!(sizes, [1000, 1, 1000, 1], "at most 1000 endpoints per slice");
     }
 
     #[test]

@@ -23,10 +23,27 @@ use crate::{
 pub fn check_selector(selector: &LabelSelector) -> Result<(), String> {
     let labels = selector.match_labels.clone().unwrap_or_default();
     let expressions = selector.match_expressions.as_deref().unwrap_or_default();
-    if !expressions.is_empty() {
-        return Err("spec.selector.matchExpressions is not supported yet: the cluster's Services select pods by labels only, so use spec.selector.matchLabels".into());
+    for e in expressions {
+        let values = e.values.as_deref().unwrap_or_default();
+        let field = format!("spec.selector.matchExpressions[{:?}]", e.key);
+        if !is_label_key(&e.key) {
+            return Err(format!("{field}: {:?} is not a label name ([prefix/]name)", e.key));
+        }
+        match (e.operator.as_str(), values.is_empty()) {
+            ("In" | "NotIn", false) | ("Exists" | "DoesNotExist", true) => {}
+            ("In" | "NotIn", true) => return Err(format!("{field}: {} needs values", e.operator)),
+            ("Exists" | "DoesNotExist", false) => return Err(format!("{field}: {} takes no values", e.operator)),
+            (other, _) => {
+                return Err(format!(
+                    "{field}: operator {other:?} is not In, NotIn, Exists or DoesNotExist"
+                ))
+            }
+        }
+        if let Some(bad) = values.iter().find(|v| !is_label_value(v)) {
+            return Err(format!("{field}: {bad:?} is not a label value"));
+        }
     }
-    if labels.is_empty() {
+    if labels.is_empty() && expressions.is_empty() {
         return Err(
             "spec.selector must select something: an empty selector would make every pod of the namespace a member"
                 .into(),

@@ -16,6 +16,7 @@ use std::{sync::Arc, time::Duration, time::Instant};
 use k8s_openapi::{
     api::{
         core::v1::{ConfigMap, Pod, Secret, Service},
+        discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
     apimachinery::pkg::apis::meta::v1::Time,
@@ -401,6 +402,7 @@ async fn cleanup(cluster: &DynamicObject, ctx: &Context) -> Result<Action> {
     delete_owned(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     delete_owned(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     delete_owned(&Api::<Service>::namespaced(client.clone(), &ns), &owned, ctx).await?;
+    delete_owned(&Api::<EndpointSlice>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     ctx.orphans.lock().expect("lock poisoned").remove(&key(cluster));
     info!(cluster = %key(cluster), "cleaned up");
     let note = "deleted identities, directory, NetworkPolicy and Services".to_string();

@@ -2,8 +2,9 @@
 //! current members), the NetworkPolicy and the Services.
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{
-    api::{Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams},
     Api, Resource, ResourceExt,
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -13,8 +14,8 @@ use xlattice_protocol::MemberRecord;
 use super::{context::key, Context, Observed, Outcome};
 use crate::{
     desired, directory,
-    error::{Error, Result},
-    names::FIELD_MANAGER,
+    error::{deleted_or_gone, Error, Result},
+    names::{owned_by, FIELD_MANAGER},
     status::{Degraded, DegradedReason, Facts},
 };
 
@@ -89,7 +90,26 @@ pub(super) async fn network(ctx: &Context, obs: &Observed<'_>, facts: &mut Facts
             outcome.degraded(Degraded::new(DegradedReason::InvalidSpec, message));
         }
     }
+    endpoint_slices(ctx, obs).await?;
     Ok(outcome)
+}
+
+/// The Services' EndpointSlices when their selector cannot say who the members are
+/// (`desired::writes_endpoint_slices`); slices no longer wanted are deleted.
+async fn endpoint_slices(ctx: &Context, obs: &Observed<'_>) -> Result<()> {
+    let wanted = desired::endpoint_slices(obs.cluster, &obs.members);
+    for slice in &wanted {
+        ensure(ctx, &obs.ns, slice, desired::endpoint_slice_matches).await?;
+    }
+    let api: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &obs.ns);
+    let owned = ListParams::default().labels(&owned_by(&obs.cluster.name_any()));
+    for stale in api.list(&owned).await?.items {
+        if wanted.iter().all(|w| w.name_any() != stale.name_any()) {
+            deleted_or_gone(api.delete(&stale.name_any(), &DeleteParams::default()).await)?;
+            ctx.metrics.write("EndpointSlice");
+        }
+    }
+    Ok(())
 }
 
 /// The API server's message when it refused a write as invalid (422); other errors stay errors.

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::core::v1::{
         Capabilities, ConfigMapProjection, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-        ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceFieldSelector, ResourceRequirements,
-        SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
+        Pod, Probe, ProjectedVolumeSource, ResourceFieldSelector, ResourceRequirements, SeccompProfile,
+        SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -260,17 +260,6 @@ pub fn sidecar(cluster: &XLatticeCluster, config: &SidecarConfig) -> Container {
         args: Some(args),
         restart_policy: Some("Always".into()),
         env: Some(vec![
-            EnvVar {
-                name: "XLATTICE_POD_NAME".into(),
-                value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector {
-                        field_path: "metadata.name".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
             // The sidecar sizes its buffer budget from its memory limit (`sidecar.resources`).
             EnvVar {
                 name: "XLATTICE_MEMORY_LIMIT_MIB".into(),

@@ -13,7 +13,7 @@ use xlattice_operator::{
     metrics::{self, Metrics},
     reconcile::Context,
     scope::Scope,
-    webhook::{certs, inject::SidecarConfig, server},
+    webhook::{certs, inject::Injection, server},
 };
 
 #[derive(Parser)]
@@ -207,7 +207,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             limits: Some([("memory".to_string(), Quantity(args.sidecar_memory_limit.clone()))].into()),
             ..Default::default()
         };
-        let config = SidecarConfig {
+        let config = Injection {
             image: args.sidecar_image.clone(),
             pull_policy: args.sidecar_pull_policy.clone(),
             resources,

@@ -13,7 +13,7 @@ use support::*;
 use tokio::net::TcpStream;
 use xlattice_operator::webhook::{
     certs::{self, Lifetimes, TlsMaterial, TLS_SECRET},
-    inject::SidecarConfig,
+    inject::Injection,
     server,
 };
 
@@ -71,7 +71,7 @@ async fn the_webhook_certificate_is_renewed_and_served_without_a_gap_in_trust() 
 
     let (publish, tls) = tokio::sync::watch::channel(first.clone());
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = SidecarConfig {
+    let config = Injection {
         image: "xlattice-sidecar:test".into(),
         pull_policy: None,
         resources: Default::default(),

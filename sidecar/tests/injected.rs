@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use xlattice_operator::{
-    webhook::inject::{default_resources, sidecar, SidecarConfig as Injection},
+    webhook::inject::{default_resources, sidecar, Injection},
     XLatticeCluster, XLatticeClusterSpec,
 };
 use xlattice_sidecar::config::SidecarConfig;

@@ -34,9 +34,11 @@ const DIRECTORY_VOLUME: &str = "xlattice-directory";
 /// The API server keeps this much of generateName before the random suffix.
 const MAX_GENERATE_NAME: usize = 58;
 
-/// How the sidecar is run: from the operator's flags.
+/// What the operator's flags decide about every injected sidecar (image, resources); the
+/// rest follows from the cluster's spec (`sidecar_args`). Not to be confused with the
+/// sidecar's own `xlattice_sidecar::config::SidecarConfig`, which parses what this injects.
 #[derive(Clone, Debug)]
-pub struct SidecarConfig {
+pub struct Injection {
     pub image: String,
     pub pull_policy: Option<String>,
     pub resources: ResourceRequirements,
@@ -73,7 +75,7 @@ pub fn unreadable_claim(pod: &Pod, unreadable: &[(DynamicObject, Undecodable)]) 
 pub fn decide(
     pod: &Pod,
     clusters: &[XLatticeCluster],
-    config: &SidecarConfig,
+    config: &Injection,
     suffix: impl FnOnce() -> String,
 ) -> Decision {
     let matching: Vec<&XLatticeCluster> = clusters
@@ -235,7 +237,7 @@ pub fn sidecar_args(cluster: &XLatticeCluster) -> Vec<String> {
 
 /// The native sidecar: an init container with restartPolicy Always starts before the app
 /// and does not keep a Job from completing.
-pub fn sidecar(cluster: &XLatticeCluster, config: &SidecarConfig) -> Container {
+pub fn sidecar(cluster: &XLatticeCluster, config: &Injection) -> Container {
     let (cluster_port, client_port) = (cluster.spec.cluster_port, cluster.spec.client_port);
     let args = sidecar_args(cluster);
     let port = |name: &str, port: i32| ContainerPort {
@@ -352,8 +354,8 @@ mod tests {
     use crate::desired::tests::{cluster, pod};
     use k8s_openapi::api::core::v1::PodSpec;
 
-    fn config() -> SidecarConfig {
-        SidecarConfig {
+    fn config() -> Injection {
+        Injection {
             image: "xlattice:dev".into(),
             pull_policy: None,
             resources: default_resources(),

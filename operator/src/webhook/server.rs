@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::{
     certs::TlsMaterial,
-    inject::{decide, random_suffix, unreadable_claim, Decision, SidecarConfig},
+    inject::{decide, random_suffix, unreadable_claim, Decision, Injection},
 };
 use crate::{
     crd,
@@ -32,7 +32,7 @@ pub const PATH: &str = "/mutate-pods";
 #[derive(Clone)]
 struct WebhookState {
     client: Client,
-    config: Arc<SidecarConfig>,
+    config: Arc<Injection>,
     /// Pods of namespaces the operator does not serve are admitted as they are: it could
     /// neither read their clusters nor mint their identities.
     scope: Arc<Scope>,
@@ -58,7 +58,7 @@ pub async fn serve(
     addr: SocketAddr,
     mut tls: watch::Receiver<TlsMaterial>,
     client: Client,
-    config: SidecarConfig,
+    config: Injection,
     scope: Scope,
 ) -> Result<()> {
     let with_alpn = |material: &TlsMaterial| -> Result<Arc<rustls::ServerConfig>> {

@@ -1,3 +1,6 @@
+//! The typed errors of the reconciler and the webhook, each with a bounded metric label,
+//! and the helpers that read the API server's answers (not found, conflict).
+
 use std::time::Duration;
 
 /// Everything a reconcile or the webhook can fail with.

@@ -1,3 +1,6 @@
+//! `xlattice-operator`: `run` wires the webhook, the metrics, leader election and the
+//! controller; `crd` and `directory` are one-shot commands.
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};

@@ -174,11 +174,7 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
 
     let (degraded, error, requeue) = Outcome::conclude(outcomes);
     facts.degraded = degraded;
-    let subject = Subject {
-        status: obs.status.clone(),
-        ..Subject::of(cluster)
-    };
-    write_status(&subject, ctx, &facts).await?;
+    write_status(&obs.subject(), ctx, &facts).await?;
     match error {
         Some(error) => Err(error),
         None => Ok(Action::requeue(requeue)),
@@ -260,15 +256,12 @@ async fn claim<'p>(ctx: &Context, cluster: &XLatticeCluster, matched: Vec<&'p Po
 /// Says on status how far minting got (Ready=False until every member has an identity);
 /// true when the cluster is being deleted, so the caller stops.
 async fn report_progress(ctx: &Context, obs: &mut Observed<'_>) -> Result<bool> {
-    let subject = Subject {
-        status: obs.status.clone(),
-        ..Subject::of(obs.cluster)
-    };
-    let minted = membership::need_identity(&obs.members, &obs.secrets).len();
+    let subject = obs.subject();
+    let missing = membership::need_identity(&obs.members, &obs.secrets).len();
     let facts = Facts {
         generation: subject.generation,
         members: obs.members.len(),
-        minted: obs.members.len() - minted,
+        minted: obs.members.len() - missing,
         ..Facts::observed(subject.status.as_ref())
     };
     let written = write_status(&subject, ctx, &facts).await?;
@@ -284,6 +277,13 @@ async fn report_progress(ctx: &Context, obs: &mut Observed<'_>) -> Result<bool> 
 // === impl Observed ===
 
 impl Observed<'_> {
+    /// The cluster as status is written to it: with the status this reconcile last wrote.
+    fn subject(&self) -> Subject {
+        Subject {
+            status: self.status.clone(),
+            ..Subject::of(self.cluster)
+        }
+    }
     /// An Event note about member `pod`, regarding its pod.
     fn note(&self, pod: &str, note: String) -> context::MemberNote {
         let found = self.members.iter().find(|p| p.name_any() == pod);

@@ -29,5 +29,5 @@ pub use identity::{Identity, IdentityError};
 pub use keys::{DecryptionKey, KeyError, PublicKey, RsaBits, SigningKey};
 pub use node_id::{NodeId, NodeIdBits, NodeIdError};
 pub use replay::ReplayGuard;
-pub use session::{accept, accept_or_route, connect, Incoming};
+pub use session::{accept, accept_or_route, answer, connect, read_hello, Arrived, Incoming};
 pub use stream::{Role, SecureStream, MAX_PLAINTEXT_SLICES};

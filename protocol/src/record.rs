@@ -50,10 +50,35 @@ pub enum RecordError {
     Forged,
     #[error("record has unknown content type {0}")]
     UnknownType(u8),
+    #[error("a {0} record carries a payload")]
+    ControlWithPayload(&'static str),
+    #[error("peer closed the connection without a close record (truncated session)")]
+    Truncated,
     #[error("sequence numbers exhausted")]
     SequenceExhausted,
     #[error("payload of {0} bytes exceeds the maximum of {MAX_PAYLOAD}")]
     PayloadTooLarge(usize),
+}
+
+// === impl RecordError ===
+
+impl RecordError {
+    /// A short, stable label for metrics: how a session failed after its handshake.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge(_) | Self::TooShort(_) | Self::PayloadTooLarge(_) => "bad_length",
+            Self::Forged => "forged",
+            Self::UnknownType(_) | Self::ControlWithPayload(_) => "bad_content_type",
+            Self::SequenceExhausted => "sequence_exhausted",
+            Self::Truncated => "truncated",
+        }
+    }
+
+    /// The record-layer failure behind an error a `SecureStream` returned, if it was one
+    /// (the rest are the transport's own errors).
+    pub fn of(error: &std::io::Error) -> Option<&RecordError> {
+        error.get_ref()?.downcast_ref::<RecordError>()
+    }
 }
 
 fn nonce(seq: u64) -> Nonce {
@@ -261,6 +286,8 @@ fn split_content(plain: &[u8]) -> Result<(ContentType, &[u8]), RecordError> {
         0 => Ok((ContentType::Data, payload)),
         1 if payload.is_empty() => Ok((ContentType::Close, payload)),
         2 if payload.is_empty() => Ok((ContentType::KeyUpdate, payload)),
+        1 => Err(RecordError::ControlWithPayload("close")),
+        2 => Err(RecordError::ControlWithPayload("key update")),
         other => Err(RecordError::UnknownType(other)),
     }
 }

@@ -71,6 +71,27 @@ pub async fn accept_or_route<S>(mut io: S, ctx: &ServerContext<'_>) -> Result<In
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    match read_hello(&mut io, ctx).await? {
+        Arrived::Hello(hello) => answer(io, &hello, ctx).await.map(Incoming::Session),
+        Arrived::ForAnother { hint, preamble } => Ok(Incoming::ForAnother { hint, preamble, io }),
+    }
+}
+
+/// What a connection sent before the server did any work on it.
+pub enum Arrived {
+    /// One whole hello, its length checked against the header (at most `MAX_HELLO_LEN`).
+    Hello(Vec<u8>),
+    /// A client-port routing preamble naming another member's ck; nothing more was read.
+    ForAnother { hint: [u8; 8], preamble: [u8; ROUTE_LEN] },
+}
+
+/// Reads one hello (after a routing preamble on the client port) and checks only its
+/// header. It costs no CPU beyond the copy: a server reads hellos concurrently, bounded by
+/// a deadline, and spends scarce work (`answer`) only on hellos that arrived whole.
+pub async fn read_hello<S>(io: &mut S, ctx: &ServerContext<'_>) -> Result<Arrived, HandshakeError>
+where
+    S: AsyncRead + Unpin,
+{
     let mut header = [0u8; HELLO_HEADER_LEN];
     io.read_exact(&mut header).await?;
     if header[3] == TYPE_ROUTE && ctx.port == PortKind::Client {
@@ -79,7 +100,7 @@ where
         io.read_exact(&mut preamble[HELLO_HEADER_LEN..]).await?;
         let hint = parse_route(&preamble)?;
         if hint != ctx.identity.ck_public().hint() {
-            return Ok(Incoming::ForAnother { hint, preamble, io });
+            return Ok(Arrived::ForAnother { hint, preamble });
         }
         io.read_exact(&mut header).await?;
     }
@@ -87,13 +108,17 @@ where
     let mut hello = vec![0u8; HELLO_HEADER_LEN + lens.rsa_len + lens.proof_len];
     hello[..HELLO_HEADER_LEN].copy_from_slice(&header);
     io.read_exact(&mut hello[HELLO_HEADER_LEN..]).await?;
-    let accepted = server_accept(ctx, &hello, now_unix(), ServerSecrets::random())?;
+    Ok(Arrived::Hello(hello))
+}
+
+/// Checks a hello read by `read_hello` and, if it passes, sends the reply: the session is
+/// open. On error nothing has been sent.
+pub async fn answer<S>(mut io: S, hello: &[u8], ctx: &ServerContext<'_>) -> Result<SecureStream<S>, HandshakeError>
+where
+    S: AsyncWrite + Unpin,
+{
+    let accepted = server_accept(ctx, hello, now_unix(), ServerSecrets::random())?;
     io.write_all(&accepted.reply).await?;
     io.flush().await?;
-    Ok(Incoming::Session(SecureStream::new(
-        io,
-        &accepted.keys,
-        Role::Server,
-        accepted.peer,
-    )))
+    Ok(SecureStream::new(io, &accepted.keys, Role::Server, accepted.peer))
 }

@@ -378,7 +378,7 @@ impl<S: AsyncRead + Unpin> SecureStream<S> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                "peer closed the connection without a close record (truncated session)",
+                RecordError::Truncated,
             ))),
             Poll::Ready(Ok(())) => {
                 let (n, room) = (rb.filled().len(), rb.capacity());

@@ -230,7 +230,7 @@ async fn start_sidecar(upstream: u16) -> Sidecar {
             "--admin-listen",
             &format!("{HOST}:{admin}"),
         ])
-        .args(["--max-connections", "100000"])
+        .args(["--max-client-connections", "100000", "--max-client-handshakes", "64"])
         .env("XLATTICE_LOG", "warn")
         .env(
             "XLATTICE_WORKER_THREADS",

@@ -13,15 +13,22 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::Runtime;
+use crate::{
+    admission::{next_connection, reset, Listener},
+    Runtime,
+};
 
-pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
-    loop {
-        let Some((tcp, _)) = crate::next_connection(&listener, &stop, "admin").await else {
-            return;
+/// Serves until `stop`. Admin connections are not drained: a probe or scrape in flight
+/// when the sidecar stops may go unanswered.
+pub async fn serve(socket: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
+    while let Some((tcp, _)) = next_connection(&socket, &stop, Listener::Admin).await {
+        let Some(permit) = rt.gates.admin.admit() else {
+            reset(&tcp);
+            continue;
         };
         let rt = rt.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let _ = tokio::time::timeout(Duration::from_secs(5), respond(tcp, &rt)).await;
         });
     }

@@ -35,12 +35,25 @@ pub struct SidecarConfig {
     /// /livez, /readyz and /metrics.
     #[arg(long, env = "XLATTICE_ADMIN_LISTEN", default_value = "0.0.0.0:15090")]
     pub admin_listen: SocketAddr,
-    /// Handshakes in progress at once, over both ports; more wait in the accept queue.
-    #[arg(long, default_value_t = 256)]
-    pub max_handshakes: usize,
-    /// Open connections at once, inbound and outbound; more are refused.
-    #[arg(long, default_value_t = 10_000)]
-    pub max_connections: usize,
+    /// Connections open at once on the cluster port (members only); more are reset.
+    #[arg(long, default_value_t = 2048)]
+    pub max_cluster_connections: usize,
+    /// Connections open at once on the client port, anonymous sessions and connections
+    /// still sending their hello alike; more are reset. The cluster port and the
+    /// application's outbound connections have pools of their own.
+    #[arg(long, default_value_t = 1024)]
+    pub max_client_connections: usize,
+    /// Connections open at once from the application to its peers (CONNECT); more are reset.
+    #[arg(long, default_value_t = 2048)]
+    pub max_outbound_connections: usize,
+    /// Cluster-port hellos being checked at once. A connection takes a slot only once its
+    /// whole hello has arrived; it waits for one until the handshake deadline.
+    #[arg(long, default_value_t = 64)]
+    pub max_cluster_handshakes: usize,
+    /// Client-port hellos being checked at once (one RSA decryption each). Default: half
+    /// the CPUs, at least one, so a flood of hellos leaves CPU for members and the data path.
+    #[arg(long)]
+    pub max_client_handshakes: Option<usize>,
     /// MiB that all sessions together may hold in buffers past one record each. Bulk
     /// transfers move up to 1 MiB per syscall while the budget lasts (a third less CPU
     /// per byte than 256 KiB); past it they move a record at a time. Default: half of
@@ -51,12 +64,15 @@ pub struct SidecarConfig {
     /// Downward API.
     #[arg(long, env = "XLATTICE_MEMORY_LIMIT_MIB")]
     pub memory_limit_mib: Option<usize>,
-    /// A hello must arrive and be answered within this time.
+    /// A hello must arrive whole, find a handshake slot and be answered within this time.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub handshake_timeout: Duration,
-    /// A session with no traffic either way for this long is closed.
+    /// A cluster-port or outbound session with no traffic either way for this long is closed.
     #[arg(long, value_parser = parse_duration, default_value = "1h")]
     pub idle_timeout: Duration,
+    /// A client-port session (anonymous) with no traffic either way for this long is closed.
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub client_idle_timeout: Duration,
     /// How often the identity and directory files are checked for changes.
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     pub reload_interval: Duration,
@@ -80,6 +96,15 @@ impl SidecarConfig {
             })
         });
         mib.saturating_mul(1 << 20)
+    }
+
+    /// The client port's handshake slots: as given, or half the CPUs this process may
+    /// use (cgroup quotas included), at least one.
+    pub fn client_handshakes(&self) -> usize {
+        self.max_client_handshakes.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cpus / 2).max(1)
+        })
     }
 }
 

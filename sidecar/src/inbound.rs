@@ -1,161 +1,226 @@
 //! The two inbound ports: terminate the handshake, then proxy plaintext to the app.
+//!
+//! A connection goes through three stages under one deadline (`--handshake-timeout`):
+//! its hello arrives whole (no slot held: silence costs only a connection), it waits for
+//! one of its port's handshake slots, and the hello is checked and answered. Any refusal
+//! resets the connection with nothing sent. Once open, the session's ending decides what
+//! the application sees: end of stream only after a clean close, a reset otherwise.
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{watch, OwnedSemaphorePermit},
+    sync::watch,
+    time::timeout_at,
 };
 use tokio_util::sync::CancellationToken;
-use xlattice_protocol::{accept_or_route, HandshakeError, Incoming, NodeId, PortKind, ServerContext};
+use xlattice_protocol::{answer, read_hello, Arrived, HandshakeError, NodeId, PortKind, SecureStream, ServerContext};
 
 use crate::{
-    metrics::{BytesLabels, HandshakeLabels, PortLabel},
-    proxy::{proxy, proxy_session, ProxyError},
+    accounting::{Ending, Refusals, SessionGuard},
+    admission::{accept_loop, reset, Listener},
+    metrics::HandshakeLabels,
+    proxy::{proxy, proxy_session},
     relay,
     state::Loaded,
     Runtime,
 };
 
-pub fn port_label(port: PortKind) -> &'static str {
-    match port {
-        PortKind::Cluster => "cluster",
-        PortKind::Client => "client",
-    }
-}
-
 /// Accepts on one port until `stop`; each connection runs in its own task.
-pub async fn serve(
-    listener: TcpListener,
-    port: PortKind,
-    upstream: SocketAddr,
-    rt: Arc<Runtime>,
-    stop: CancellationToken,
-) {
-    let label = PortLabel { port: port_label(port) };
-    loop {
-        let Some((tcp, remote)) = crate::next_connection(&listener, &stop, label.port).await else {
-            return;
-        };
-        let Ok(permit) = rt.connections.clone().try_acquire_owned() else {
-            rt.shared.metrics.refused_connections.get_or_create(&label).inc();
-            continue;
-        };
-        let rt2 = rt.clone();
-        rt.tasks
-            .spawn(async move { handle(tcp, remote, port, upstream, rt2, permit).await });
+pub async fn serve(socket: TcpListener, port: PortKind, rt: Arc<Runtime>, stop: CancellationToken) {
+    let listener = listener(port);
+    let refusals = Arc::new(Refusals::new(listener));
+    accept_loop(socket, listener, rt, stop, move |tcp, remote, rt| {
+        handle(tcp, remote, port, rt, refusals.clone())
+    })
+    .await
+}
+
+pub fn listener(port: PortKind) -> Listener {
+    match port {
+        PortKind::Cluster => Listener::Cluster,
+        PortKind::Client => Listener::Client,
     }
 }
 
-async fn handle(
-    tcp: TcpStream,
-    remote: SocketAddr,
-    port: PortKind,
-    upstream: SocketAddr,
-    rt: Arc<Runtime>,
-    _permit: OwnedSemaphorePermit,
-) {
-    let metrics = &rt.shared.metrics;
-    let label = port_label(port);
+/// What a connection became once its handshake stage was over.
+// Returned once per connection and matched at once, as `Incoming` in the protocol crate.
+#[allow(clippy::large_enum_variant)]
+enum Handshaken<'a> {
+    Session(SecureStream<&'a mut TcpStream>),
+    ForAnother { hint: [u8; 8], preamble: [u8; 12] },
+}
+
+async fn handle(mut tcp: TcpStream, remote: SocketAddr, port: PortKind, rt: Arc<Runtime>, refusals: Arc<Refusals>) {
+    let listener = listener(port);
     tcp.set_nodelay(true).ok();
     let loaded = rt.shared.current.borrow().clone();
     let started = Instant::now();
-    let handshake = async {
-        let _slot = rt.handshakes.acquire().await.expect("semaphore never closed");
-        let ctx = ServerContext {
-            port,
-            identity: &loaded.identity,
-            directory: &loaded.directory,
-            replay: &rt.shared.replay,
-        };
-        accept_or_route(tcp, &ctx).await
-    };
-    let result = tokio::time::timeout(rt.config.handshake_timeout, handshake)
-        .await
-        .unwrap_or(Err(HandshakeError::Timeout));
-    let count = |result, reason| {
-        metrics
-            .handshakes
-            .get_or_create(&HandshakeLabels {
-                port: label,
-                result,
-                reason,
-            })
-            .inc();
-    };
-    let mut session = match result {
-        Ok(Incoming::Session(session)) => {
-            count("ok", "");
-            session
-        }
-        Ok(Incoming::ForAnother { hint, preamble, mut io }) => {
-            match relay::open(&io, hint, preamble, &loaded, &rt).await {
-                Ok(mut target) => {
-                    count("relayed", "");
-                    if let Err(error) = proxy(&mut io, &mut target, rt.config.idle_timeout, Some(&rt.buffers)).await {
-                        tracing::debug!(%remote, port = label, %error, "relayed session ended");
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(%remote, port = label, %error, "relay refused");
-                    count("error", error.reason());
-                }
-            }
-            return;
-        }
+    let result = match handshake(&mut tcp, port, &loaded, &rt).await {
+        Ok(done) => done,
         Err(error) => {
-            let reason = error.reason();
-            count("error", reason);
-            // Dropping the socket closes it; nothing was sent.
-            tracing::debug!(%remote, port = label, reason, %error, "handshake refused");
-            return;
+            refusals.refuse(&rt.shared.metrics, error.reason(), &format_args!("{remote}: {error}"));
+            return reset(&tcp);
         }
     };
-    metrics
+    let session = match result {
+        Handshaken::Session(session) => session,
+        Handshaken::ForAnother { hint, preamble } => {
+            return relayed(tcp, remote, hint, preamble, &loaded, &rt, &refusals).await;
+        }
+    };
+    count(&rt, listener, "ok", "");
+    rt.shared
+        .metrics
         .handshake_seconds
-        .get_or_create(&PortLabel { port: label })
+        .get_or_create(&listener.metric_label())
         .observe(started.elapsed().as_secs_f64());
-    let peer = session.peer();
+    serve_session(session, remote, port, &rt).await;
+}
+
+/// Reads the hello, takes a slot, answers: all before the deadline, and the slot only for
+/// the answer.
+async fn handshake<'a>(
+    tcp: &'a mut TcpStream,
+    port: PortKind,
+    loaded: &Loaded,
+    rt: &Runtime,
+) -> Result<Handshaken<'a>, Refusal> {
+    let deadline = tokio::time::Instant::now() + rt.config.handshake_timeout;
+    let ctx = ServerContext {
+        port,
+        identity: &loaded.identity,
+        directory: &loaded.directory,
+        replay: &rt.shared.replay,
+    };
+    let hello = match timeout_at(deadline, read_hello(&mut *tcp, &ctx)).await {
+        Err(_) => return Err(Refusal::Handshake(HandshakeError::Timeout)),
+        Ok(Err(error)) => return Err(Refusal::Handshake(error)),
+        Ok(Ok(Arrived::ForAnother { hint, preamble })) => return Ok(Handshaken::ForAnother { hint, preamble }),
+        Ok(Ok(Arrived::Hello(hello))) => hello,
+    };
+    let gate = rt.gates.of(listener(port));
+    let Ok(_slot) = timeout_at(deadline, gate.handshake_slot()).await else {
+        return Err(Refusal::Busy);
+    };
+    match timeout_at(deadline, answer(tcp, &hello, &ctx)).await {
+        Err(_) => Err(Refusal::Handshake(HandshakeError::Timeout)),
+        Ok(Err(error)) => Err(Refusal::Handshake(error)),
+        Ok(Ok(session)) => Ok(Handshaken::Session(session)),
+    }
+}
+
+/// Why a connection got no session.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error("no handshake slot came free before the deadline")]
+    Busy,
+    #[error(transparent)]
+    Relay(#[from] relay::RelayError),
+}
+
+impl Refusal {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Handshake(error) => error.reason(),
+            Self::Busy => "busy",
+            Self::Relay(error) => error.reason(),
+        }
+    }
+}
+
+fn count(rt: &Runtime, listener: Listener, result: &'static str, reason: &'static str) {
+    let labels = HandshakeLabels {
+        port: listener.label(),
+        result,
+        reason,
+    };
+    rt.shared.metrics.handshakes.get_or_create(&labels).inc();
+}
+
+/// Proxies an open session to the application until it ends, then tells the application
+/// how: a FIN after a clean close, a reset after anything else.
+async fn serve_session(mut session: SecureStream<&mut TcpStream>, remote: SocketAddr, port: PortKind, rt: &Runtime) {
+    let (listener, metrics) = (listener(port), &rt.shared.metrics);
+    let guard = SessionGuard::open(metrics, listener);
+    let upstream = match port {
+        PortKind::Cluster => rt.config.cluster_upstream,
+        PortKind::Client => rt.config.client_upstream,
+    };
     let mut app = match TcpStream::connect(upstream).await {
         Ok(app) => app,
         Err(error) => {
-            tracing::warn!(%remote, port = label, %upstream, %error, "application not reachable; closing session");
-            return;
+            tracing::warn!(%remote, port = listener.label(), %upstream, %error, "application not reachable; closing session");
+            reset(session.get_ref());
+            return guard.finish(0, 0, Ending::AppUnreachable);
         }
     };
     app.set_nodelay(true).ok();
-
-    let gauge = metrics.open_sessions.get_or_create(&PortLabel { port: label }).clone();
-    gauge.inc();
-    tracing::debug!(%remote, port = label, peer = ?peer, "session open");
+    let peer = session.peer();
+    tracing::debug!(%remote, port = listener.label(), peer = ?peer, "session open");
+    let idle = idle_timeout(port, rt);
     let mut current = rt.shared.current.clone();
-    let outcome = tokio::select! {
-        moved = proxy_session(&mut session, &mut app, rt.config.idle_timeout, Some(&rt.buffers)) => moved,
+    let (moved, ending) = tokio::select! {
+        proxied = proxy_session(&mut session, &mut app, idle, Some(&rt.buffers)) => {
+            (proxied.moved, Ending::of(&proxied.result))
+        }
         _ = left_directory(&mut current, peer) => {
             tracing::info!(%remote, peer = ?peer, "member left the directory; closing its session");
-            Err(ProxyError::Io(std::io::ErrorKind::PermissionDenied.into()))
+            (Default::default(), Ending::Revoked)
         }
     };
-    gauge.dec();
-    match outcome {
-        Ok(moved) => {
-            metrics
-                .bytes
-                .get_or_create(&BytesLabels {
-                    port: label,
-                    direction: "in",
-                })
-                .inc_by(moved.from_session);
-            metrics
-                .bytes
-                .get_or_create(&BytesLabels {
-                    port: label,
-                    direction: "out",
-                })
-                .inc_by(moved.into_session);
-        }
-        Err(error) => tracing::debug!(%remote, port = label, %error, "session ended"),
+    tracing::debug!(%remote, port = listener.label(), ending = ending.label(), "session ended");
+    if !ending.is_clean() {
+        reset(&app);
+        reset(session.get_ref());
     }
+    guard.finish(moved.from_session, moved.into_session, ending);
+}
+
+fn idle_timeout(port: PortKind, rt: &Runtime) -> std::time::Duration {
+    match port {
+        PortKind::Cluster => rt.config.idle_timeout,
+        PortKind::Client => rt.config.client_idle_timeout,
+    }
+}
+
+/// Passes a client-port connection addressed to another member on to it, unopened.
+async fn relayed(
+    mut tcp: TcpStream,
+    remote: SocketAddr,
+    hint: [u8; 8],
+    preamble: [u8; 12],
+    loaded: &Loaded,
+    rt: &Runtime,
+    refusals: &Refusals,
+) {
+    let mut target = match relay::open(&tcp, hint, preamble, loaded, rt).await {
+        Ok(target) => target,
+        Err(error) => {
+            let refusal = Refusal::from(error);
+            refusals.refuse(
+                &rt.shared.metrics,
+                refusal.reason(),
+                &format_args!("{remote}: {refusal}"),
+            );
+            return reset(&tcp);
+        }
+    };
+    count(rt, Listener::Client, "relayed", "");
+    let guard = SessionGuard::open(&rt.shared.metrics, Listener::Client);
+    let proxied = proxy(&mut tcp, &mut target, rt.config.client_idle_timeout, Some(&rt.buffers)).await;
+    // Both sides are networks here; which one failed matters less than that one did.
+    let ending = match Ending::of(&proxied.result) {
+        Ending::AppError => Ending::NetworkError,
+        other => other,
+    };
+    if !ending.is_clean() {
+        reset(&tcp);
+        reset(&target);
+    }
+    guard.finish(proxied.moved.a_to_b, proxied.moved.b_to_a, ending);
 }
 
 /// Resolves when `peer` (a proven member) is no longer in the directory; never for

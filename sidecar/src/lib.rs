@@ -1,12 +1,16 @@
 //! The XLattice sidecar: gives a pod its cluster identity on the wire.
 //!
+//! - `admission`: each listener's connection pool and handshake slots, one accept loop
+//! - `accounting`: the guard that counts each session's bytes and ending; refusals
 //! - `inbound`: the cluster and client ports (handshake, then plaintext to the app)
 //! - `outbound`: the loopback CONNECT listener the app uses to reach its peers
 //! - `proxy`: the byte pump with an idle timeout and no buffers while quiet
 //! - `state`: identity and directory, reloaded from the mounted files
 //! - `admin`: probes and Prometheus metrics
 
+pub mod accounting;
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod inbound;
 pub mod metrics;
@@ -20,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use xlattice_protocol::{BufferBudget, PortKind, ReplayGuard};
 
@@ -31,8 +35,8 @@ use state::{Shared, Sources};
 pub struct Runtime {
     pub config: SidecarConfig,
     pub shared: Shared,
-    pub handshakes: Semaphore,
-    pub connections: Arc<Semaphore>,
+    /// Each listener's connection pool and handshake slots.
+    pub gates: admission::Gates,
     /// Shared by every session's buffers (`SidecarConfig::buffer_budget_bytes`).
     pub buffers: Arc<BufferBudget>,
     pub tasks: TaskTracker,
@@ -46,27 +50,6 @@ pub enum RunError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// The next accepted connection, or `None` once `stop` is cancelled. Accept errors
-/// (EMFILE and friends) back off briefly instead of spinning.
-pub(crate) async fn next_connection(
-    listener: &TcpListener,
-    stop: &CancellationToken,
-    listener_name: &'static str,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => return Some(pair),
-                Err(error) => {
-                    tracing::warn!(%error, listener = listener_name, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
@@ -111,8 +94,12 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
             replay: ReplayGuard::default(),
             metrics: metrics.clone(),
         },
-        handshakes: Semaphore::new(config.max_handshakes),
-        connections: Arc::new(Semaphore::new(config.max_connections)),
+        gates: admission::Gates {
+            cluster: admission::Gate::new(config.max_cluster_connections, config.max_cluster_handshakes),
+            client: admission::Gate::new(config.max_client_connections, config.client_handshakes()),
+            outbound: admission::Gate::new(config.max_outbound_connections, config.max_outbound_connections),
+            admin: admission::Gate::new(admission::ADMIN_CONNECTIONS, admission::ADMIN_CONNECTIONS),
+        },
         buffers: BufferBudget::new(config.buffer_budget_bytes()),
         tasks: TaskTracker::new(),
         ready: AtomicBool::new(false),
@@ -124,17 +111,10 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
         tokio::spawn(inbound::serve(
             cluster,
             PortKind::Cluster,
-            rt.config.cluster_upstream,
             rt.clone(),
             accepting.clone(),
         )),
-        tokio::spawn(inbound::serve(
-            client,
-            PortKind::Client,
-            rt.config.client_upstream,
-            rt.clone(),
-            accepting.clone(),
-        )),
+        tokio::spawn(inbound::serve(client, PortKind::Client, rt.clone(), accepting.clone())),
         tokio::spawn(outbound::serve(connect, rt.clone(), accepting.clone())),
     ];
     let admin_task = tokio::spawn(admin::serve(admin, rt.clone(), background.clone()));

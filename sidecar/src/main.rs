@@ -130,8 +130,8 @@ async fn connect(args: ConnectArgs) -> Result<(), String> {
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
     proxy_session(&mut session, &mut stdio, Duration::from_secs(24 * 3600), None)
         .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
+        .result
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

@@ -10,9 +10,10 @@ use prometheus_client::{
 pub struct HandshakeLabels {
     /// cluster, client or outbound.
     pub port: &'static str,
-    /// ok or error.
+    /// ok, error, or relayed (passed on to the member it was for).
     pub result: &'static str,
-    /// Why it failed (HandshakeError::reason), empty when ok.
+    /// Why it failed (HandshakeError::reason, RelayError::reason, or busy: no handshake
+    /// slot came free before the deadline), empty otherwise.
     pub reason: &'static str,
 }
 
@@ -26,6 +27,14 @@ pub struct BytesLabels {
     pub port: &'static str,
     /// in: from the network peer; out: to it.
     pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndingLabels {
+    pub port: &'static str,
+    /// accounting::Ending::label: clean, truncated, forged, bad_length, bad_content_type,
+    /// sequence_exhausted, network_error, app_error, idle, revoked, app_unreachable, aborted.
+    pub ending: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,6 +64,7 @@ pub struct Metrics {
     pub handshake_seconds: Family<PortLabel, Histogram, fn() -> Histogram>,
     pub open_sessions: Family<PortLabel, Gauge>,
     pub bytes: Family<BytesLabels, Counter>,
+    pub sessions_ended: Family<EndingLabels, Counter>,
     pub refused_connections: Family<PortLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
     /// Set from the buffer budget when scraped.
@@ -69,6 +79,7 @@ impl Default for Metrics {
             Family::<PortLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let open_sessions = Family::<PortLabel, Gauge>::default();
         let bytes = Family::<BytesLabels, Counter>::default();
+        let sessions_ended = Family::<EndingLabels, Counter>::default();
         let refused_connections = Family::<PortLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let buffer_bytes = Gauge::default();
@@ -84,10 +95,19 @@ impl Default for Metrics {
             handshake_seconds.clone(),
         );
         registry.register("open_sessions", "Sessions open now", open_sessions.clone());
-        registry.register("bytes", "Plaintext bytes proxied", bytes.clone());
+        registry.register(
+            "bytes",
+            "Plaintext bytes proxied, whatever the session's ending",
+            bytes.clone(),
+        );
+        registry.register(
+            "sessions_ended",
+            "Sessions ended, by port and how they ended (clean, truncated, forged, idle, ...)",
+            sessions_ended.clone(),
+        );
         registry.register(
             "refused_connections",
-            "Connections refused because the connection limit was reached",
+            "Connections reset at once because the listener's connection pool was full",
             refused_connections.clone(),
         );
         registry.register("reloads", "Identity/directory reloads by result", reloads.clone());
@@ -101,6 +121,7 @@ impl Default for Metrics {
             handshake_seconds,
             open_sessions,
             bytes,
+            sessions_ended,
             refused_connections,
             reloads,
             buffer_bytes,

@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use xlattice_protocol::{client, PortKind, Target};
 
 use crate::{
-    metrics::{BytesLabels, HandshakeLabels, PortLabel},
+    accounting::{Ending, SessionGuard},
+    admission::{accept_loop, reset, Listener},
+    metrics::HandshakeLabels,
     proxy::proxy_session,
     Runtime,
 };
@@ -48,27 +50,13 @@ pub fn parse_connect(head: &[u8]) -> Result<ConnectRequest, &'static str> {
     })
 }
 
-pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
-    loop {
-        let Some((tcp, _)) = crate::next_connection(&listener, &stop, "connect").await else {
-            return;
-        };
-        let Ok(permit) = rt.connections.clone().try_acquire_owned() else {
-            rt.shared
-                .metrics
-                .refused_connections
-                .get_or_create(&PortLabel { port: "outbound" })
-                .inc();
-            continue;
-        };
-        let rt2 = rt.clone();
-        rt.tasks.spawn(async move {
-            let _permit = permit;
-            if let Err(error) = handle(tcp, rt2).await {
-                tracing::debug!(%error, "outbound connection ended");
-            }
-        });
-    }
+pub async fn serve(socket: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
+    accept_loop(socket, Listener::Outbound, rt, stop, |tcp, _, rt| async move {
+        if let Err(error) = handle(tcp, rt).await {
+            tracing::debug!(%error, "outbound connection ended");
+        }
+    })
+    .await
 }
 
 async fn read_head(tcp: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
@@ -180,35 +168,27 @@ async fn handle(mut tcp: TcpStream, rt: Arc<Runtime>) -> std::io::Result<()> {
         .inc();
     metrics
         .handshake_seconds
-        .get_or_create(&PortLabel { port: "outbound" })
+        .get_or_create(&Listener::Outbound.metric_label())
         .observe(started.elapsed().as_secs_f64());
     tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await?;
+    let guard = SessionGuard::open(metrics, Listener::Outbound);
     if !early.is_empty() {
-        session.write_all(&early).await?;
+        if let Err(error) = session.write_all(&early).await {
+            guard.finish(0, 0, Ending::NetworkError);
+            reset(&tcp);
+            return Err(error);
+        }
     }
-    let gauge = metrics
-        .open_sessions
-        .get_or_create(&PortLabel { port: "outbound" })
-        .clone();
-    gauge.inc();
-    let moved = proxy_session(&mut session, &mut tcp, rt.config.idle_timeout, Some(&rt.buffers)).await;
-    gauge.dec();
-    let moved = moved.map_err(|e| std::io::Error::other(e.to_string()))?;
-    metrics
-        .bytes
-        .get_or_create(&BytesLabels {
-            port: "outbound",
-            direction: "out",
-        })
-        .inc_by(moved.into_session);
-    metrics
-        .bytes
-        .get_or_create(&BytesLabels {
-            port: "outbound",
-            direction: "in",
-        })
-        .inc_by(moved.from_session);
-    Ok(())
+    let proxied = proxy_session(&mut session, &mut tcp, rt.config.idle_timeout, Some(&rt.buffers)).await;
+    let ending = Ending::of(&proxied.result);
+    if !ending.is_clean() {
+        // The application learns that its peer's stream did not end in order.
+        reset(&tcp);
+        reset(session.get_ref());
+    }
+    let early = early.len() as u64;
+    guard.finish(proxied.moved.from_session, proxied.moved.into_session + early, ending);
+    proxied.result.map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ impl OneWay {
         mut from: Pin<&mut R>,
         mut to: Pin<&mut W>,
         active: &mut bool,
-    ) -> Poll<io::Result<()>>
+    ) -> Poll<Result<(), Failed>>
     where
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
@@ -92,9 +92,9 @@ impl OneWay {
                 return Poll::Ready(Ok(()));
             }
             if self.start < self.end {
-                let n = ready!(to.as_mut().poll_write(cx, &self.buf[self.start..self.end]))?;
+                let n = ready!(to.as_mut().poll_write(cx, &self.buf[self.start..self.end])).map_err(Failed::Write)?;
                 if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    return Poll::Ready(Err(Failed::Write(io::ErrorKind::WriteZero.into())));
                 }
                 self.start += n;
                 self.moved += n as u64;
@@ -103,7 +103,7 @@ impl OneWay {
                 continue;
             }
             if self.eof {
-                ready!(to.as_mut().poll_shutdown(cx))?;
+                ready!(to.as_mut().poll_shutdown(cx)).map_err(Failed::Write)?;
                 self.done = true;
                 self.buf = Vec::new();
                 self.size.release();
@@ -125,18 +125,34 @@ impl OneWay {
                         self.size.record(n, self.buf.len());
                     }
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Read(e))),
                 Poll::Pending => {
                     // Going quiet: give the buffer back and push out what the sink holds.
                     self.buf = Vec::new();
                     self.size.release();
                     if self.unflushed {
-                        ready!(to.as_mut().poll_flush(cx))?;
+                        ready!(to.as_mut().poll_flush(cx)).map_err(Failed::Write)?;
                         self.unflushed = false;
                     }
                     return Poll::Pending;
                 }
             }
+        }
+    }
+}
+
+/// Which end of one direction failed.
+enum Failed {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl Failed {
+    /// Names the failed side, given the direction's source and sink.
+    fn on(self, from: Side, to: Side) -> ProxyError {
+        match self {
+            Self::Read(source) => ProxyError::Io { side: from, source },
+            Self::Write(source) => ProxyError::Io { side: to, source },
         }
     }
 }
@@ -158,7 +174,7 @@ impl FromSession {
         from: &mut SecureStream<S>,
         mut to: Pin<&mut W>,
         active: &mut bool,
-    ) -> Poll<io::Result<()>>
+    ) -> Poll<Result<(), Failed>>
     where
         S: AsyncRead + Unpin,
         W: AsyncWrite + ?Sized,
@@ -167,9 +183,9 @@ impl FromSession {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if from.poll_plaintext(cx)?.is_pending() {
+            if from.poll_plaintext(cx).map_err(Failed::Read)?.is_pending() {
                 if self.unflushed {
-                    ready!(to.as_mut().poll_flush(cx))?;
+                    ready!(to.as_mut().poll_flush(cx)).map_err(Failed::Write)?;
                     self.unflushed = false;
                 }
                 return Poll::Pending;
@@ -182,13 +198,13 @@ impl FromSession {
             }
             *active = true;
             if count == 0 {
-                ready!(to.as_mut().poll_shutdown(cx))?;
+                ready!(to.as_mut().poll_shutdown(cx)).map_err(Failed::Write)?;
                 self.done = true;
                 continue;
             }
-            let n = ready!(to.as_mut().poll_write_vectored(cx, &slices[..count]))?;
+            let n = ready!(to.as_mut().poll_write_vectored(cx, &slices[..count])).map_err(Failed::Write)?;
             if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                return Poll::Ready(Err(Failed::Write(io::ErrorKind::WriteZero.into())));
             }
             from.consume_plaintext(n);
             self.moved += n as u64;
@@ -197,12 +213,35 @@ impl FromSession {
     }
 }
 
+/// One of the two streams given to `proxy` (a, b) or `proxy_session` (session, plain).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::A => "a",
+            Self::B => "b",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("idle for {0:?}")]
     Idle(Duration),
-    #[error(transparent)]
-    Io(#[from] io::Error),
+    #[error("side {side}: {source}")]
+    Io { side: Side, source: io::Error },
+}
+
+/// How a proxy ended, and what it moved before that: bytes count whatever the ending.
+#[derive(Debug)]
+pub struct Proxied<T> {
+    pub moved: T,
+    pub result: Result<(), ProxyError>,
 }
 
 /// Proxies until both directions reach EOF, either side fails, or nothing moves
@@ -212,32 +251,39 @@ pub async fn proxy<A, B>(
     b: &mut B,
     idle: Duration,
     budget: Option<&Arc<BufferBudget>>,
-) -> Result<Transferred, ProxyError>
+) -> Proxied<Transferred>
 where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let (mut ab, mut ba) = (OneWay::new(budget), OneWay::new(budget));
-    drive(idle, |cx, active| {
-        let forward = ab.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b), active)?;
-        let backward = ba.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a), active)?;
+    let result = drive(idle, |cx, active| {
+        let forward = ab
+            .poll(cx, Pin::new(&mut *a), Pin::new(&mut *b), active)
+            .map_err(|f| f.on(Side::A, Side::B))?;
+        let backward = ba
+            .poll(cx, Pin::new(&mut *b), Pin::new(&mut *a), active)
+            .map_err(|f| f.on(Side::B, Side::A))?;
         Poll::Ready(Ok(forward.is_ready() && backward.is_ready()))
     })
-    .await?;
-    Ok(Transferred {
-        a_to_b: ab.moved,
-        b_to_a: ba.moved,
-    })
+    .await;
+    Proxied {
+        moved: Transferred {
+            a_to_b: ab.moved,
+            b_to_a: ba.moved,
+        },
+        result,
+    }
 }
 
-/// `proxy` between a session and a plaintext stream. The session's buffers share
-/// `budget` too.
+/// `proxy` between a session (side a) and a plaintext stream (side b). The session's
+/// buffers share `budget` too.
 pub async fn proxy_session<S, P>(
     session: &mut SecureStream<S>,
     plain: &mut P,
     idle: Duration,
     budget: Option<&Arc<BufferBudget>>,
-) -> Result<SessionBytes, ProxyError>
+) -> Proxied<SessionBytes>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     P: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -246,23 +292,30 @@ where
         session.set_buffer_budget(budget.clone());
     }
     let (mut out_of_session, mut into_session) = (FromSession::default(), OneWay::new(budget));
-    drive(idle, |cx, active| {
-        let forward = out_of_session.poll(cx, session, Pin::new(&mut *plain), active)?;
-        let backward = into_session.poll(cx, Pin::new(&mut *plain), Pin::new(&mut *session), active)?;
+    let result = drive(idle, |cx, active| {
+        let forward = out_of_session
+            .poll(cx, session, Pin::new(&mut *plain), active)
+            .map_err(|f| f.on(Side::A, Side::B))?;
+        let backward = into_session
+            .poll(cx, Pin::new(&mut *plain), Pin::new(&mut *session), active)
+            .map_err(|f| f.on(Side::B, Side::A))?;
         Poll::Ready(Ok(forward.is_ready() && backward.is_ready()))
     })
-    .await?;
-    Ok(SessionBytes {
-        from_session: out_of_session.moved,
-        into_session: into_session.moved,
-    })
+    .await;
+    Proxied {
+        moved: SessionBytes {
+            from_session: out_of_session.moved,
+            into_session: into_session.moved,
+        },
+        result,
+    }
 }
 
 /// Polls `step` (which says whether both directions are done and whether anything
 /// moved) until it is done, fails, or reports no movement for `idle`.
 async fn drive<F>(idle: Duration, mut step: F) -> Result<(), ProxyError>
 where
-    F: FnMut(&mut Context<'_>, &mut bool) -> Poll<io::Result<bool>>,
+    F: FnMut(&mut Context<'_>, &mut bool) -> Poll<Result<bool, ProxyError>>,
 {
     let mut last_active = Instant::now();
     let deadline = tokio::time::sleep(idle);
@@ -316,9 +369,10 @@ mod tests {
         b_outer.write_all(b"bye").await.unwrap();
         b_outer.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"bye");
-        let moved = task.await.unwrap().unwrap();
+        let proxied = task.await.unwrap();
+        proxied.result.unwrap();
         assert_eq!(
-            moved,
+            proxied.moved,
             Transferred {
                 a_to_b: 200_000,
                 b_to_a: 3
@@ -332,6 +386,7 @@ mod tests {
         let (mut b_inner, _b_outer) = tokio::io::duplex(64);
         let err = proxy(&mut a_inner, &mut b_inner, Duration::from_secs(30), None)
             .await
+            .result
             .unwrap_err();
         assert!(matches!(err, ProxyError::Idle(_)), "{err}");
     }
@@ -367,9 +422,10 @@ mod tests {
         app.write_all(b"count: 1000000").await.unwrap();
         app.shutdown().await.unwrap();
         assert_eq!(writer.await.unwrap(), b"count: 1000000");
-        let moved = task.await.unwrap().unwrap();
+        let proxied = task.await.unwrap();
+        proxied.result.unwrap();
         assert_eq!(
-            moved,
+            proxied.moved,
             SessionBytes {
                 from_session: 1_000_000,
                 into_session: 14

@@ -1,0 +1,161 @@
+//! Who gets in, and how many at once.
+//!
+//! Every listener has a gate of its own: a pool of connections and a pool of handshake
+//! slots. Outsiders on the public client port therefore never take what members need on
+//! the cluster port, nor what the application needs to reach its peers. A connection
+//! takes a handshake slot only once its whole hello has arrived (`inbound`), so silent and
+//! slow connections hold a connection until the handshake deadline, never a slot; a full
+//! connection pool refuses at once instead of queueing.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{metrics::PortLabel, Runtime};
+
+/// The sidecar's listeners, which are also the `port` label of its metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The private cluster port: members only.
+    Cluster,
+    /// The public client port.
+    Client,
+    /// The loopback CONNECT listener through which the application reaches its peers.
+    Outbound,
+    /// Probes and metrics.
+    Admin,
+}
+
+/// Connection and handshake limits of one listener.
+pub struct Gate {
+    connections: Arc<Semaphore>,
+    handshakes: Semaphore,
+}
+
+/// The four gates, one per listener.
+pub struct Gates {
+    pub cluster: Gate,
+    pub client: Gate,
+    pub outbound: Gate,
+    pub admin: Gate,
+}
+
+/// Admin requests are one small GET each: a few at once is plenty, and a flood of them
+/// must not take memory from the data path.
+pub const ADMIN_CONNECTIONS: usize = 64;
+
+// === impl Listener ===
+
+impl Listener {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Cluster => "cluster",
+            Self::Client => "client",
+            Self::Outbound => "outbound",
+            Self::Admin => "admin",
+        }
+    }
+
+    pub fn metric_label(self) -> PortLabel {
+        PortLabel { port: self.label() }
+    }
+}
+
+// === impl Gate ===
+
+impl Gate {
+    pub fn new(max_connections: usize, max_handshakes: usize) -> Self {
+        Self {
+            connections: Arc::new(Semaphore::new(max_connections)),
+            handshakes: Semaphore::new(max_handshakes),
+        }
+    }
+
+    /// A place in the connection pool, held for the connection's whole life; `None` when
+    /// the pool is full.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().try_acquire_owned().ok()
+    }
+
+    /// A handshake slot: the right to spend CPU on one hello that has arrived whole.
+    pub async fn handshake_slot(&self) -> SemaphorePermit<'_> {
+        self.handshakes.acquire().await.expect("semaphore never closed")
+    }
+}
+
+// === impl Gates ===
+
+impl Gates {
+    pub fn of(&self, listener: Listener) -> &Gate {
+        match listener {
+            Listener::Cluster => &self.cluster,
+            Listener::Client => &self.client,
+            Listener::Outbound => &self.outbound,
+            Listener::Admin => &self.admin,
+        }
+    }
+}
+
+/// Accepts on `listener` until `stop`, admitting each connection through its gate and
+/// running `handle` for it as a task the runtime tracks (so a drain waits for it). A
+/// connection the gate refuses is reset and counted in `refused_connections`.
+pub async fn accept_loop<H, F>(
+    socket: TcpListener,
+    listener: Listener,
+    rt: Arc<Runtime>,
+    stop: CancellationToken,
+    handle: H,
+) where
+    H: Fn(TcpStream, SocketAddr, Arc<Runtime>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let gate = rt.gates.of(listener);
+    while let Some((tcp, remote)) = next_connection(&socket, &stop, listener).await {
+        let Some(permit) = gate.admit() else {
+            rt.shared
+                .metrics
+                .refused_connections
+                .get_or_create(&listener.metric_label())
+                .inc();
+            reset(&tcp);
+            continue;
+        };
+        let task = handle(tcp, remote, rt.clone());
+        rt.tasks.spawn(async move {
+            let _permit = permit;
+            task.await
+        });
+    }
+}
+
+/// Makes dropping `tcp` send a TCP reset, whatever is left unread: every refusal looks the
+/// same on the wire (docs/protocol.md), and a refused flood leaves no TIME_WAIT behind.
+pub fn reset(tcp: &TcpStream) {
+    // Failing leaves an orderly close, which loses nothing but the uniformity.
+    let _ = tcp.set_zero_linger();
+}
+
+/// The next accepted connection, or `None` once `stop` is cancelled. Accept errors
+/// (EMFILE and friends) back off briefly instead of spinning.
+pub(crate) async fn next_connection(
+    socket: &TcpListener,
+    stop: &CancellationToken,
+    listener: Listener,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = socket.accept() => match accepted {
+                Ok(pair) => return Some(pair),
+                Err(error) => {
+                    tracing::warn!(%error, listener = listener.label(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}

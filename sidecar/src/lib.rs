@@ -11,6 +11,7 @@
 pub mod accounting;
 pub mod admin;
 pub mod admission;
+pub mod cli;
 pub mod config;
 pub mod inbound;
 pub mod metrics;

@@ -1,41 +1,14 @@
 //! `xlattice run` is the sidecar; `xlattice connect` is the client CLI.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use xlattice_protocol::{client, DirectoryIndex, Identity, MemberDirectory, PortKind, Target};
-use xlattice_sidecar::{config::parse_duration, proxy::proxy_session, SidecarConfig};
-
-#[derive(Parser)]
-#[command(name = "xlattice", version, about = "XLattice cluster sidecar and client")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the sidecar: serve the cluster and client ports, proxy to the app.
-    Run(SidecarConfig),
-    /// Open a session with a member and connect it to stdin/stdout.
-    Connect(ConnectArgs),
-    /// Mint an identity into a directory (the layout of the operator's Secrets).
-    Keygen(KeygenArgs),
-}
-
-#[derive(clap::Args)]
-struct KeygenArgs {
-    /// Directory to write node-id, sk.pem and ck.pem into (created, files mode 0600).
-    #[arg(long)]
-    out: PathBuf,
-    /// 160 or 256.
-    #[arg(long, default_value_t = 256)]
-    node_id_bits: u16,
-    /// 2048, 3072 or 4096.
-    #[arg(long, default_value_t = 2048)]
-    rsa_bits: usize,
-}
+use xlattice_sidecar::{
+    cli::{Cli, Command, ConnectArgs, KeygenArgs, Port},
+    proxy::proxy_session,
+};
 
 fn keygen(args: KeygenArgs) -> Result<(), String> {
     if args.out.join(xlattice_protocol::identity::NODE_ID_FILE).exists() {
@@ -50,33 +23,6 @@ fn keygen(args: KeygenArgs) -> Result<(), String> {
     identity.save_dir(&args.out).map_err(|e| e.to_string())?;
     println!("{}", identity.node_id);
     Ok(())
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Port {
-    Client,
-    Cluster,
-}
-
-#[derive(clap::Args)]
-struct ConnectArgs {
-    /// The member: its NodeID (hex) or its name.
-    member: String,
-    /// The member directory (YAML or JSON), e.g. from `xlattice-operator directory <cluster>`;
-    /// or a folder whose *.yaml/*.json files are parts of it.
-    #[arg(long, env = "XLATTICE_DIRECTORY")]
-    directory: PathBuf,
-    /// Which port to open the session on.
-    #[arg(long, value_enum, default_value = "client")]
-    port: Port,
-    /// host:port to dial instead of the member's endpoint in the directory.
-    #[arg(long)]
-    address: Option<String>,
-    /// Own identity directory; needed for the cluster port.
-    #[arg(long)]
-    identity_dir: Option<PathBuf>,
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    timeout: Duration,
 }
 
 fn init_tracing() {
@@ -151,7 +97,7 @@ fn main() -> ExitCode {
             Command::Run(config) => {
                 let stop = CancellationToken::new();
                 tokio::spawn(shutdown_signal(stop.clone()));
-                xlattice_sidecar::run(config, stop).await.map_err(|e| e.to_string())
+                xlattice_sidecar::run(*config, stop).await.map_err(|e| e.to_string())
             }
             Command::Connect(args) => connect(args).await,
             Command::Keygen(args) => keygen(args),

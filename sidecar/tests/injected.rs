@@ -6,24 +6,15 @@
 
 use std::collections::BTreeSet;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser};
 use xlattice_operator::{
     webhook::inject::{default_resources, sidecar, Injection},
     XLatticeCluster, XLatticeClusterSpec,
 };
-use xlattice_sidecar::config::SidecarConfig;
-
-/// The `xlattice run` command line, as `sidecar/src/main.rs` parses it.
-#[derive(Parser)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    Run(SidecarConfig),
-}
+use xlattice_sidecar::{
+    cli::{Cli, Command},
+    config::SidecarConfig,
+};
 
 fn cluster(spec: serde_json::Value) -> XLatticeCluster {
     let spec: XLatticeClusterSpec = serde_json::from_value(spec).unwrap();
@@ -47,7 +38,9 @@ fn the_sidecar_parses_what_the_webhook_injects() {
         let args = container.args.clone().unwrap();
         let parsed = Cli::try_parse_from(std::iter::once("xlattice".to_string()).chain(args.clone()))
             .unwrap_or_else(|e| panic!("the sidecar refuses the injected arguments {args:?}: {e}"));
-        let Command::Run(config) = parsed.command;
+        let Command::Run(config) = parsed.command else {
+            panic!("not the run command")
+        };
         let (up_cluster, up_client) = cluster.spec.upstream_ports();
         assert_eq!(i32::from(config.cluster_port), cluster.spec.cluster_port);
         assert_eq!(i32::from(config.client_port), cluster.spec.client_port);

@@ -46,23 +46,65 @@ impl Drop for Cluster {
     }
 }
 
+/// How each echo-app connection ended, as (`app_key`, ending): "end of stream", or the
+/// kind of the read error ("ConnectionReset"). Tests run at once in one process: the key
+/// names the app's address.
+pub static APP_ENDINGS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Names the echo app of `host` on its `kind` ("cluster" or "client") port.
+pub fn app_key(host: &str, kind: &str) -> String {
+    format!("{host}/{kind}")
+}
+
+/// The ending of the next echo-app connection of `tag` to end after `seen` had ended.
+pub async fn app_ending(tag: &str, seen: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let endings: Vec<String> = APP_ENDINGS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == tag)
+            .map(|(_, e)| e.clone())
+            .collect();
+        if let Some(ending) = endings.get(seen) {
+            return ending.clone();
+        }
+        assert!(Instant::now() < deadline, "{tag}: no connection ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many echo-app connections of `tag` have ended.
+pub fn app_endings(tag: &str) -> usize {
+    APP_ENDINGS.lock().unwrap().iter().filter(|(t, _)| t == tag).count()
+}
+
 /// An echo app prefixing each line with its name, on both upstream ports.
 pub async fn echo_app(host: &str, name: &str) {
     for (port, kind) in [(APP_CLUSTER, "cluster"), (APP_CLIENT, "client")] {
         let listener = TcpListener::bind((host, port)).await.unwrap();
         let tag = format!("{name}/{kind}");
+        let key = app_key(host, kind);
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
-                let tag = tag.clone();
+                let (tag, key) = (tag.clone(), key.clone());
                 tokio::spawn(async move {
                     let (rd, mut wr) = tcp.into_split();
                     let mut lines = BufReader::new(rd).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
-                        if wr.write_all(format!("{tag}: {line}\n").as_bytes()).await.is_err() {
-                            return;
+                    let ending = loop {
+                        match lines.next_line().await {
+                            Ok(Some(line)) => {
+                                if wr.write_all(format!("{tag}: {line}\n").as_bytes()).await.is_err() {
+                                    break "write failed".to_string();
+                                }
+                            }
+                            Ok(None) => break "end of stream".to_string(),
+                            Err(e) => break format!("{:?}", e.kind()),
                         }
-                    }
+                    };
+                    APP_ENDINGS.lock().unwrap().push((key.clone(), ending));
                 });
             }
         });

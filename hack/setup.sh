@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 CACHE=${XLATTICE_CACHE:-$HOME/.cache/xlattice}
 TOOLS=$CACHE/tools
 CARGO_AUDIT_VERSION=0.22.2
+CARGO_FUZZ_VERSION=0.13.2
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -20,6 +21,11 @@ export PATH="$TOOLS/bin:$PATH"
 if ! command -v cargo-audit >/dev/null 2>&1; then
   step "cargo-audit $CARGO_AUDIT_VERSION (cached in $TOOLS)"
   cargo install cargo-audit --version "$CARGO_AUDIT_VERSION" --locked --root "$TOOLS" \
+    --target-dir "$CACHE/target-tools" >&2
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  step "cargo-fuzz $CARGO_FUZZ_VERSION (cached in $TOOLS)"
+  cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$TOOLS" \
     --target-dir "$CACHE/target-tools" >&2
 fi
 step "setup done"

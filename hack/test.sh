@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # hack/test.sh: the test command. Everything CI runs, in the order it runs it:
 #   set-up (cached), lint, build, supply-chain audit, a real control plane on
-#   loopback, every Rust test (unit, real sockets, real API server), chart checks, then
+#   loopback, every Rust test (unit, real sockets, real API server), fuzzing of every
+#   decoder (hack/fuzz.sh, 20 s per target), chart checks, then
 #   a real node (hack/node.sh: kubelet, containerd, kube-router) with the project's images
 #   and the end-to-end tests on it (hack/node-test.sh).
 # Ends with one line "N passed, M failed".
@@ -13,6 +14,8 @@ export PATH="$CACHE/tools/bin:$PATH"
 LOG=$(mktemp -d)/test.log
 CHART_LOG=${LOG%.log}-chart.log
 NODE_LOG=${LOG%.log}-node.log
+FUZZ_LOG=${LOG%.log}-fuzz.log
+: >"$FUZZ_LOG"
 : >"$CHART_LOG"
 : >"$NODE_LOG"
 step() { printf '\n==> %s\n' "$*"; }
@@ -48,6 +51,12 @@ cargo test --workspace --all-targets 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 set -e
 
+step "fuzz: every decoder of network and file input, 20 s each (hack/fuzz.sh)"
+if ! hack/fuzz.sh "${XLATTICE_FUZZ_SECONDS:-20}" 2>&1 | tee "$FUZZ_LOG"; then
+  echo "fuzzing found a crash"
+  status=1
+fi
+
 if [ -x hack/chart-test.sh ]; then
   step "chart: helm lint, helm template, deploy/ drift, helm install (on a fresh control plane)"
   # The operator e2e leaves cluster-scoped objects (its ClusterRole, bindings) that a
@@ -80,9 +89,11 @@ failed=$(grep -Eo '[0-9]+ failed;' "$LOG" | awk '{s+=$1} END {print s+0}')
 chart_ok=$(grep -c '^  ok ' "$CHART_LOG" || true)
 chart_failed=$(grep -c '^  FAIL ' "$CHART_LOG" || true)
 node_ok=$(grep -c '^  ok ' "$NODE_LOG" || true)
+fuzz_ok=$(grep -c '^  ok ' "$FUZZ_LOG" || true)
+fuzz_failed=$(grep -c '^  FAIL ' "$FUZZ_LOG" || true)
 node_failed=$(grep -c '^  FAIL ' "$NODE_LOG" || true)
-passed=$((passed + chart_ok + node_ok))
-failed=$((failed + chart_failed + node_failed))
+passed=$((passed + chart_ok + node_ok + fuzz_ok))
+failed=$((failed + chart_failed + node_failed + fuzz_failed))
 [ "$status" -eq 0 ] || [ "$failed" -gt 0 ] || failed=1
 printf '\n%s passed, %s failed\n' "$passed" "$failed"
 exit "$status"

@@ -508,6 +508,19 @@ fn check_proof(
     sealed: &[u8],
 ) -> Result<NodeId, HandshakeError> {
     let proof = open_once(key1, PROOF_NONCE, signed_part, sealed).ok_or(HandshakeError::BadProof)?;
+    let (node_id, signature) = parse_proof(&proof)?;
+    let member = directory
+        .by_node_id(&node_id)
+        .ok_or(HandshakeError::NotMember(node_id))?;
+    if !member.sk.verify_pss(&[PROOF_CONTEXT, signed_part].concat(), signature) {
+        return Err(HandshakeError::BadSignature(node_id));
+    }
+    Ok(node_id)
+}
+
+/// Splits an opened member proof into the NodeID it claims and the signature. Every byte
+/// of it is the client's choice (it picks key1), so this is fuzzed like the hello itself.
+pub fn parse_proof(proof: &[u8]) -> Result<(NodeId, &[u8]), HandshakeError> {
     let id_len = *proof.first().ok_or(HandshakeError::BadProof)? as usize;
     let node_id = proof
         .get(1..1 + id_len)
@@ -522,13 +535,7 @@ fn check_proof(
         .get(2..)
         .filter(|s| s.len() == sig_len)
         .ok_or(HandshakeError::BadProof)?;
-    let member = directory
-        .by_node_id(&node_id)
-        .ok_or(HandshakeError::NotMember(node_id))?;
-    if !member.sk.verify_pss(&[PROOF_CONTEXT, signed_part].concat(), signature) {
-        return Err(HandshakeError::BadSignature(node_id));
-    }
-    Ok(node_id)
+    Ok((node_id, signature))
 }
 
 pub(crate) fn now_unix() -> u64 {

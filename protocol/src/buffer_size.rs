@@ -3,20 +3,24 @@
 //! the buffer being released while a session is quiet, so a bulk stream that stalls for a
 //! moment resumes at full size instead of growing again from the bottom.
 //!
-//! Growth past the minimum can be drawn from a `BufferBudget` shared by every session of
-//! a process: large buffers are what make bulk transfers cheap, and the budget is what
-//! keeps a thousand bulk sessions inside a container's memory limit. A session the
-//! budget cannot serve moves its bytes with the minimum, more slowly but correctly.
+//! A `BufferBudget` shared by every session of a process counts every buffer byte they
+//! hold. Each buffer's minimum (one record) is always granted, since a session must be able
+//! to hold the record it is reading, even a record a peer stalls in the middle of; growth
+//! past it is granted only from what is left. Large buffers are what make bulk transfers
+//! cheap, and the budget is what keeps a thousand bulk sessions, or a thousand stalled
+//! ones, inside a container's memory limit: minimums crowd growth out, never the other
+//! way round. A session the budget cannot serve moves its bytes with the minimum, more
+//! slowly but correctly.
 
 use std::sync::{
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicIsize, Ordering},
     Arc,
 };
 
-/// Bytes of buffer growth, past each buffer's minimum, that a process may hold at once.
+/// Buffer bytes a process may hold at once. Below zero when minimums alone exceed it.
 #[derive(Debug)]
 pub struct BufferBudget {
-    available: AtomicUsize,
+    available: AtomicIsize,
     total: usize,
 }
 
@@ -24,8 +28,9 @@ pub struct BufferBudget {
 
 impl BufferBudget {
     pub fn new(bytes: usize) -> Arc<Self> {
+        let bytes = bytes.min(isize::MAX as usize);
         Arc::new(Self {
-            available: AtomicUsize::new(bytes),
+            available: AtomicIsize::new(bytes as isize),
             total: bytes,
         })
     }
@@ -36,19 +41,25 @@ impl BufferBudget {
         let _ = self
             .available
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |available| {
-                granted = want.min(available);
-                Some(available - granted)
+                granted = want.min(available.max(0) as usize);
+                Some(available - granted as isize)
             });
         granted
     }
 
-    fn give(&self, bytes: usize) {
-        self.available.fetch_add(bytes, Ordering::AcqRel);
+    /// Counts `bytes` that must be held whatever is left (a buffer's minimum).
+    fn charge(&self, bytes: usize) {
+        self.available.fetch_sub(bytes as isize, Ordering::AcqRel);
     }
 
-    /// Bytes granted and not yet given back.
+    fn give(&self, bytes: usize) {
+        self.available.fetch_add(bytes as isize, Ordering::AcqRel);
+    }
+
+    /// Buffer bytes held now, minimums included; above the budget only when minimums
+    /// alone exceed it.
     pub fn in_use(&self) -> usize {
-        self.total - self.available.load(Ordering::Acquire)
+        (self.total as isize - self.available.load(Ordering::Acquire)).max(0) as usize
     }
 }
 
@@ -60,6 +71,8 @@ pub struct BufferSize {
     budget: Option<Arc<BufferBudget>>,
     /// Bytes past `min` granted by the budget for the buffer now allocated.
     held: usize,
+    /// Whether the budget counts this buffer's minimum (from `reserve` to `release`).
+    floor: bool,
 }
 
 // === impl BufferSize ===
@@ -72,10 +85,11 @@ impl BufferSize {
             next: min,
             budget: None,
             held: 0,
+            floor: false,
         }
     }
 
-    /// Draws growth past `min` from `budget` from now on.
+    /// Counts this buffer in `budget`, and draws growth past `min` from it, from now on.
     pub fn set_budget(&mut self, budget: Arc<BufferBudget>) {
         self.release();
         self.budget = Some(budget);
@@ -87,11 +101,15 @@ impl BufferSize {
     }
 
     /// The size to allocate next: what the traffic asks for, as far as the budget grants
-    /// it. What is granted is held until `release`.
+    /// it. What is granted, and the minimum, are held until `release`.
     pub fn reserve(&mut self) -> usize {
         let Some(budget) = &self.budget else {
             return self.next;
         };
+        if !self.floor {
+            budget.charge(self.min);
+            self.floor = true;
+        }
         let want = self.next - self.min;
         if want > self.held {
             self.held += budget.take(want - self.held);
@@ -99,10 +117,11 @@ impl BufferSize {
         self.min + self.held
     }
 
-    /// The buffer was freed: gives its grant back.
+    /// The buffer was freed: gives its grant and its minimum back.
     pub fn release(&mut self) {
         if let Some(budget) = &self.budget {
-            budget.give(std::mem::take(&mut self.held));
+            let floor = if std::mem::take(&mut self.floor) { self.min } else { 0 };
+            budget.give(std::mem::take(&mut self.held) + floor);
         }
     }
 
@@ -156,12 +175,32 @@ mod tests {
             }
         }
         assert_eq!(a.reserve(), 256, "the first takes all it asks for");
-        assert_eq!(b.reserve(), 16 + 60, "the second gets what is left");
+        assert_eq!(b.reserve(), 16 + 28, "the second gets its minimum and what is left");
         assert_eq!(budget.in_use(), 300);
         a.release();
+        assert_eq!(budget.in_use(), 44, "a release gives the minimum back too");
         assert_eq!(b.reserve(), 256, "released bytes serve the next reservation");
         drop(b);
-        assert_eq!(budget.in_use(), 0, "a dropped size gives its grant back");
+        assert_eq!(budget.in_use(), 0, "a dropped size gives everything back");
         assert_eq!(a.next(), 256, "a release does not forget the size");
+    }
+
+    #[test]
+    fn minimums_are_always_granted_and_crowd_growth_out() {
+        let budget = BufferBudget::new(40);
+        let mut sizes: Vec<BufferSize> = (0..4).map(|_| BufferSize::new(16, 256)).collect();
+        for size in &mut sizes {
+            size.set_budget(budget.clone());
+            assert_eq!(size.reserve(), 16, "a minimum is granted past the budget");
+            size.record(16, 16);
+        }
+        assert_eq!(budget.in_use(), 64, "every byte held is counted, over budget or not");
+        assert_eq!(sizes[0].reserve(), 16, "no growth while minimums exceed the budget");
+        sizes.truncate(1);
+        assert_eq!(budget.in_use(), 16);
+        for _ in 0..4 {
+            sizes[0].record(256, 256);
+        }
+        assert_eq!(sizes[0].reserve(), 16 + 24, "growth resumes from what is left");
     }
 }

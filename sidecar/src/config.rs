@@ -54,9 +54,10 @@ pub struct SidecarConfig {
     /// the CPUs, at least one, so a flood of hellos leaves CPU for members and the data path.
     #[arg(long)]
     pub max_client_handshakes: Option<usize>,
-    /// MiB that all sessions together may hold in buffers past one record each. Bulk
-    /// transfers move up to 1 MiB per syscall while the budget lasts (a third less CPU
-    /// per byte than 256 KiB); past it they move a record at a time. Default: half of
+    /// MiB that all sessions together may hold in buffers. Each buffer's first record is
+    /// always granted (a partial record must fit); growth past it comes from what is left.
+    /// Bulk transfers move up to 1 MiB per syscall while the budget lasts (a third less
+    /// CPU per byte than 256 KiB); past it they move a record at a time. Default: half of
     /// --memory-limit-mib, at most 512; 64 without a limit.
     #[arg(long, env = "XLATTICE_BUFFER_BUDGET_MIB")]
     pub buffer_budget_mib: Option<usize>,

@@ -113,7 +113,7 @@ impl Default for Metrics {
         registry.register("reloads", "Identity/directory reloads by result", reloads.clone());
         registry.register(
             "buffer_bytes",
-            "Buffer bytes held past each session's minimum, out of the buffer budget",
+            "Buffer bytes all sessions hold now (partial records included), out of the buffer budget",
             buffer_bytes.clone(),
         );
         Self {

@@ -33,6 +33,7 @@ pub enum Listener {
 /// Connection and handshake limits of one listener.
 pub struct Gate {
     connections: Arc<Semaphore>,
+    max_connections: usize,
     handshakes: Semaphore,
 }
 
@@ -71,8 +72,14 @@ impl Gate {
     pub fn new(max_connections: usize, max_handshakes: usize) -> Self {
         Self {
             connections: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
             handshakes: Semaphore::new(max_handshakes),
         }
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.max_connections - self.connections.available_permits()
     }
 
     /// A place in the connection pool, held for the connection's whole life; `None` when
@@ -90,6 +97,14 @@ impl Gate {
 // === impl Gates ===
 
 impl Gates {
+    /// Connections open now on every listener.
+    pub fn open_connections(&self) -> usize {
+        [&self.cluster, &self.client, &self.outbound, &self.admin]
+            .iter()
+            .map(|gate| gate.open())
+            .sum()
+    }
+
     pub fn of(&self, listener: Listener) -> &Gate {
         match listener {
             Listener::Cluster => &self.cluster,

@@ -5,6 +5,7 @@
 //! - `inbound`: the cluster and client ports (handshake, then plaintext to the app)
 //! - `outbound`: the loopback CONNECT listener the app uses to reach its peers
 //! - `proxy`: the byte pump with an idle timeout and no buffers while quiet
+//! - `memory`: gives what a flood freed back to the system
 //! - `state`: identity and directory, reloaded from the mounted files
 //! - `admin`: probes and Prometheus metrics
 
@@ -14,6 +15,7 @@ pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod inbound;
+pub mod memory;
 pub mod metrics;
 pub mod outbound;
 pub mod proxy;
@@ -120,6 +122,7 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
     ];
     let admin_task = tokio::spawn(admin::serve(admin, rt.clone(), background.clone()));
     let watcher = tokio::spawn(sources.watch(tx, rt.config.reload_interval, metrics, background.clone()));
+    let trimmer = tokio::spawn(memory::trim_after_floods(rt.clone(), background.clone()));
     rt.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         cluster_port = rt.config.cluster_port,
@@ -147,6 +150,6 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
         );
     }
     background.cancel();
-    let _ = tokio::join!(admin_task, watcher);
+    let _ = tokio::join!(admin_task, watcher, trimmer);
     Ok(())
 }

@@ -7,7 +7,13 @@
 //! slow connections hold a connection until the handshake deadline, never a slot; a full
 //! connection pool refuses at once instead of queueing.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -37,12 +43,29 @@ pub struct Gate {
     handshakes: Semaphore,
 }
 
+/// Connections from one source address still sending their hello, at most `limit` at once:
+/// one host cannot fill a port's pool with silent connections. Counted only until the
+/// hello has arrived, so many clients behind one address (a NAT, a node's SNAT) are held
+/// back only while they are slow.
+pub struct PerSource {
+    limit: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One place of `PerSource`, given back on drop.
+pub struct SourceSlot<'a> {
+    of: &'a PerSource,
+    source: IpAddr,
+}
+
 /// The four gates, one per listener.
 pub struct Gates {
     pub cluster: Gate,
     pub client: Gate,
     pub outbound: Gate,
     pub admin: Gate,
+    /// Client-port connections in their hello, per source address.
+    pub client_sources: PerSource,
 }
 
 /// Admin requests are one small GET each: a few at once is plenty, and a flood of them
@@ -91,6 +114,48 @@ impl Gate {
     /// A handshake slot: the right to spend CPU on one hello that has arrived whole.
     pub async fn handshake_slot(&self) -> SemaphorePermit<'_> {
         self.handshakes.acquire().await.expect("semaphore never closed")
+    }
+}
+
+// === impl PerSource ===
+
+impl PerSource {
+    /// `limit` 0 turns the check off.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            counts: Mutex::default(),
+        }
+    }
+
+    /// A place for a connection from `source`, or `None` when it already has `limit`.
+    pub fn enter(&self, source: IpAddr) -> Option<SourceSlot<'_>> {
+        if self.limit == 0 {
+            return Some(SourceSlot { of: self, source });
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(source).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot { of: self, source })
+    }
+}
+
+impl Drop for SourceSlot<'_> {
+    fn drop(&mut self) {
+        if self.of.limit == 0 {
+            return;
+        }
+        let mut counts = self.of.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                // The map holds only sources with connections in their hello: bounded by the pool.
+                counts.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -172,5 +237,28 @@ pub(crate) async fn next_connection(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_gets_its_limit_and_its_places_back() {
+        let per_source = PerSource::new(2);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = per_source.enter(a).unwrap();
+        let _second = per_source.enter(a).unwrap();
+        assert!(per_source.enter(a).is_none(), "a third from the same source");
+        assert!(per_source.enter(b).is_some(), "another source is not held back");
+        drop(first);
+        assert!(per_source.enter(a).is_some(), "a place given back serves the next");
+        drop(_second);
+        assert!(
+            per_source.counts.lock().unwrap().is_empty(),
+            "no entry outlives its connections"
+        );
+        assert!(PerSource::new(0).enter(a).is_some(), "0 is off");
     }
 }

@@ -43,6 +43,10 @@ pub struct SidecarConfig {
     /// application's outbound connections have pools of their own.
     #[arg(long, default_value_t = 1024)]
     pub max_client_connections: usize,
+    /// Client-port connections from one source address still sending their hello, at
+    /// most; more from that address are reset. 0: no limit.
+    #[arg(long, default_value_t = 64)]
+    pub max_client_pending_per_source: usize,
     /// Connections open at once from the application to its peers (CONNECT); more are reset.
     #[arg(long, default_value_t = 2048)]
     pub max_outbound_connections: usize,

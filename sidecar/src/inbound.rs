@@ -56,7 +56,7 @@ async fn handle(mut tcp: TcpStream, remote: SocketAddr, port: PortKind, rt: Arc<
     tcp.set_nodelay(true).ok();
     let loaded = rt.shared.current.borrow().clone();
     let started = Instant::now();
-    let result = match handshake(&mut tcp, port, &loaded, &rt).await {
+    let result = match handshake(&mut tcp, remote, port, &loaded, &rt).await {
         Ok(done) => done,
         Err(error) => {
             refusals.refuse(&rt.shared.metrics, error.reason(), &format_args!("{remote}: {error}"));
@@ -82,11 +82,17 @@ async fn handle(mut tcp: TcpStream, remote: SocketAddr, port: PortKind, rt: Arc<
 /// the answer.
 async fn handshake<'a>(
     tcp: &'a mut TcpStream,
+    remote: SocketAddr,
     port: PortKind,
     loaded: &Loaded,
     rt: &Runtime,
 ) -> Result<Handshaken<'a>, Refusal> {
     let deadline = tokio::time::Instant::now() + rt.config.handshake_timeout;
+    // Held while the hello arrives, on the client port: one host cannot fill the pool.
+    let source = match port {
+        PortKind::Client => Some(rt.gates.client_sources.enter(remote.ip()).ok_or(Refusal::SourceBusy)?),
+        PortKind::Cluster => None,
+    };
     let ctx = ServerContext {
         port,
         identity: &loaded.identity,
@@ -99,6 +105,7 @@ async fn handshake<'a>(
         Ok(Ok(Arrived::ForAnother { hint, preamble })) => return Ok(Handshaken::ForAnother { hint, preamble }),
         Ok(Ok(Arrived::Hello(hello))) => hello,
     };
+    drop(source);
     let gate = rt.gates.of(listener(port));
     let Ok(_slot) = timeout_at(deadline, gate.handshake_slot()).await else {
         return Err(Refusal::Busy);
@@ -117,6 +124,8 @@ enum Refusal {
     Handshake(#[from] HandshakeError),
     #[error("no handshake slot came free before the deadline")]
     Busy,
+    #[error("too many connections from this address are still sending their hello")]
+    SourceBusy,
     #[error(transparent)]
     Relay(#[from] relay::RelayError),
 }
@@ -126,6 +135,7 @@ impl Refusal {
         match self {
             Self::Handshake(error) => error.reason(),
             Self::Busy => "busy",
+            Self::SourceBusy => "source_busy",
             Self::Relay(error) => error.reason(),
         }
     }

@@ -102,6 +102,7 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
             client: admission::Gate::new(config.max_client_connections, config.client_handshakes()),
             outbound: admission::Gate::new(config.max_outbound_connections, config.max_outbound_connections),
             admin: admission::Gate::new(admission::ADMIN_CONNECTIONS, admission::ADMIN_CONNECTIONS),
+            client_sources: admission::PerSource::new(config.max_client_pending_per_source),
         },
         buffers: BufferBudget::new(config.buffer_budget_bytes()),
         tasks: TaskTracker::new(),

@@ -55,6 +55,9 @@ async fn silent_and_slow_connections_hold_no_handshake_slot() {
             "1",
             "--handshake-timeout",
             "3s",
+            // All these come from one address; the per-source limit has a test of its own.
+            "--max-client-pending-per-source",
+            "0",
         ],
     )
     .await;
@@ -96,6 +99,41 @@ async fn silent_and_slow_connections_hold_no_handshake_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_hold_more_than_its_share_of_the_client_port() {
+    let c = cluster_with(100, &["--max-client-pending-per-source", "10"]).await;
+    let m0 = &c.members[0];
+    let from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket
+    };
+    let address = format!("{}:{CLIENT_PORT}", m0.host).parse().unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(from("127.0.1.1").connect(address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let eleventh = from("127.0.1.1").connect(address).await;
+    assert_connect_refused(eleventh, "an 11th silent connection from one address").await;
+    wait_metric_above(&[&m0.host], &refused("client", "source_busy"), &[0]).await;
+
+    // Another address is not held back, nor is the first once its hellos arrive.
+    let ck = directory_index(&c).by_name("m0").unwrap().ck.clone();
+    let tcp = from("127.0.1.2").connect(address).await.unwrap();
+    let mut session = xlattice_protocol::connect(tcp, &ck, PortKind::Client, None)
+        .await
+        .unwrap();
+    assert_eq!(line_exchange(&mut session, "other").await, "m0/client: other");
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tcp = from("127.0.1.1").connect(address).await.unwrap();
+    let mut session = xlattice_protocol::connect(tcp, &ck, PortKind::Client, None)
+        .await
+        .unwrap();
+    assert_eq!(line_exchange(&mut session, "again").await, "m0/client: again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_client_pool_leaves_members_and_the_app_their_own() {
     let c = cluster_with(60, &["--max-client-connections", "20"]).await;
     let m0 = &c.members[0];
@@ -117,10 +155,8 @@ async fn a_full_client_pool_leaves_members_and_the_app_their_own() {
     }
     // The 21st client connection is reset at once, before it can send anything (the reset
     // may even beat the connect's own completion).
-    match TcpStream::connect(format!("{}:{CLIENT_PORT}", m0.host)).await {
-        Ok(mut extra) => assert_refused(&mut extra, "a client connection past the pool").await,
-        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset),
-    }
+    let extra = TcpStream::connect(format!("{}:{CLIENT_PORT}", m0.host)).await;
+    assert_connect_refused(extra, "a client connection past the pool").await;
     assert!(metric(&m0.host, r#"xlattice_sidecar_refused_connections_total{port="client"}"#).await >= 1);
 
     // Members still reach m0 on the cluster port, and m0's app still reaches its peers.

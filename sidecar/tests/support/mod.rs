@@ -316,3 +316,11 @@ pub async fn assert_refused(tcp: &mut TcpStream, what: &str) {
         .unwrap_or_else(|e| format!("{:?}", e.kind()));
     assert_eq!(kind, "ConnectionReset", "{what}: a refusal ends in a reset");
 }
+
+/// `assert_refused` for a connection the sidecar may reset before its connect completes.
+pub async fn assert_connect_refused(connected: std::io::Result<TcpStream>, what: &str) {
+    match connected {
+        Ok(mut tcp) => assert_refused(&mut tcp, what).await,
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{what}"),
+    }
+}

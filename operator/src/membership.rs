@@ -15,7 +15,7 @@ use kube::ResourceExt;
 
 use crate::{
     desired::secret_member,
-    names::{INJECTED_ANNOTATION, SIDECAR_NAME},
+    names::{DIRECTORY_VERSION_ANNOTATION, INJECTED_ANNOTATION, SIDECAR_NAME},
 };
 
 /// Whether `selector` can be served, with the reason naming the field. The CRD's rules
@@ -168,6 +168,18 @@ pub fn without_sidecar(members: &[&Pod]) -> Vec<String> {
         .collect()
 }
 
+/// Running members with the sidecar whose pod does not yet carry directory `version`: the
+/// pods to touch so that the kubelet brings them the new directory now.
+pub fn directory_behind<'a>(members: &[&'a Pod], version: &str) -> Vec<&'a Pod> {
+    members
+        .iter()
+        .copied()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.annotations().contains_key(INJECTED_ANNOTATION))
+        .filter(|p| p.annotations().get(DIRECTORY_VERSION_ANNOTATION).map(String::as_str) != Some(version))
+        .collect()
+}
+
 /// Members whose sidecar was injected for another spec: other arguments than `expected`
 /// (other ports), or for another cluster (its volumes name that cluster's directory).
 /// Members without the sidecar are not listed here.
@@ -255,6 +267,33 @@ mod tests {
                 (got, want) => panic!("{selector:?}: got {got:?}, want refusal {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn pods_with_the_sidecar_and_another_directory_version_are_behind() {
+        let with = |name: &str, version: Option<&str>| {
+            let mut p = pod(name, None);
+            let mut annotations =
+                std::collections::BTreeMap::from([(INJECTED_ANNOTATION.to_string(), "c".to_string())]);
+            if let Some(v) = version {
+                annotations.insert(DIRECTORY_VERSION_ANNOTATION.to_string(), v.to_string());
+            }
+            p.metadata.annotations = Some(annotations);
+            p
+        };
+        let (current, old, new) = (with("a", Some("v2")), with("b", Some("v1")), with("c", None));
+        let plain = pod("d", None);
+        let mut leaving = with("e", Some("v1"));
+        leaving.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(1).unwrap(),
+        ));
+        let members = [&current, &old, &new, &plain, &leaving];
+        let behind: Vec<String> = directory_behind(&members, "v2").iter().map(|p| p.name_any()).collect();
+        assert_eq!(
+            behind,
+            ["b", "c"],
+            "not the current one, the one without a sidecar, nor one leaving"
+        );
     }
 
     #[test]

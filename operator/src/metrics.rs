@@ -96,7 +96,13 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn write(&self, kind: &str) {
-        self.writes.get_or_create(&KindLabel { kind: kind.to_string() }).inc();
+        self.writes_of(kind, 1);
+    }
+
+    pub fn writes_of(&self, kind: &str, count: u64) {
+        self.writes
+            .get_or_create(&KindLabel { kind: kind.to_string() })
+            .inc_by(count);
     }
 
     pub fn failure(&self, reason: &str) {

@@ -27,6 +27,9 @@ pub fn announced_node_id(secret: &k8s_openapi::api::core::v1::Secret) -> String 
 }
 /// Set by the webhook on pods it injected, value: the cluster name.
 pub const INJECTED_ANNOTATION: &str = "xlattice.io/injected";
+/// The version (`MemberDirectory::version`) of the directory a member pod should serve;
+/// writing it makes the kubelet refresh the pod's volumes at once (reconcile/refresh.rs).
+pub const DIRECTORY_VERSION_ANNOTATION: &str = "xlattice.io/directory-version";
 /// On the cluster (every member) or a member pod (that member): a new value rotates keys.
 pub const ROTATE_ANNOTATION: &str = "xlattice.io/rotate";
 /// On an identity Secret: the cluster's rotate token its keys were made under.

@@ -663,6 +663,35 @@ async fn webhook_injects(env: &Env, operator: &Operator, ns: &str) {
     })
     .await;
 
+    // The injected member carries the directory's version, which made the kubelet refresh
+    // its volumes; members without the sidecar are never touched.
+    let stamped = |pod: Pod| pod.annotations().get("xlattice.io/directory-version").cloned();
+    wait_for("the injected member carries the directory's version", WAIT, || async {
+        let version = env.directory().await?.version();
+        let dir_has_it = env.directory().await?.members.iter().any(|m| m.name == name);
+        (dir_has_it && stamped(env.pods.get(&name).await.ok()?) == Some(version)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stamped(env.pods.get("store-0").await.unwrap()),
+        None,
+        "store-0 has no sidecar"
+    );
+    // Any change of the directory (here a member's address) stamps the member again.
+    let before = stamped(env.pods.get(&name).await.unwrap());
+    env.set_pod_ip("store-0", "10.1.0.20").await;
+    wait_for("the injected member carries the new version", WAIT, || async {
+        let dir = env.directory().await?;
+        let moved = dir
+            .members
+            .iter()
+            .any(|m| m.cluster_endpoint.as_deref() == Some("10.1.0.20:7000"));
+        let now = stamped(env.pods.get(&name).await.ok()?);
+        (moved && now == Some(dir.version()) && now != before).then_some(())
+    })
+    .await;
+    env.set_pod_ip("store-0", "10.1.0.10").await;
+
     // A pod whose app already listens on the client port cannot be served.
     let err = env
         .pods

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
-        core::v1::{ConfigMap, Container, PodSpec, PodTemplateSpec, Secret, Service, ServicePort, ServiceSpec},
+        core::v1::{ConfigMap, Container, Pod, PodSpec, PodTemplateSpec, Secret, Service, ServicePort, ServiceSpec},
     },
     apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
     ByteString,
@@ -279,6 +279,82 @@ async fn the_operators_token_writes_only_what_the_operator_owns() {
     )
     .await
     .expect("a directory shard may be created");
+
+    // --- pods: only the directory version, only on pods it injected
+    let admin_pods: Api<Pod> = Api::namespaced(h.admin.clone(), ns);
+    let mut injected = member_pod("member-0", "store", &[]);
+    injected.metadata.annotations = Some(BTreeMap::from([(
+        "xlattice.io/injected".to_string(),
+        "store".to_string(),
+    )]));
+    admin_pods.create(&PostParams::default(), &injected).await.unwrap();
+    admin_pods
+        .create(&PostParams::default(), &member_pod("web-0", "web", &[]))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(op.clone(), ns);
+    let version = json!({"metadata": {"annotations": {"xlattice.io/directory-version": "0123456789abcdef"}}});
+    pods.patch("member-0", &patch_dry, &Patch::Merge(&version))
+        .await
+        .expect("the directory version may be stamped on a member it injected");
+    let message = refused(
+        "stamp a pod it did not inject",
+        pods.patch("web-0", &patch_dry, &Patch::Merge(&version)).await,
+    );
+    assert!(message.contains("directory-version"), "{message}");
+    refused(
+        "relabel a member pod (moving it out of a Service or a NetworkPolicy)",
+        pods.patch(
+            "member-0",
+            &patch_dry,
+            &Patch::Merge(&json!({"metadata": {"labels": {"app": "web"}}})),
+        )
+        .await,
+    );
+    refused(
+        "slip another annotation in with the version",
+        pods.patch(
+            "member-0",
+            &patch_dry,
+            &Patch::Merge(
+                &json!({"metadata": {"annotations": {"xlattice.io/directory-version": "x", "team": "evil"}}}),
+            ),
+        )
+        .await,
+    );
+    refused(
+        "drop the injected annotation",
+        pods.patch(
+            "member-0",
+            &patch_dry,
+            &Patch::Merge(&json!({"metadata": {"annotations": {"xlattice.io/injected": null}}})),
+        )
+        .await,
+    );
+    refused(
+        "change a member's image",
+        pods.patch(
+            "member-0",
+            &patch_dry,
+            &Patch::Strategic(&json!({"spec": {"containers": [{"name": "app", "image": "evil/app:1"}]}})),
+        )
+        .await,
+    );
+    refused(
+        "create a pod",
+        pods.create(&dry, &member_pod("planted-0", "store", &[])).await,
+    );
+    refused(
+        "delete a pod",
+        pods.delete(
+            "member-0",
+            &DeleteParams {
+                dry_run: true,
+                ..Default::default()
+            },
+        )
+        .await,
+    );
 
     // --- its webhook configuration: the caBundle only
     let mwc_api = register_webhook_config(&h.admin).await;

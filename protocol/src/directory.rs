@@ -201,6 +201,17 @@ impl MemberDirectory {
         Self::merge(parts)
     }
 
+    /// A short fingerprint of what the directory says (its cluster and members, in name
+    /// order, however it was split or merged). The operator stamps it on every member pod;
+    /// a sidecar compares it with what it loaded. Both call this: the contract is here.
+    pub fn version(&self) -> String {
+        let mut members: Vec<&MemberRecord> = self.members.iter().collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        let canonical = serde_json::to_vec(&(&self.cluster, members)).expect("directory serializes");
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical);
+        digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("directory serializes")
     }
@@ -302,6 +313,25 @@ mod tests {
         assert!(index.lookup("c").is_none());
         let b_ck = PublicKey::from_pem(&b.ck).unwrap();
         assert_eq!(index.by_ck_hint(&b_ck.hint()).unwrap().record.name, "b");
+    }
+
+    #[test]
+    fn the_version_follows_the_content_not_the_split() {
+        let dir = two_members();
+        let (a, b) = (&dir.members[0], &dir.members[1]);
+        let part = |m: &MemberRecord| MemberDirectory {
+            cluster: dir.cluster.clone(),
+            members: vec![m.clone()],
+        };
+        let merged = MemberDirectory::merge([part(b), part(a)]).unwrap();
+        assert_eq!(merged.version(), dir.version(), "shards merged in any order");
+        assert_eq!(dir.version().len(), 16);
+        let mut moved = dir.clone();
+        moved.members[1].client_endpoint = Some("10.0.0.9:8000".into());
+        assert_ne!(moved.version(), dir.version(), "an endpoint is content");
+        let mut fewer = dir.clone();
+        fewer.members.pop();
+        assert_ne!(fewer.version(), dir.version(), "a member removed");
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //!
 //! `apply` is a list of phases, each in the module named for what it writes:
 //! `identities` (Secrets: mint, rotate, reap), `publication` (directory shards,
-//! NetworkPolicy, Services), `workloads` (pod templates). Each returns an `Outcome`;
+//! NetworkPolicy, Services), `refresh` (the directory version on member pods, which makes
+//! the kubelet refresh their volumes at once), `workloads` (pod templates). Each returns an `Outcome`;
 //! `Outcome::conclude` decides what the status says and whether to retry.
 
 mod context;
 mod identities;
 mod publication;
+mod refresh;
 mod workloads;
 
 use std::{sync::Arc, time::Duration, time::Instant};
@@ -160,7 +162,9 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     outcomes.push(rotated);
     facts.last_rotation = rotated_at;
     outcomes.push(identities::reap(ctx, &mut obs).await?);
-    outcomes.push(publication::directory(ctx, &obs, &mut facts).await?);
+    let (published, version) = publication::directory(ctx, &obs, &mut facts).await?;
+    outcomes.push(published);
+    outcomes.push(refresh::members(ctx, &obs, &version).await?);
     outcomes.push(publication::network(ctx, &obs, &mut facts).await?);
     facts.pods_without_sidecar = membership::without_sidecar(&obs.members);
     let expected = crate::webhook::inject::sidecar_args(cluster);

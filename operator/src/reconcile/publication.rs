@@ -20,8 +20,8 @@ use crate::{
 };
 
 /// Publishes the directory of current members that have a readable identity; records in
-/// `facts` what exists.
-pub(super) async fn directory(ctx: &Context, obs: &Observed<'_>, facts: &mut Facts) -> Result<Outcome> {
+/// `facts` what exists. Returns the directory's version (`MemberDirectory::version`) too.
+pub(super) async fn directory(ctx: &Context, obs: &Observed<'_>, facts: &mut Facts) -> Result<(Outcome, String)> {
     let cluster = obs.cluster;
     let mut outcome = Outcome::default();
     let mut records: Vec<MemberRecord> = Vec::new();
@@ -64,7 +64,7 @@ pub(super) async fn directory(ctx: &Context, obs: &Observed<'_>, facts: &mut Fac
         outcome.degraded(Degraded::new(DegradedReason::DirectoryTooLarge, message));
     }
     facts.directory = published.config_maps;
-    Ok(outcome)
+    Ok((outcome, dir.version()))
 }
 
 /// Applies the NetworkPolicy and the two Services where they differ from the spec. One the

@@ -14,6 +14,16 @@ pub struct SidecarConfig {
     /// (the operator's directory shards, mounted side by side).
     #[arg(long, env = "XLATTICE_DIRECTORY", default_value = "/var/run/xlattice/directory")]
     pub directory: PathBuf,
+    /// The directory version this pod should serve, which the operator stamps on the pod
+    /// (a Downward API file the kubelet swaps in with the shards);
+    /// `xlattice_sidecar_directory_behind_seconds` counts while the
+    /// directory loaded differs. Ignored when absent.
+    #[arg(
+        long,
+        env = "XLATTICE_EXPECTED_DIRECTORY_VERSION",
+        default_value = "/var/run/xlattice/directory/directory-version"
+    )]
+    pub expected_directory_version: PathBuf,
     /// Address to listen on; the ports come from --cluster-port and --client-port.
     #[arg(long, env = "XLATTICE_LISTEN_HOST", default_value = "0.0.0.0")]
     pub listen_host: std::net::IpAddr,
@@ -111,6 +121,12 @@ impl SidecarConfig {
             (cpus / 2).max(1)
         })
     }
+}
+
+/// Worker threads per runtime (the sidecar runs two: members' and the client port's):
+/// XLATTICE_WORKER_THREADS, else tokio's default of one per CPU the process may use.
+pub fn worker_threads() -> Option<usize> {
+    std::env::var("XLATTICE_WORKER_THREADS").ok()?.parse().ok()
 }
 
 /// Parses `250ms`, `5s`, `10m`, `1h`.

@@ -48,11 +48,48 @@ pub struct Runtime {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error("cannot start the client port's runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// The client port runs on a runtime of its own: a flood of outsiders fills that runtime's
+/// run queue, never the one where members' handshakes and sessions and the application's
+/// outbound sessions wait. The kernel shares the CPU between the two runtimes' threads and
+/// wakes the mostly idle members' threads first (sidecar/benches/attacks.rs measures it).
+fn client_runtime() -> Result<ClientRuntime, RunError> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.thread_name("xlattice-client").enable_all();
+    if let Some(n) = config::worker_threads() {
+        builder.worker_threads(n);
+    }
+    builder
+        .build()
+        .map(|rt| ClientRuntime(Some(rt)))
+        .map_err(RunError::Runtime)
+}
+
+/// Shuts its runtime down without waiting when dropped, which `run` (inside the main
+/// runtime, where blocking is not allowed) does on every way out: client sessions still
+/// open past the drain deadline end with it.
+struct ClientRuntime(Option<tokio::runtime::Runtime>);
+
+impl ClientRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("only Drop takes the runtime").handle()
+    }
+}
+
+impl Drop for ClientRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
@@ -66,6 +103,7 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
     let sources = Sources {
         identity_dir: config.identity_dir.clone(),
         directory: config.directory.clone(),
+        expected_version: config.expected_directory_version.clone(),
     };
     let metrics = metrics::Metrics::default();
 
@@ -88,8 +126,16 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
 
     let host = config.listen_host;
     let cluster = bind((host, config.cluster_port).into()).await?;
-    let client = bind((host, config.client_port).into()).await?;
+    // Bound here, registered with the client runtime's reactor when it starts serving.
+    let client = bind((host, config.client_port).into())
+        .await?
+        .into_std()
+        .map_err(|source| RunError::Bind {
+            addr: (host, config.client_port).into(),
+            source,
+        })?;
     let connect = bind(config.connect_listen).await?;
+    let client_rt = client_runtime()?;
 
     let rt = Arc::new(Runtime {
         shared: Shared {
@@ -118,7 +164,13 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
             rt.clone(),
             accepting.clone(),
         )),
-        tokio::spawn(inbound::serve(client, PortKind::Client, rt.clone(), accepting.clone())),
+        client_rt.handle().spawn({
+            let (rt, accepting) = (rt.clone(), accepting.clone());
+            async move {
+                let client = TcpListener::from_std(client).expect("a listener from the sidecar's own bind");
+                inbound::serve(client, PortKind::Client, rt, accepting).await
+            }
+        }),
         tokio::spawn(outbound::serve(connect, rt.clone(), accepting.clone())),
     ];
     let admin_task = tokio::spawn(admin::serve(admin, rt.clone(), background.clone()));

@@ -83,12 +83,8 @@ async fn connect(args: ConnectArgs) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    // Worker threads: XLATTICE_WORKER_THREADS, else one per CPU the process may use.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("XLATTICE_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(n) = xlattice_sidecar::config::worker_threads() {
         builder.worker_threads(n);
     }
     let runtime = builder.enable_all().build().expect("tokio runtime");

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     /// Set from the buffer budget when scraped.
     pub buffer_bytes: Gauge,
+    /// Seconds the directory served has differed from the version stamped on the pod.
+    pub directory_behind_seconds: Gauge,
     registry: std::sync::Arc<Registry>,
 }
 
@@ -83,6 +85,7 @@ impl Default for Metrics {
         let refused_connections = Family::<PortLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let buffer_bytes = Gauge::default();
+        let directory_behind_seconds = Gauge::default();
         let mut registry = Registry::with_prefix("xlattice_sidecar");
         registry.register(
             "handshakes",
@@ -116,6 +119,11 @@ impl Default for Metrics {
             "Buffer bytes all sessions hold now (partial records included), out of the buffer budget",
             buffer_bytes.clone(),
         );
+        registry.register(
+            "directory_behind_seconds",
+            "Seconds the directory served has differed from the version the operator stamped on this pod (0: current)",
+            directory_behind_seconds.clone(),
+        );
         Self {
             handshakes,
             handshake_seconds,
@@ -125,6 +133,7 @@ impl Default for Metrics {
             refused_connections,
             reloads,
             buffer_bytes,
+            directory_behind_seconds,
             registry: std::sync::Arc::new(registry),
         }
     }

@@ -17,7 +17,17 @@ use crate::metrics::Metrics;
 pub struct Loaded {
     pub identity: Arc<Identity>,
     pub directory: Arc<DirectoryIndex>,
+    /// `MemberDirectory::version` of the directory as loaded.
+    pub directory_version: String,
     fingerprint: u64,
+}
+
+/// How long the directory served has differed from the one the operator stamped on this
+/// pod (`xlattice.io/directory-version`, a Downward API file): the kubelet has not brought
+/// the new shards yet, or they were refused. Pure, so it is a unit test.
+#[derive(Debug, Default)]
+pub struct Freshness {
+    behind_since: Option<std::time::Instant>,
 }
 
 /// What every connection handler shares.
@@ -38,6 +48,24 @@ pub enum LoadError {
 pub struct Sources {
     pub identity_dir: PathBuf,
     pub directory: PathBuf,
+    /// The directory version this pod should serve; absent outside Kubernetes.
+    pub expected_version: PathBuf,
+}
+
+// === impl Freshness ===
+
+impl Freshness {
+    /// Takes in the expected and the loaded version at `now`; how long it has been behind
+    /// (zero when current or when nothing is expected).
+    pub fn observe(&mut self, expected: Option<&str>, loaded: &str, now: std::time::Instant) -> Duration {
+        match expected {
+            Some(expected) if expected != loaded => now.duration_since(*self.behind_since.get_or_insert(now)),
+            _ => {
+                self.behind_since = None;
+                Duration::ZERO
+            }
+        }
+    }
 }
 
 // === impl Sources ===
@@ -64,14 +92,21 @@ impl Sources {
             path: self.directory.display().to_string(),
             message,
         };
-        let directory = MemberDirectory::read_path(&self.directory)
-            .and_then(|d| d.index())
-            .map_err(|e| dir_err(e.to_string()))?;
+        let read = MemberDirectory::read_path(&self.directory).map_err(|e| dir_err(e.to_string()))?;
+        let directory_version = read.version();
+        let directory = read.index().map_err(|e| dir_err(e.to_string()))?;
         Ok(Loaded {
             identity: Arc::new(identity),
             directory: Arc::new(directory),
+            directory_version,
             fingerprint,
         })
+    }
+
+    /// The version written on this pod, if there is one yet.
+    fn expected_version(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.expected_version).ok()?;
+        Some(text.trim().to_string()).filter(|v| !v.is_empty())
     }
 
     /// Polls for changes until cancelled, publishing each good new version.
@@ -85,11 +120,18 @@ impl Sources {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rejected = None;
+        let mut freshness = Freshness::default();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            let behind = freshness.observe(
+                self.expected_version().as_deref(),
+                &tx.borrow().directory_version,
+                std::time::Instant::now(),
+            );
+            metrics.directory_behind_seconds.set(behind.as_secs() as i64);
             let fingerprint = self.fingerprint();
             if fingerprint == tx.borrow().fingerprint || Some(fingerprint) == rejected {
                 continue;
@@ -115,5 +157,32 @@ impl Sources {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn behind_counts_from_the_first_difference_and_resets_when_current() {
+        let mut freshness = Freshness::default();
+        let t0 = Instant::now();
+        let later = |s| t0 + Duration::from_secs(s);
+        assert_eq!(freshness.observe(None, "a", t0), Duration::ZERO, "nothing expected");
+        assert_eq!(freshness.observe(Some("a"), "a", later(1)), Duration::ZERO);
+        assert_eq!(freshness.observe(Some("b"), "a", later(2)), Duration::ZERO, "just now");
+        assert_eq!(freshness.observe(Some("b"), "a", later(9)), Duration::from_secs(7));
+        assert_eq!(
+            freshness.observe(Some("b"), "b", later(10)),
+            Duration::ZERO,
+            "caught up"
+        );
+        assert_eq!(
+            freshness.observe(Some("c"), "b", later(12)),
+            Duration::ZERO,
+            "a new difference starts at zero"
+        );
     }
 }

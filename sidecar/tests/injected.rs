@@ -60,6 +60,14 @@ fn the_sidecar_parses_what_the_webhook_injects() {
                 "{path:?} is not mounted: {mounts:?}"
             );
         }
+        // The version the operator stamps on the pod is where the sidecar looks for it: a
+        // Downward API item of the directory volume.
+        assert_eq!(
+            config.expected_directory_version,
+            config
+                .directory
+                .join(xlattice_operator::webhook::inject::DIRECTORY_VERSION_FILE)
+        );
 
         // The container declares, and the probes hit, the ports the sidecar listens on.
         let declared: BTreeSet<i32> = container.ports.iter().flatten().map(|p| p.container_port).collect();

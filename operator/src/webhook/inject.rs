@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, ConfigMapProjection, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-        Pod, Probe, ProjectedVolumeSource, ResourceFieldSelector, ResourceRequirements, SeccompProfile,
-        SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
+        Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile,
+        EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
+        ResourceFieldSelector, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+        VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
 };
@@ -22,12 +23,16 @@ use crate::{
     desired::SIDECAR_ADMIN_PORT,
     names::{
         directory_shard_file, directory_shard_name, identity_secret_name, DIRECTORY_KEY, DIRECTORY_SHARDS,
-        INJECTED_ANNOTATION, SIDECAR_NAME,
+        DIRECTORY_VERSION_ANNOTATION, INJECTED_ANNOTATION, SIDECAR_NAME,
     },
 };
 
 pub const IDENTITY_DIR: &str = "/var/run/xlattice/identity";
 pub const DIRECTORY_DIR: &str = "/var/run/xlattice/directory";
+/// In the directory volume beside the shards, from the pod's `xlattice.io/directory-version`
+/// annotation (Downward API): the kubelet swaps it in with the shards, so the sidecar knows
+/// which version the operator meant it to serve (`--expected-directory-version`).
+pub const DIRECTORY_VERSION_FILE: &str = "directory-version";
 pub const CONNECT_LISTEN: &str = "127.0.0.1:15001";
 const IDENTITY_VOLUME: &str = "xlattice-identity";
 const DIRECTORY_VOLUME: &str = "xlattice-directory";
@@ -198,10 +203,24 @@ fn directory_volume(cluster: &str) -> Volume {
         }),
         ..Default::default()
     };
+    let version = VolumeProjection {
+        downward_api: Some(DownwardAPIProjection {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: DIRECTORY_VERSION_FILE.into(),
+                field_ref: Some(ObjectFieldSelector {
+                    api_version: None,
+                    field_path: format!("metadata.annotations['{DIRECTORY_VERSION_ANNOTATION}']"),
+                }),
+                mode: None,
+                resource_field_ref: None,
+            }]),
+        }),
+        ..Default::default()
+    };
     Volume {
         name: DIRECTORY_VOLUME.into(),
         projected: Some(ProjectedVolumeSource {
-            sources: Some((0..DIRECTORY_SHARDS).map(shard).collect()),
+            sources: Some((0..DIRECTORY_SHARDS).map(shard).chain([version]).collect()),
             default_mode: None,
         }),
         ..Default::default()
@@ -413,8 +432,15 @@ mod tests {
             volumes[0].secret.as_ref().unwrap().secret_name.as_deref(),
             Some("xlattice-id-store-0")
         );
-        let shards = volumes[1].projected.as_ref().unwrap().sources.as_ref().unwrap();
-        assert_eq!(shards.len(), DIRECTORY_SHARDS);
+        let sources = volumes[1].projected.as_ref().unwrap().sources.as_ref().unwrap();
+        assert_eq!(sources.len(), DIRECTORY_SHARDS + 1, "every shard, then the version");
+        let (shards, version) = sources.split_at(DIRECTORY_SHARDS);
+        let item = &version[0].downward_api.as_ref().unwrap().items.as_ref().unwrap()[0];
+        assert_eq!(item.path, DIRECTORY_VERSION_FILE);
+        assert_eq!(
+            item.field_ref.as_ref().unwrap().field_path,
+            "metadata.annotations['xlattice.io/directory-version']"
+        );
         let last = shards[15].config_map.as_ref().unwrap();
         assert_eq!((last.name.as_str(), last.optional), ("store-directory-15", Some(true)));
         assert_eq!(last.items.as_ref().unwrap()[0].path, "shard-15.yaml");

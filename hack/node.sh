@@ -264,9 +264,9 @@ cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
 resolvConf: $NODE_DIR/resolv.conf
-# Secret and ConfigMap volumes refresh every syncFrequency (default 1m): 10s keeps the
-# rotation and membership tests short; the README says what a default kubelet does.
-syncFrequency: 10s
+# syncFrequency is left at its default (1m): the operator's xlattice.io/directory-version
+# stamp on member pods makes the kubelet refresh their volumes at once, and the tests
+# measure that on a kubelet as users run it.
 # Imported images cannot be pulled again: never collect them, evict only when really full.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99

@@ -122,6 +122,7 @@ pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), R
         }
     };
     tracing::info!(node_id = %initial.identity.node_id, members = initial.directory.len(), cluster = initial.directory.cluster(), "identity loaded");
+    metrics.loaded_now();
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(initial));
 
     let host = config.listen_host;

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub buffer_bytes: Gauge,
     /// Seconds the directory served has differed from the version stamped on the pod.
     pub directory_behind_seconds: Gauge,
+    /// Unix time at which the directory served was loaded.
+    pub directory_loaded_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
     registry: std::sync::Arc<Registry>,
 }
 
@@ -86,6 +88,7 @@ impl Default for Metrics {
         let reloads = Family::<ResultLabel, Counter>::default();
         let buffer_bytes = Gauge::default();
         let directory_behind_seconds = Gauge::default();
+        let directory_loaded_timestamp = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let mut registry = Registry::with_prefix("xlattice_sidecar");
         registry.register(
             "handshakes",
@@ -124,6 +127,11 @@ impl Default for Metrics {
             "Seconds the directory served has differed from the version the operator stamped on this pod (0: current)",
             directory_behind_seconds.clone(),
         );
+        registry.register(
+            "directory_loaded_timestamp_seconds",
+            "Unix time at which the identity and directory served now were loaded",
+            directory_loaded_timestamp.clone(),
+        );
         Self {
             handshakes,
             handshake_seconds,
@@ -134,12 +142,19 @@ impl Default for Metrics {
             reloads,
             buffer_bytes,
             directory_behind_seconds,
+            directory_loaded_timestamp,
             registry: std::sync::Arc::new(registry),
         }
     }
 }
 
 impl Metrics {
+    /// Notes that a new identity and directory are being served from now on.
+    pub fn loaded_now(&self) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.directory_loaded_timestamp.set(now.as_secs_f64());
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String");

@@ -144,6 +144,7 @@ impl Sources {
                         "identity and directory reloaded"
                     );
                     metrics.reloads.get_or_create(&crate::metrics::ResultLabel::ok()).inc();
+                    metrics.loaded_now();
                     rejected = None;
                     tx.send_replace(Arc::new(loaded));
                 }

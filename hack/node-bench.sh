@@ -6,14 +6,23 @@
 #   2. data path pod -> pod: app -> its sidecar (CONNECT) -> the peer's sidecar -> the peer
 #      app, against app -> peer app over plaintext TCP on the pod network; the peer app
 #      echoes, so both directions carry the bytes at once (rate = one direction)
+#   3. revocation: a StatefulSet of N members loses one; per surviving sidecar, the time
+#      from the deletion to the sidecar serving the directory without it, with the operator
+#      stamping the directory version on member pods (the default) against the kubelet's
+#      own sync period (the operator run with XLATTICE_REFRESH_MEMBER_PODS=false); the
+#      kubelet's syncFrequency is at its default (1 min)
 #
 #   hack/node.sh up && hack/node.sh images && eval "$(hack/node.sh env)"
-#   hack/node-bench.sh              # XL_BENCH_ROUNDS (default 7), XL_BENCH_MIB (default 512)
+#   hack/node-bench.sh   # XL_BENCH_ROUNDS (default 7), XL_BENCH_MIB (default 512),
+#                        # XL_BENCH_SECTIONS (default "startup datapath revocation"),
+#                        # XL_BENCH_MEMBERS (revocation sizes, default "20 100")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NS=xl-bench
 ROUNDS=${XL_BENCH_ROUNDS:-7}
 MIB=${XL_BENCH_MIB:-512}
+SECTIONS=${XL_BENCH_SECTIONS:-startup datapath revocation}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 IMAGE=ghcr.io/xlattice/xlattice-member-app:0.1.0
 now_ms() { date +%s%3N; }
 die() { printf 'node-bench: %s\n' "$*" >&2; exit 1; }
@@ -55,6 +64,7 @@ startup_ms() { # NAME LABEL
   echo $(($(now_ms) - t0))
 }
 
+if want startup; then
 echo "== pod create -> Ready, $ROUNDS rounds: injected member vs the same pod uninjected"
 ratios=()
 for r in $(seq 1 "$ROUNDS"); do
@@ -69,7 +79,9 @@ for r in $(seq 1 "$ROUNDS"); do
   kubectl -n "$NS" delete pod "plain-$r" "member-$r" --wait=false >/dev/null
 done
 printf '  injected / plain: %s\n' "$(printf '%s\n' "${ratios[@]}" | summary)"
+fi
 
+if want datapath; then
 echo "== data path pod -> pod, $MIB MiB echoed per run, $ROUNDS rounds"
 for p in a b; do
   pod_yaml "member-$p" member | kubectl -n "$NS" apply -f - >/dev/null
@@ -94,3 +106,74 @@ for r in $(seq 1 "$ROUNDS"); do
   printf '  round %d: plaintext %7s MiB/s, through two sidecars %7s MiB/s, ratio %s\n' "$r" "$plain" "$member" "$ratio"
 done
 printf '  two sidecars / plaintext: %s\n' "$(printf '%s\n' "${ratios[@]}" | summary)"
+fi
+
+# Percentiles of a list of milliseconds (one per line): p50, p99, max.
+percentiles() { sort -g | awk '{a[NR]=$1} END {i50=int((NR-1)*0.5)+1; i99=int((NR-1)*0.99)+1; printf "p50 %d ms, p99 %d ms, max %d ms (%d sidecars)", a[i50], a[i99], a[NR], NR}'; }
+loaded_at() { # POD: when its sidecar loaded what it serves (ms since the epoch)
+  kubectl get --raw "/api/v1/namespaces/$NS/pods/$1:15090/proxy/metrics" 2>/dev/null |
+    awk '$1 == "xlattice_sidecar_directory_loaded_timestamp_seconds" {printf "%d", $2 * 1000}'
+}
+set_refresh() { # true|false: the operator stamps member pods, or leaves it to the kubelet
+  kubectl -n xlattice-system set env deployment/xlattice-operator XLATTICE_REFRESH_MEMBER_PODS="$1" >/dev/null
+  kubectl -n xlattice-system rollout status deployment/xlattice-operator --timeout=120s >/dev/null
+}
+rev_yaml() { # N
+  cat <<YAML
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: rev}
+spec:
+  replicas: $1
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {bench: member, set: rev}}
+  template:
+    metadata: {labels: {bench: member, set: rev}}
+    spec:
+      securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}
+      terminationGracePeriodSeconds: 1
+      containers: [{name: app, image: $IMAGE, args: ["serve"]}]
+YAML
+}
+# One removal in an N-member StatefulSet: per survivor, deletion -> new directory served.
+revocation() { # N MODE
+  local n=$1 mode=$2 t_del pod at waited
+  rev_yaml "$n" | kubectl -n "$NS" apply -f - >/dev/null
+  kubectl -n "$NS" rollout status statefulset/rev --timeout=600s >/dev/null
+  # Settle: whatever the pods' creation changed has reached every sidecar, whichever way
+  # (the kubelet syncs each pod at least once a minute).
+  sleep 90
+  t_del=$(now_ms)
+  kubectl -n "$NS" scale statefulset rev --replicas=$((n - 1)) >/dev/null
+  local times=()
+  for i in $(seq 0 $((n - 2))); do
+    pod=rev-$i waited=0
+    while :; do
+      at=$(loaded_at "$pod")
+      if [[ -n $at && $at -gt $t_del ]]; then
+        times+=($((at - t_del)))
+        break
+      fi
+      if ((waited > 180)); then
+        echo "  $pod: no new directory 180 s after the deletion" >&2
+        break
+      fi
+      sleep 1
+      waited=$((waited + 1))
+    done
+  done
+  printf '  %3d members, %-13s %s\n' "$n" "$mode:" "$(printf '%s\n' "${times[@]}" | percentiles)"
+}
+
+if want revocation; then
+  echo "== revocation: one member of N removed; per surviving sidecar, deletion -> directory served without it"
+  for n in ${XL_BENCH_MEMBERS:-20 100}; do
+    for mode in stamped kubelet-sync; do
+      if [[ $mode == stamped ]]; then set_refresh true; else set_refresh false; fi
+      revocation "$n" "$mode"
+      kubectl -n "$NS" delete statefulset rev --wait=true >/dev/null
+      kubectl -n "$NS" wait pod -l set=rev --for=delete --timeout=300s >/dev/null 2>&1 || true
+    done
+  done
+  set_refresh true
+fi

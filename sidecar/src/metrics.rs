@@ -151,7 +151,9 @@ impl Default for Metrics {
 impl Metrics {
     /// Notes that a new identity and directory are being served from now on.
     pub fn loaded_now(&self) {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         self.directory_loaded_timestamp.set(now.as_secs_f64());
     }
 

@@ -64,6 +64,9 @@ pub struct Context {
     /// they were parsed at (a rotation updates a Secret in place).
     publics: Mutex<HashMap<String, (String, MemberRecord)>>,
     pub(super) failures: Mutex<HashMap<String, u32>>,
+    /// Stamp the directory version on member pods (reconcile/refresh.rs); off only to
+    /// measure what the kubelet's own sync period gives (hack/node-bench.sh).
+    pub refresh_member_pods: bool,
 }
 
 /// `namespace/name`: how logs, clocks and failure counts name a cluster.
@@ -117,6 +120,7 @@ impl Context {
             orphans: Default::default(),
             publics: Default::default(),
             failures: Default::default(),
+            refresh_member_pods: true,
         }
     }
 

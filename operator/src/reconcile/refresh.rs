@@ -28,7 +28,7 @@ const IN_FLIGHT: usize = 16;
 
 pub(super) async fn members(ctx: &Context, obs: &Observed<'_>, version: &str) -> Result<Outcome> {
     let behind = membership::directory_behind(&obs.members, version);
-    if behind.is_empty() {
+    if behind.is_empty() || !ctx.refresh_member_pods {
         return Ok(Outcome::default());
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &obs.ns);

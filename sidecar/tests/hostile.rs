@@ -11,9 +11,8 @@ use tokio::{
     net::TcpStream,
 };
 use xlattice_protocol::{
-    client,
     handshake::{self, ClientSecrets},
-    Identity, NodeIdBits, PortKind, Role, RsaBits, SecureStream, Target,
+    Identity, NodeIdBits, PortKind, Role, RsaBits, SecureStream,
 };
 
 use support::*;
@@ -75,14 +74,7 @@ async fn silent_and_slow_connections_hold_no_handshake_slot() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // A client and a member each get through well inside the deadline the idle ones hold.
-    let directory = directory_index(&c);
-    let target = Target {
-        member: "m0",
-        port: PortKind::Client,
-        address: None,
-        identity: None,
-    };
-    let mut session = client::open(&directory, target, Duration::from_secs(2))
+    let mut session = open_client(&c, "m0", Duration::from_secs(2))
         .await
         .expect("a client handshake behind 300 idle connections");
     assert_eq!(line_exchange(&mut session, "hi").await, "m0/client: hi");
@@ -137,16 +129,9 @@ async fn one_source_cannot_hold_more_than_its_share_of_the_client_port() {
 async fn a_full_client_pool_leaves_members_and_the_app_their_own() {
     let c = cluster_with(60, &["--max-client-connections", "20"]).await;
     let m0 = &c.members[0];
-    let directory = directory_index(&c);
     let mut sessions = Vec::new();
     for i in 0..20 {
-        let target = Target {
-            member: "m0",
-            port: PortKind::Client,
-            address: None,
-            identity: None,
-        };
-        let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
+        let mut session = open_client(&c, "m0", Duration::from_secs(5)).await.unwrap();
         assert_eq!(
             line_exchange(&mut session, &i.to_string()).await,
             format!("m0/client: {i}")
@@ -176,13 +161,7 @@ async fn a_full_client_pool_leaves_members_and_the_app_their_own() {
     // The place is given back when the session's task ends, just after the count: retry.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut again = loop {
-        let target = Target {
-            member: "m0",
-            port: PortKind::Client,
-            address: None,
-            identity: None,
-        };
-        match client::open(&directory, target, Duration::from_secs(5)).await {
+        match open_client(&c, "m0", Duration::from_secs(5)).await {
             Ok(session) => break session,
             Err(error) => assert!(std::time::Instant::now() < deadline, "no place came free: {error}"),
         }
@@ -197,14 +176,7 @@ async fn client_sessions_have_an_idle_timeout_of_their_own() {
     let m0 = &c.members[0];
     let app = app_key(&m0.host, "client");
     let seen = app_endings(&app);
-    let directory = directory_index(&c);
-    let target = Target {
-        member: "m0",
-        port: PortKind::Client,
-        address: None,
-        identity: None,
-    };
-    let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
+    let mut session = open_client(&c, "m0", Duration::from_secs(5)).await.unwrap();
     assert_eq!(line_exchange(&mut session, "hi").await, "m0/client: hi");
     let (_, mut member) = connect_via(&c.members[1], "m0", CLUSTER_PORT).await;
     assert_eq!(line_exchange(&mut member, "hi").await, "m0/cluster: hi");

@@ -291,14 +291,7 @@ async fn directory_and_key_changes_apply_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_sessions_then_exits() {
     let mut c = cluster(40).await;
-    let directory = directory_index(&c);
-    let target = Target {
-        member: "m0",
-        port: PortKind::Client,
-        address: None,
-        identity: None,
-    };
-    let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
+    let mut session = open_client(&c, "m0", Duration::from_secs(5)).await.unwrap();
     assert_eq!(line_exchange(&mut session, "a").await, "m0/client: a");
 
     let mut child = c.members[0].process.take().unwrap();

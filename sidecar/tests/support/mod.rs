@@ -324,3 +324,18 @@ pub async fn assert_connect_refused(connected: std::io::Result<TcpStream>, what:
         Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{what}"),
     }
 }
+
+/// An anonymous client session to `member` on its client port, at its directory endpoint.
+pub async fn open_client(
+    c: &Cluster,
+    member: &str,
+    timeout: Duration,
+) -> Result<xlattice_protocol::SecureStream<TcpStream>, xlattice_protocol::ClientError> {
+    let target = xlattice_protocol::Target {
+        member,
+        port: xlattice_protocol::PortKind::Client,
+        address: None,
+        identity: None,
+    };
+    xlattice_protocol::client::open(&directory_index(c), target, timeout).await
+}

@@ -112,7 +112,7 @@ fi
 percentiles() { sort -g | awk '{a[NR]=$1} END {i50=int((NR-1)*0.5)+1; i99=int((NR-1)*0.99)+1; printf "p50 %d ms, p99 %d ms, max %d ms (%d sidecars)", a[i50], a[i99], a[NR], NR}'; }
 loaded_at() { # POD: when its sidecar loaded what it serves (ms since the epoch)
   kubectl get --raw "/api/v1/namespaces/$NS/pods/$1:15090/proxy/metrics" 2>/dev/null |
-    awk '$1 == "xlattice_sidecar_directory_loaded_timestamp_seconds" {printf "%d", $2 * 1000}'
+    awk '$1 == "xlattice_sidecar_directory_loaded_timestamp_seconds" {printf "%.0f", $2 * 1000}'
 }
 set_refresh() { # true|false: the operator stamps member pods, or leaves it to the kubelet
   kubectl -n xlattice-system set env deployment/xlattice-operator XLATTICE_REFRESH_MEMBER_PODS="$1" >/dev/null

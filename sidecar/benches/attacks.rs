@@ -14,7 +14,7 @@
 //! Env: XL_BENCH_ROUNDS (3), XL_BENCH_HANDSHAKES (200 per phase), XL_BENCH_SIDECAR_BIN
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -30,20 +30,11 @@ use xlattice_protocol::{
     connect, handshake, DirectoryIndex, Identity, MemberDirectory, MemberRecord, NodeIdBits, PortKind, RsaBits,
 };
 
-const HOST: &str = "127.0.0.1";
+mod common;
+
+use common::{env_or, free_port, rss_kib, sidecar_command, Ports, HOST};
+
 const ATTACKS: [&str; 5] = ["silent", "slow", "pool", "hellos", "partial"];
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind((HOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Sidecar {
     child: Child,
@@ -83,19 +74,14 @@ impl Sidecar {
             ],
         };
         std::fs::write(dir.join("directory.yaml"), directory.to_yaml()).unwrap();
-        let program = std::env::var("XL_BENCH_SIDECAR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_xlattice").into());
-        let upstream = format!("{HOST}:{app}");
-        let child = Command::new(program)
-            .arg("run")
-            .arg("--identity-dir")
-            .arg(dir.join("identity"))
-            .arg("--directory")
-            .arg(dir.join("directory.yaml"))
-            .args(["--listen-host", HOST, "--cluster-port", &cluster.to_string()])
-            .args(["--client-port", &client.to_string()])
-            .args(["--cluster-upstream", &upstream, "--client-upstream", &upstream])
-            .args(["--connect-listen", &format!("{HOST}:{}", free_port())])
-            .args(["--admin-listen", &format!("{HOST}:{}", free_port())])
+        let ports = Ports {
+            cluster,
+            client,
+            connect: free_port(),
+            admin: free_port(),
+            upstream: app,
+        };
+        let child = sidecar_command(&dir, &ports)
             .args(["--memory-limit-mib", "128"])
             .env("XLATTICE_LOG", "error")
             .stdout(Stdio::null())
@@ -118,12 +104,7 @@ impl Sidecar {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        rss_kib(self.child.id())
     }
 
     fn ck(&self) -> &xlattice_protocol::PublicKey {

@@ -21,18 +21,13 @@ use tokio::{
 };
 use xlattice_protocol::{client, Identity, MemberDirectory, MemberRecord, NodeIdBits, PortKind, RsaBits, Target};
 
-const HOST: &str = "127.0.0.1";
+mod common;
+
+use common::{env_or, free_port, rss_kib, sidecar_command, Ports, HOST};
+
 const DIRECT: usize = 0;
 const VIA_SIDECAR: usize = 1;
 const VIA_RELAY: usize = 2;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-async fn free_port() -> u16 {
-    TcpListener::bind((HOST, 0)).await.unwrap().local_addr().unwrap().port()
-}
 
 /// The app: on the sink port it counts bytes to EOF and answers the count; on the
 /// echo port it echoes; on the source port it sends as many bytes as the 8-byte count
@@ -178,12 +173,7 @@ impl Drop for Sidecar {
 
 impl Sidecar {
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        rss_kib(self.child.id())
     }
 }
 
@@ -192,12 +182,7 @@ async fn start_sidecar(upstream: u16) -> Sidecar {
     let dir = std::env::temp_dir().join(format!("xl-bench-{}-{upstream}", std::process::id()));
     let identity = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
     identity.save_dir(&dir.join("identity")).unwrap();
-    let (cluster_port, client_port, connect, admin) = (
-        free_port().await,
-        free_port().await,
-        free_port().await,
-        free_port().await,
-    );
+    let (cluster_port, client_port, connect, admin) = (free_port(), free_port(), free_port(), free_port());
     let record = MemberRecord {
         client_endpoint: Some(format!("{HOST}:{client_port}")),
         cluster_endpoint: Some(format!("{HOST}:{cluster_port}")),
@@ -208,28 +193,14 @@ async fn start_sidecar(upstream: u16) -> Sidecar {
         members: vec![record],
     };
     std::fs::write(dir.join("directory.yaml"), directory.to_yaml()).unwrap();
-    // An override lets two builds be compared side by side (each bench with its sidecar).
-    let program = std::env::var("XL_BENCH_SIDECAR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_xlattice").into());
-    let child = Command::new(program)
-        .arg("run")
-        .arg("--identity-dir")
-        .arg(dir.join("identity"))
-        .arg("--directory")
-        .arg(dir.join("directory.yaml"))
-        .args(["--listen-host", HOST, "--cluster-port", &cluster_port.to_string()])
-        .args(["--client-port", &client_port.to_string()])
-        .args([
-            "--cluster-upstream",
-            &format!("{HOST}:{upstream}"),
-            "--client-upstream",
-            &format!("{HOST}:{upstream}"),
-        ])
-        .args([
-            "--connect-listen",
-            &format!("{HOST}:{connect}"),
-            "--admin-listen",
-            &format!("{HOST}:{admin}"),
-        ])
+    let ports = Ports {
+        cluster: cluster_port,
+        client: client_port,
+        connect,
+        admin,
+        upstream,
+    };
+    let child = sidecar_command(&dir, &ports)
         .args(["--max-client-connections", "100000", "--max-client-handshakes", "64"])
         .env("XLATTICE_LOG", "warn")
         .env(

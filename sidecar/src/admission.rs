@@ -41,6 +41,9 @@ pub struct Gate {
     connections: Arc<Semaphore>,
     max_connections: usize,
     handshakes: Semaphore,
+    /// The most connections open at once since `take_high_water` last read it: a flood
+    /// that comes and goes between two looks is still seen (`memory`).
+    high_water: std::sync::atomic::AtomicUsize,
 }
 
 /// Connections from one source address still sending their hello, at most `limit` at once:
@@ -97,6 +100,7 @@ impl Gate {
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             handshakes: Semaphore::new(max_handshakes),
+            high_water: Default::default(),
         }
     }
 
@@ -108,7 +112,15 @@ impl Gate {
     /// A place in the connection pool, held for the connection's whole life; `None` when
     /// the pool is full.
     pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        self.connections.clone().try_acquire_owned().ok()
+        let permit = self.connections.clone().try_acquire_owned().ok()?;
+        self.high_water
+            .fetch_max(self.open(), std::sync::atomic::Ordering::Relaxed);
+        Some(permit)
+    }
+
+    /// The high-water mark since the last call, which restarts it from what is open now.
+    fn take_high_water(&self) -> usize {
+        self.high_water.swap(self.open(), std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A handshake slot: the right to spend CPU on one hello that has arrived whole.
@@ -162,12 +174,19 @@ impl Drop for SourceSlot<'_> {
 // === impl Gates ===
 
 impl Gates {
+    fn all(&self) -> [&Gate; 4] {
+        [&self.cluster, &self.client, &self.outbound, &self.admin]
+    }
+
     /// Connections open now on every listener.
     pub fn open_connections(&self) -> usize {
-        [&self.cluster, &self.client, &self.outbound, &self.admin]
-            .iter()
-            .map(|gate| gate.open())
-            .sum()
+        self.all().iter().map(|gate| gate.open()).sum()
+    }
+
+    /// The most connections open at once on every listener since the last call (summed
+    /// per listener, so at least what was open at once).
+    pub fn take_high_water(&self) -> usize {
+        self.all().iter().map(|gate| gate.take_high_water()).sum()
     }
 
     pub fn of(&self, listener: Listener) -> &Gate {
@@ -260,5 +279,16 @@ mod tests {
             "no entry outlives its connections"
         );
         assert!(PerSource::new(0).enter(a).is_some(), "0 is off");
+    }
+
+    #[test]
+    fn a_flood_between_two_looks_leaves_its_high_water_mark() {
+        let gate = Gate::new(10, 1);
+        let flood: Vec<_> = (0..7).map(|_| gate.admit().unwrap()).collect();
+        drop(flood);
+        let kept = gate.admit().unwrap();
+        assert_eq!(gate.take_high_water(), 7, "the flood, gone before the look");
+        assert_eq!(gate.take_high_water(), 1, "then what is open");
+        drop(kept);
     }
 }

@@ -25,6 +25,11 @@ pub struct Peak {
 // === impl Peak ===
 
 impl Peak {
+    /// Raises the peak to a high-water mark seen between two looks.
+    pub fn saw(&mut self, connections: usize) {
+        self.connections = self.connections.max(connections);
+    }
+
     /// Takes in what is held now; true when a trim is due (the peak then restarts from now).
     pub fn observe(&mut self, connections: usize, buffer_bytes: usize) -> bool {
         let fell = |peak: usize, now: usize, floor: usize| peak.saturating_sub(now) >= floor.max(peak / 4);
@@ -52,6 +57,7 @@ pub async fn trim_after_floods(rt: Arc<Runtime>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        peak.saw(rt.gates.take_high_water());
         if peak.observe(rt.gates.open_connections(), rt.buffers.in_use()) {
             trim();
         }
@@ -86,5 +92,8 @@ mod tests {
         let mut bulk = Peak::default();
         assert!(!bulk.observe(2, 64 << 20));
         assert!(bulk.observe(2, 0), "64 MiB of buffers given back");
+        let mut brief = Peak::default();
+        brief.saw(1000);
+        assert!(brief.observe(3, 0), "a flood that came and went between two looks");
     }
 }

@@ -21,7 +21,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::PortLabel, Runtime};
+use crate::{metrics::PortLabel, Runtime, SidecarConfig};
 
 /// The sidecar's listeners, which are also the `port` label of its metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +174,18 @@ impl Drop for SourceSlot<'_> {
 // === impl Gates ===
 
 impl Gates {
+    /// The limits `config` sets. The application's CONNECTs take no handshake slot (their
+    /// handshakes are the peer's work), so their gate's slots are never the bound.
+    pub fn new(config: &SidecarConfig) -> Self {
+        Self {
+            cluster: Gate::new(config.max_cluster_connections, config.max_cluster_handshakes),
+            client: Gate::new(config.max_client_connections, config.client_handshakes()),
+            outbound: Gate::new(config.max_outbound_connections, config.max_outbound_connections),
+            admin: Gate::new(ADMIN_CONNECTIONS, ADMIN_CONNECTIONS),
+            client_sources: PerSource::new(config.max_client_pending_per_source),
+        }
+    }
+
     fn all(&self) -> [&Gate; 4] {
         [&self.cluster, &self.client, &self.outbound, &self.admin]
     }

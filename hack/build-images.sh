@@ -98,8 +98,10 @@ JSON
 build_archives() { # DIR
   local dir=$1 stage
   command -v ldd >/dev/null || die "ldd is required for --archive"
-  echo "==> cargo build --release --locked -p xlattice-operator -p xlattice-sidecar --bins --example member_app"
-  cargo build --release --locked --quiet -p xlattice-operator -p xlattice-sidecar --bins --example member_app
+  # kubectl-xlattice goes in no image: it is built in the same invocation (one feature set,
+  # so the release dependencies compile once) for hack/node-test.sh and the demo's host.
+  echo "==> cargo build --release --locked -p xlattice-operator -p xlattice-sidecar -p xlattice-cli --bins --example member_app"
+  cargo build --release --locked --quiet -p xlattice-operator -p xlattice-sidecar -p xlattice-cli --bins --example member_app
   mkdir -p "$dir"
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' RETURN

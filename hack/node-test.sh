@@ -16,6 +16,8 @@
 #   - key rotation reaches the running sidecar through the Secret volume: a session opened
 #     before keeps working, new sessions need the new keys, no pod restarts
 #   - a deleted member's key is refused by the survivors (time measured and printed)
+#   - `kubectl xlattice check` passes on the healthy install and names the operator scaled
+#     to zero (exit 1); `kubectl xlattice directory` and `connect` reach the members
 #   - the operator pod killed: its Deployment brings it back, no identity changes
 #   - reinstalled from the plain manifests (kubectl apply -f deploy/): the identities carry
 #     over, and a StatefulSet pod that comes back gets the NodeID it had
@@ -402,6 +404,46 @@ grid_ip=$(kubectl -n "$ROLL_NS" get service grid -o 'jsonpath={.spec.clusterIP}'
 db0=$(kubectl -n "$ROLL_NS" get pods -l app=db -o 'jsonpath={.items[0].metadata.name}')
 check "the grid Service (no selector: matchExpressions) reaches a member through the operator's EndpointSlices and kube-proxy" \
   eventually 30 bash -c "[[ \$(kubectl -n $ROLL_NS exec $db0 -c app -- member_app probe $grid_ip:9200 1000) == open ]]"
+
+# ---------------------------------------------------------------------------------------
+step "kubectl xlattice: check passes, names the operator scaled to zero, passes again"
+# The plugin on PATH as kubectl finds it (built with the images); --output json for the
+# per-check assertions.
+[[ -x target/release/kubectl-xlattice ]] || die "target/release/kubectl-xlattice missing: hack/node.sh images builds it"
+mkdir -p "$TMP/plugin"
+ln -sf "$PWD/target/release/kubectl-xlattice" "$TMP/plugin/kubectl-xlattice"
+xl_check() { PATH="$TMP/plugin:$PATH" kubectl xlattice check -n "$NS" --operator-namespace "$OP_NS" "$@"; }
+verdict() { # JSON CHECK SUBJECT: the verdict of one finding
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(" ".join(f["verdict"] for f in r["findings"] if f["check"]==sys.argv[2] and f["subject"]==sys.argv[3]))' "$@"
+}
+if xl_check >"$TMP/check.txt" 2>&1; then
+  ok "kubectl xlattice check: $(tail -1 "$TMP/check.txt") (exit 0)"
+else
+  bad "kubectl xlattice check failed on a healthy install:"
+  grep -A1 '^FAIL' "$TMP/check.txt" >&2 || cat "$TMP/check.txt" >&2
+fi
+xl_check --output json >"$TMP/check.json" || true
+for finding in "leader $OP_NS" "webhook-injects $NS/store" "sidecar-directory $NS/store" "webhook-cert xlattice-sidecar-injector"; do
+  # shellcheck disable=SC2086 # two words: the check and its subject
+  check "check $finding: pass (operator pod leads; dry-run pod injected; sidecars' metrics read through the API server)" \
+    test "$(verdict "$TMP/check.json" $finding)" = pass
+done
+PATH="$TMP/plugin:$PATH" kubectl xlattice directory store -n "$NS" >"$TMP/plugin-directory.yaml"
+check "kubectl xlattice directory prints what xlattice-operator directory prints" \
+  bash -c "'$xlattice_operator' directory store -n '$NS' | cmp -s - '$TMP/plugin-directory.yaml'"
+check "kubectl xlattice connect: a session with store-0, its directory read from the API server" \
+  bash -c "echo hi | PATH='$TMP/plugin:$PATH' kubectl xlattice connect store store-0 -n '$NS' --timeout 5s | grep 'hello from store-0 on the client port' >/dev/null"
+kubectl -n "$OP_NS" scale deployment xlattice-operator --replicas=0 >/dev/null
+kubectl -n "$OP_NS" wait pods -l app.kubernetes.io/name=xlattice-operator --for=delete --timeout=60s >/dev/null 2>&1 || true
+code=0
+xl_check --output json >"$TMP/check-down.json" 2>&1 || code=$?
+check "with the operator scaled to zero, check exits 1" test "$code" = 1
+check "... and names it: operator fail, leader fail, the dry-run pod refused by the webhook" \
+  test "$(verdict "$TMP/check-down.json" operator "$OP_NS")/$(verdict "$TMP/check-down.json" leader "$OP_NS")/$(verdict "$TMP/check-down.json" webhook-injects "$NS/store")" = fail/fail/fail
+kubectl -n "$OP_NS" scale deployment xlattice-operator --replicas=1 >/dev/null
+kubectl -n "$OP_NS" rollout status deployment/xlattice-operator --timeout=120s >/dev/null
+check "the operator back: check passes again" eventually 60 xl_check
+op_pod=$(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator -o 'jsonpath={.items[0].metadata.name}')
 
 # ---------------------------------------------------------------------------------------
 step "the operator pod killed: its Deployment brings it back, no identity changes"

@@ -90,6 +90,18 @@ pub async fn publish(
 
 /// The directory of cluster `name` as published: every shard, merged. For clients
 /// outside the cluster (`xlattice-operator directory`) and for tests.
+/// What `fetch` returns, refused when no member is published yet: for commands that print
+/// the directory or dial a member (`xlattice-operator directory`, `kubectl xlattice`).
+pub async fn fetch_published(client: &Client, namespace: &str, name: &str) -> Result<MemberDirectory> {
+    let dir = fetch(client, namespace, name).await?;
+    if dir.members.is_empty() {
+        return Err(crate::Error::Directory(format!(
+            "no directory published for XLatticeCluster {namespace}/{name} (yet)"
+        )));
+    }
+    Ok(dir)
+}
+
 pub async fn fetch(client: &Client, namespace: &str, name: &str) -> Result<MemberDirectory> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let owned = ListParams::default().labels(&owned_by(name));

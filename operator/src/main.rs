@@ -159,10 +159,7 @@ async fn print_directory(
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = Client::try_default().await?;
     let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
-    let dir = xlattice_operator::directory::fetch(&client, &namespace, cluster).await?;
-    if dir.members.is_empty() {
-        return Err(format!("no directory published for XLatticeCluster {namespace}/{cluster} (yet)").into());
-    }
+    let dir = xlattice_operator::directory::fetch_published(&client, &namespace, cluster).await?;
     print!("{}", if json { dir.to_json() + "\n" } else { dir.to_yaml() });
     Ok(())
 }
@@ -240,9 +237,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         });
         tokio::spawn({
-            let (client, addr, scope) = (client.clone(), args.webhook_addr, scope.clone());
+            let (client, addr, scope, metrics) = (client.clone(), args.webhook_addr, scope.clone(), metrics.clone());
             async move {
-                if let Err(error) = server::serve(addr, tls_rx, client, config, scope).await {
+                if let Err(error) = server::serve(addr, tls_rx, client, config, scope, metrics).await {
                     error!(%error, "webhook server stopped");
                 }
             }
@@ -294,6 +291,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
             lost = lock.hold() => {
                 metrics.failure(lost.metric_label());
+                metrics.forget_clusters();
                 warn!(error = %lost, "lost the leader Lease: stopped reconciling until this replica leads again");
             }
         }

@@ -45,12 +45,20 @@ pub enum Port {
 
 #[derive(clap::Args)]
 pub struct ConnectArgs {
-    /// The member: its NodeID (hex) or its name.
-    pub member: String,
-    /// The member directory (YAML or JSON), e.g. from `xlattice-operator directory <cluster>`;
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// The member directory (YAML or JSON), e.g. from `kubectl xlattice directory <cluster>`;
     /// or a folder whose *.yaml/*.json files are parts of it.
     #[arg(long, env = "XLATTICE_DIRECTORY")]
     pub directory: PathBuf,
+}
+
+/// Which member to open a session with, and how: shared by `xlattice connect` (directory
+/// from a file) and `kubectl xlattice connect` (directory from the API server).
+#[derive(clap::Args)]
+pub struct SessionArgs {
+    /// The member: its NodeID (hex) or its name.
+    pub member: String,
     /// Which port to open the session on.
     #[arg(long, value_enum, default_value = "client")]
     pub port: Port,

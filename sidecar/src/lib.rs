@@ -14,6 +14,7 @@ pub mod admin;
 pub mod admission;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod inbound;
 pub mod memory;
 pub mod metrics;

@@ -1,14 +1,11 @@
 //! `xlattice run` is the sidecar; `xlattice connect` is the client CLI.
 
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use xlattice_protocol::{client, DirectoryIndex, Identity, MemberDirectory, PortKind, Target};
-use xlattice_sidecar::{
-    cli::{Cli, Command, ConnectArgs, KeygenArgs, Port},
-    proxy::proxy_session,
-};
+use xlattice_protocol::{DirectoryIndex, Identity, MemberDirectory};
+use xlattice_sidecar::cli::{Cli, Command, ConnectArgs, KeygenArgs};
 
 fn keygen(args: KeygenArgs) -> Result<(), String> {
     if args.out.join(xlattice_protocol::identity::NODE_ID_FILE).exists() {
@@ -56,28 +53,7 @@ async fn connect(args: ConnectArgs) -> Result<(), String> {
     let directory: DirectoryIndex = MemberDirectory::read_path(&args.directory)
         .and_then(|d| d.index())
         .map_err(|e| format!("{}: {e}", args.directory.display()))?;
-    let identity = match &args.identity_dir {
-        Some(dir) => Some(Identity::load_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?),
-        None => None,
-    };
-    let port = match args.port {
-        Port::Client => PortKind::Client,
-        Port::Cluster => PortKind::Cluster,
-    };
-    let target = Target {
-        member: &args.member,
-        port,
-        address: args.address.as_deref(),
-        identity: identity.as_ref(),
-    };
-    let mut session = client::open(&directory, target, args.timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    proxy_session(&mut session, &mut stdio, Duration::from_secs(24 * 3600), None)
-        .await
-        .result
-        .map_err(|e| e.to_string())
+    xlattice_sidecar::connect::to_stdio(&directory, &args.session).await
 }
 
 fn main() -> ExitCode {

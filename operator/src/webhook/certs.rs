@@ -41,7 +41,8 @@ const CA_RENEW_AFTER_ANNOTATION: &str = "xlattice.io/ca-renew-after";
 const CA_KEY: &str = "ca.crt";
 /// The current CA's private key: it signs renewed serving certificates.
 const CA_KEY_KEY: &str = "ca.key";
-const CERT_KEY: &str = "tls.crt";
+/// The serving certificate; `kubectl xlattice check` reads its expiry here.
+pub const CERT_KEY: &str = "tls.crt";
 const KEY_KEY: &str = "tls.key";
 const CA_NAME: &str = "xlattice-webhook-ca";
 /// Allowance for clocks that lag ours.

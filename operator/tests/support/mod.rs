@@ -328,6 +328,27 @@ pub async fn install_admission_policy(admin: &Client, op_ns: &str, run: &str) {
     // this control plane does not run: hack/node-test.sh checks them on the real node.
 }
 
+/// The operator binary: cargo names it to the operator's own tests; other crates' tests that
+/// include this module (`cli/tests/`) find it beside their own executable's directory, where
+/// `cargo test --workspace` builds every binary before running any test.
+pub fn operator_bin() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_xlattice-operator") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("xlattice-operator");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build -p xlattice-operator first",
+        bin.display()
+    );
+    bin
+}
+
 /// The operator binary running as its ServiceAccount, killed on drop.
 pub struct Operator {
     child: Child,
@@ -346,7 +367,7 @@ impl Operator {
         let metrics = free_port();
         let log = std::env::temp_dir().join(format!("xlattice-operator-{run}-{metrics}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_xlattice-operator"))
+        let child = Command::new(operator_bin())
             .args(["run", "--namespace", op_ns, "--lease-seconds", "6"])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
             .args(["--webhook-addr", &format!("127.0.0.1:{webhook}")])

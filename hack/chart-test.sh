@@ -10,7 +10,9 @@
 # non-default, webhook.url and webhook-disabled values, each rendering checked object by
 # object (replicas, PDB only when replicas > 1, securityContext, probes, operator flags
 # against operator/src/main.rs, webhook rules and namespace exclusions, url override); bad
-# values refused with a message naming the field; deploy/ in sync with the chart; the
+# values refused with a message naming the field; the monitoring objects (dashboard
+# ConfigMap, ServiceMonitor, PodMonitor, PrometheusRule) absent by default, each rendered by
+# its own switch, and the dashboard JSON parsing; deploy/ in sync with the chart; the
 # examples consistent with their XLatticeCluster.
 #
 # With XLATTICE_KUBECONFIG (a running API server): deploy/ validated by the server (dry
@@ -434,6 +436,95 @@ refuse "webhook.namespaces" --set 'webhook.namespaces={apps,kube-system}'
 refuse "webhook.namespaces" --set 'webhook.namespaces={ops}'
 refuse "leaderElection.enabled" --set replicas=2 --set leaderElection.enabled=false
 refuse "metrics.port" --set webhook.port=8080
+
+step "monitoring: off by default, each part on its own switch"
+DASHBOARD_JSON=$CHART/dashboards/xlattice.json
+if python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); assert d["panels"] and d["uid"]' "$DASHBOARD_JSON" 2>"$TMP/dash.err"; then
+  ok "$DASHBOARD_JSON is JSON ($(python3 -c 'import json, sys; print(len(json.load(open(sys.argv[1]))["panels"]))' "$DASHBOARD_JSON") panels)"
+else
+  cat "$TMP/dash.err" >&2
+  bad "$DASHBOARD_JSON does not parse as a Grafana dashboard"
+fi
+# Kind/name of every object of a rendering (helm's output is regular enough for a regex,
+# and the monitoring kinds need no API server to be read).
+cat >"$TMP/monitoring.py" <<'PY'
+"""Checks the monitoring objects of a rendering: argv[2] lists the parts expected on."""
+import json, os, re, sys
+PARTS = {"dashboard": ("ConfigMap", "xlattice-dashboard"), "serviceMonitor": ("ServiceMonitor", "xlattice-operator"),
+         "podMonitor": ("PodMonitor", "xlattice-sidecars"), "prometheusRule": ("PrometheusRule", "xlattice-operator")}
+path, want, ns, name = sys.argv[1], set(filter(None, sys.argv[2].split(","))), sys.argv[3], sys.argv[4]
+text = open(path).read()
+docs = [d for d in re.split(r"(?m)^---[ \t]*$", text) if re.search(r"(?m)^kind:", d)]
+def kind_name(d):
+    return (re.search(r"(?m)^kind:\s*(\S+)", d).group(1),
+            re.search(r"(?m)^  name:\s*(\S+)", d).group(1))
+found = {}
+for d in docs:
+    found.setdefault(kind_name(d), []).append(d)
+errors = []
+for part, key in PARTS.items():
+    n = len(found.get(key, []))
+    if (n == 1) != (part in want) or n > 1:
+        errors.append(f"{part}: {n} {key[0]}/{key[1]} rendered, want {1 if part in want else 0}")
+for part in want:
+    docs_of = found.get(PARTS[part], [])
+    if not docs_of:
+        continue
+    d = docs_of[0]
+    if not re.search(rf"(?m)^  namespace: {re.escape(ns)}$", d):
+        errors.append(f"{part} is not in namespace {ns}")
+    if "release: prom" not in d:
+        errors.append(f"{part} lacks the monitoring.labels label release: prom")
+    if part == "dashboard":
+        if 'grafana_dashboard: "1"' not in d:
+            errors.append('the dashboard ConfigMap is not labelled grafana_dashboard: "1"')
+        if os.environ.get("LOADER") == "yaml":
+            import yaml
+            data = yaml.safe_load(d)["data"]["xlattice.json"]
+            if json.loads(data) != json.load(open(sys.argv[5])):
+                errors.append("the ConfigMap's xlattice.json differs from the chart's dashboard")
+    if part == "serviceMonitor" and not re.search(r"(?m)^    - port: metrics$", d):
+        errors.append("the ServiceMonitor does not scrape the Service's metrics port")
+    if part == "podMonitor":
+        if not re.search(r"(?m)^    - port: xl-admin$", d):
+            errors.append("the PodMonitor does not scrape the sidecar's xl-admin port (15090)")
+        for label in ("xlattice_cluster", "xlattice_namespace"):
+            if f"targetLabel: {label}" not in d:
+                errors.append(f"the PodMonitor does not set {label}")
+    if part == "prometheusRule":
+        alerts = re.findall(r"(?m)^\s+- alert: (\S+)", d)
+        if len(alerts) < 9:
+            errors.append(f"only {len(alerts)} alerts: {alerts}")
+        # What Prometheus must not see: helm syntax left over, or an unquoted annotation.
+        if "{{ ." in d or "{{- " in d:
+            errors.append("helm template syntax left in the PrometheusRule")
+        if len(re.findall(r"(?m)^\s+(summary|description|runbook): \"", d)) != 3 * len(alerts):
+            errors.append("not every alert has a quoted summary, description and runbook")
+for e in errors:
+    print(f"  FAIL {name}: {e}", file=sys.stderr)
+if not errors:
+    print(f"  ok   {name}: {sorted(want) or 'none'} rendered, nothing else")
+sys.exit(1 if errors else 0)
+PY
+check_monitoring() { # NAME FILE NAMESPACE PARTS(comma-separated)
+  python3 "$TMP/monitoring.py" "$2" "$4" "$3" "$1" "$DASHBOARD_JSON" || bad "$1: monitoring objects not as expected (above)"
+}
+check_monitoring "default values" "$TMP/default.yaml" xlattice-system ""
+MONITORING_ALL="dashboard,serviceMonitor,podMonitor,prometheusRule"
+if render "$TMP/monitoring.yaml" mon --set monitoring.labels.release=prom \
+  --set monitoring.dashboard.enabled=true --set monitoring.serviceMonitor.enabled=true \
+  --set monitoring.podMonitor.enabled=true --set monitoring.prometheusRule.enabled=true; then
+  check_monitoring "monitoring all on" "$TMP/monitoring.yaml" mon "$MONITORING_ALL"
+fi
+for part in ${MONITORING_ALL//,/ }; do
+  if render "$TMP/monitoring-$part.yaml" mon --set monitoring.labels.release=prom --set "monitoring.$part.enabled=true"; then
+    check_monitoring "monitoring.$part.enabled alone" "$TMP/monitoring-$part.yaml" mon "$part"
+  fi
+done
+refuse "monitoring.serviceMonitor.enabled needs metrics.enabled" --set monitoring.serviceMonitor.enabled=true --set metrics.enabled=false
+refuse "certificateExpiryDays" --set monitoring.prometheusRule.enabled=true --set monitoring.prometheusRule.certificateExpiryDays=200
+refuse "/monitoring" --set monitoring.grafana=true
+refuse "/monitoring/prometheusRule/degradedFor" --set monitoring.prometheusRule.degradedFor=soon
 
 step "deploy/ is rendered from the chart"
 if hack/render-deploy.sh --check >"$TMP/drift.out" 2>&1; then

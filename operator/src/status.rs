@@ -180,7 +180,7 @@ impl Degraded {
 }
 
 impl DegradedReason {
-    const ALL: [Self; 7] = [
+    pub const ALL: [Self; 7] = [
         Self::InvalidSpec,
         Self::SelectorConflict,
         Self::MintingFailed,

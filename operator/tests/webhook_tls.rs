@@ -82,6 +82,7 @@ async fn the_webhook_certificate_is_renewed_and_served_without_a_gap_in_trust() 
         admin.clone(),
         config,
         xlattice_operator::scope::Scope::All,
+        Default::default(),
     ));
     let served = wait_for("the webhook serves", Duration::from_secs(10), || async {
         presented(addr, &first.ca_pem).await.ok()

@@ -63,6 +63,9 @@ async fn respond(mut tcp: TcpStream, rt: &Runtime) -> std::io::Result<()> {
         "/metrics" => {
             let metrics = &rt.shared.metrics;
             metrics.buffer_bytes.set(rt.buffers.in_use() as i64);
+            metrics
+                .buffer_budget_bytes
+                .set(i64::try_from(rt.config.buffer_budget_bytes()).unwrap_or(i64::MAX));
             (
                 "200 OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

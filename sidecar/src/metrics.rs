@@ -69,6 +69,9 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     /// Set from the buffer budget when scraped.
     pub buffer_bytes: Gauge,
+    /// The budget itself (`--buffer-budget-mib`), so a dashboard or an alert can say how
+    /// much of it is used without knowing the pod's flags or memory limit.
+    pub buffer_budget_bytes: Gauge,
     /// Seconds the directory served has differed from the version stamped on the pod.
     pub directory_behind_seconds: Gauge,
     /// Unix time at which the directory served was loaded.
@@ -87,6 +90,7 @@ impl Default for Metrics {
         let refused_connections = Family::<PortLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let buffer_bytes = Gauge::default();
+        let buffer_budget_bytes = Gauge::default();
         let directory_behind_seconds = Gauge::default();
         let directory_loaded_timestamp = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let mut registry = Registry::with_prefix("xlattice_sidecar");
@@ -123,6 +127,11 @@ impl Default for Metrics {
             buffer_bytes.clone(),
         );
         registry.register(
+            "buffer_budget_bytes",
+            "The buffer budget in bytes (--buffer-budget-mib): buffers grow past their first record only while buffer_bytes is below it",
+            buffer_budget_bytes.clone(),
+        );
+        registry.register(
             "directory_behind_seconds",
             "Seconds the directory served has differed from the version the operator stamped on this pod (0: current)",
             directory_behind_seconds.clone(),
@@ -141,6 +150,7 @@ impl Default for Metrics {
             refused_connections,
             reloads,
             buffer_bytes,
+            buffer_budget_bytes,
             directory_behind_seconds,
             directory_loaded_timestamp,
             registry: std::sync::Arc::new(registry),

@@ -44,6 +44,7 @@ use crate::{
     crd::{self, Undecodable, XLatticeCluster, XLatticeClusterStatus},
     error::{backoff, deleted_or_gone, is_not_found, Error, Result},
     membership,
+    metrics::ClusterGauges,
     names::*,
     rotation::{self, Tokens},
     status::{self, Degraded, DegradedReason, Facts},
@@ -357,6 +358,8 @@ impl Outcome {
 async fn write_status(subject: &Subject, ctx: &Context, facts: &Facts) -> Result<Option<DynamicObject>> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let desired = status::desired(subject.status.as_ref(), facts, now);
+    // Set whether or not the status changes: a restarted operator reports settled clusters too.
+    ctx.metrics.cluster(&subject.ns, &subject.name, gauges(&desired));
     if subject.status.as_ref() == Some(&desired) {
         return Ok(None);
     }
@@ -388,6 +391,22 @@ async fn write_status(subject: &Subject, ctx: &Context, facts: &Facts) -> Result
     Ok(Some(written))
 }
 
+/// The cluster gauges: what `status` says.
+fn gauges(status: &XLatticeClusterStatus) -> ClusterGauges {
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::READY && c.status == "True");
+    ClusterGauges {
+        members: status.members.max(0) as usize,
+        minted: status.minted.max(0) as usize,
+        without_sidecar: status.pods_without_sidecar.len(),
+        outdated_sidecar: status.pods_with_outdated_sidecar.len(),
+        ready,
+        degraded: degraded_reason(Some(status)).as_deref().and_then(DegradedReason::parse),
+    }
+}
+
 fn degraded_reason(status: Option<&XLatticeClusterStatus>) -> Option<String> {
     status?
         .conditions
@@ -408,6 +427,7 @@ async fn cleanup(cluster: &DynamicObject, ctx: &Context) -> Result<Action> {
     delete_owned(&Api::<Service>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     delete_owned(&Api::<EndpointSlice>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     ctx.orphans.lock().expect("lock poisoned").remove(&key(cluster));
+    ctx.metrics.forget_cluster(&ns, &name);
     info!(cluster = %key(cluster), "cleaned up");
     let note = "deleted identities, directory, NetworkPolicy and Services".to_string();
     let reference = Subject::of_object(cluster).reference;

@@ -305,6 +305,14 @@ pub async fn keep_renewed(
     }
 }
 
+/// notAfter (Unix seconds) of the first certificate of `cert_pem`: what the serving
+/// certificate's expiry metric reports. None when it cannot be read.
+pub fn not_after(cert_pem: &str) -> Option<i64> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// JSON patch setting `ca` on every webhook of the configuration that lacks it; None when
 /// all carry it already (no write).
 pub fn ca_bundle_patch(config: &MutatingWebhookConfiguration, ca_pem: &str) -> Option<json_patch::Patch> {
@@ -400,6 +408,15 @@ mod tests {
             .unwrap()
             .remove(CA_RENEW_AFTER_ANNOTATION);
         assert_eq!(plan(Some(&legacy), &sans, t0), Plan::NewCa);
+    }
+
+    #[test]
+    fn the_serving_certificate_expiry_is_read_from_its_pem() {
+        let now = Timestamp::from_second(1_700_000_000).unwrap();
+        let secret = renewed(None, &Plan::NewCa, "ns", &sans(), Lifetimes::days(30), now).unwrap();
+        let tls = from_secret(&secret).unwrap();
+        assert_eq!(not_after(&tls.cert_pem), Some(1_700_000_000 + 30 * 86_400));
+        assert_eq!(not_after("not a certificate"), None);
     }
 
     #[test]

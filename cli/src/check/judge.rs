@@ -17,9 +17,9 @@ use super::{
     CRD_NAME,
 };
 
-/// The oldest API server the CRD and chart work on: ValidatingAdmissionPolicy v1 (1.30);
-/// CEL rules in the CRD (1.29) and native sidecar containers (on by default since 1.29).
-pub const MIN_VERSION: (u32, u32) = (1, 30);
+/// The oldest API server the CRD and chart work on: the CRD's CIDR rule (`isCIDR`, 1.31);
+/// ValidatingAdmissionPolicy v1 (1.30); native sidecar containers (on by default since 1.29).
+pub const MIN_VERSION: (u32, u32) = (1, 31);
 /// The operator renews a certificate when a third of its life is left: below a quarter,
 /// the renewal is late.
 const LATE_FRACTION: i64 = 4;
@@ -76,7 +76,7 @@ fn version_finding(version: &Read<(u32, u32)>) -> Finding {
             CHECK,
             API_SERVER,
             format!("{}.{}, older than {}.{}", v.0, v.1, MIN_VERSION.0, MIN_VERSION.1),
-            "upgrade Kubernetes: the chart needs ValidatingAdmissionPolicy v1 (1.30), CEL rules in CRDs and native sidecar containers",
+            "upgrade Kubernetes: the CRD validates CIDRs with isCIDR (1.31), the chart needs ValidatingAdmissionPolicy v1 (1.30)",
         ),
         Err(e) => Finding::fail(CHECK, API_SERVER, format!("cannot read /version: {e}"), "is the kubeconfig's server reachable?"),
     }
@@ -94,7 +94,7 @@ fn admission_policy_finding(api: &Read<bool>) -> Finding {
             CHECK,
             API_SERVER,
             "admissionregistration.k8s.io/v1 does not serve validatingadmissionpolicies",
-            "the chart's policy narrows what the operator may write; it needs Kubernetes 1.30 or later",
+            "the chart's policy narrows what the operator may write; it needs Kubernetes 1.31 or later",
         ),
         Err(e) => Finding::fail(
             CHECK,

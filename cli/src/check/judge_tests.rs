@@ -42,10 +42,10 @@ fn one(found: &[Finding], check: &str) -> Finding {
 }
 
 #[test]
-fn versions_older_than_1_30_fail() {
+fn versions_older_than_1_31_fail() {
     assert_eq!(version_finding(&Ok((1, 34))).verdict, Verdict::Pass);
-    assert_eq!(version_finding(&Ok((1, 30))).verdict, Verdict::Pass);
-    assert_eq!(version_finding(&Ok((1, 29))).verdict, Verdict::Fail);
+    assert_eq!(version_finding(&Ok((1, 31))).verdict, Verdict::Pass);
+    assert_eq!(version_finding(&Ok((1, 30))).verdict, Verdict::Fail);
     assert_eq!(
         version_finding(&Err("connection refused".into())).verdict,
         Verdict::Fail

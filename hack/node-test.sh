@@ -16,8 +16,9 @@
 #   - key rotation reaches the running sidecar through the Secret volume: a session opened
 #     before keeps working, new sessions need the new keys, no pod restarts
 #   - a deleted member's key is refused by the survivors (time measured and printed)
-#   - `kubectl xlattice check` passes on the healthy install and names the operator scaled
-#     to zero (exit 1); `kubectl xlattice directory` and `connect` reach the members
+#   - `kubectl xlattice check` passes on the healthy install (NetworkPolicy probe included)
+#     and names the operator scaled to zero and kube-router frozen (exit 1); `kubectl
+#     xlattice directory` and `connect` reach the members
 #   - the operator pod killed: its Deployment brings it back, no identity changes
 #   - reinstalled from the plain manifests (kubectl apply -f deploy/): the identities carry
 #     over, and a StatefulSet pod that comes back gets the NodeID it had
@@ -413,21 +414,31 @@ step "kubectl xlattice: check passes, names the operator scaled to zero, passes 
 mkdir -p "$TMP/plugin"
 ln -sf "$PWD/target/release/kubectl-xlattice" "$TMP/plugin/kubectl-xlattice"
 xl_check() { PATH="$TMP/plugin:$PATH" kubectl xlattice check -n "$NS" --operator-namespace "$OP_NS" "$@"; }
-verdict() { # JSON CHECK SUBJECT: the verdict of one finding
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(" ".join(f["verdict"] for f in r["findings"] if f["check"]==sys.argv[2] and f["subject"]==sys.argv[3]))' "$@"
+verdict() { # JSON CHECK SUBJECT...: the verdict of one finding (the subject's words joined)
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(" ".join(f["verdict"] for f in r["findings"] if f["check"]==sys.argv[2] and f["subject"]==" ".join(sys.argv[3:])))' "$@"
 }
-if xl_check >"$TMP/check.txt" 2>&1; then
-  ok "kubectl xlattice check: $(tail -1 "$TMP/check.txt") (exit 0)"
+if xl_check --probe-network-policy >"$TMP/check.txt" 2>&1; then
+  ok "kubectl xlattice check --probe-network-policy: $(tail -1 "$TMP/check.txt") (exit 0)"
 else
   bad "kubectl xlattice check failed on a healthy install:"
   grep -A1 '^FAIL' "$TMP/check.txt" >&2 || cat "$TMP/check.txt" >&2
 fi
-xl_check --output json >"$TMP/check.json" || true
-for finding in "leader $OP_NS" "webhook-injects $NS/store" "sidecar-directory $NS/store" "webhook-cert xlattice-sidecar-injector"; do
-  # shellcheck disable=SC2086 # two words: the check and its subject
-  check "check $finding: pass (operator pod leads; dry-run pod injected; sidecars' metrics read through the API server)" \
-    test "$(verdict "$TMP/check.json" $finding)" = pass
+xl_check --output json --probe-network-policy >"$TMP/check.json" || true
+# What only a real node shows: the operator's pod leads, a dry-run pod comes back injected
+# through the Service, each sidecar's metrics are read through the API server's pod proxy,
+# and a deny-all policy closes a port between two probe pods (image: the sidecar's).
+for finding in "leader $OP_NS" "webhook-injects $NS/store" "sidecar-directory $NS/store" "network-policy pod network"; do
+  # shellcheck disable=SC2086 # the check, then its subject
+  check "check's $finding: pass" test "$(verdict "$TMP/check.json" $finding)" = pass
 done
+# NetworkPolicy not enforced, on purpose: kube-router frozen, a new policy is never
+# programmed (the rules already in place stay).
+router_pid=$(cat "${XLATTICE_NODE_DIR:-/tmp/xlattice-node}/kube-router.pid")
+kill -STOP "$router_pid"
+xl_check --output json --probe-network-policy >"$TMP/check-np.json" || true
+kill -CONT "$router_pid"
+check "with kube-router frozen, check's network-policy: fail (a deny-all policy left the port open)" \
+  test "$(verdict "$TMP/check-np.json" network-policy "pod network")" = fail
 PATH="$TMP/plugin:$PATH" kubectl xlattice directory store -n "$NS" >"$TMP/plugin-directory.yaml"
 check "kubectl xlattice directory prints what xlattice-operator directory prints" \
   bash -c "'$xlattice_operator' directory store -n '$NS' | cmp -s - '$TMP/plugin-directory.yaml'"

@@ -22,6 +22,9 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Mint an identity into a directory (the layout of the operator's Secrets).
     Keygen(KeygenArgs),
+    /// A TCP listener or dialer, for `kubectl xlattice check --probe-network-policy`.
+    #[command(subcommand)]
+    Probe(crate::probe::ProbeCommand),
 }
 
 #[derive(clap::Args)]

@@ -19,6 +19,7 @@ pub mod inbound;
 pub mod memory;
 pub mod metrics;
 pub mod outbound;
+pub mod probe;
 pub mod proxy;
 pub mod relay;
 pub mod state;

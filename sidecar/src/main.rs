@@ -73,6 +73,7 @@ fn main() -> ExitCode {
             }
             Command::Connect(args) => connect(args).await,
             Command::Keygen(args) => keygen(args),
+            Command::Probe(command) => xlattice_sidecar::probe::run(command).await,
         }
     });
     match outcome {

@@ -9,10 +9,18 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{core::Selector, CustomResourceExt, ResourceExt};
-use xlattice_operator::{crd, membership, names, status, webhook::inject, XLatticeCluster};
+use xlattice_operator::{
+    crd, membership, names, status,
+    webhook::{
+        certs::{validities, Validity},
+        inject,
+    },
+    XLatticeCluster,
+};
 
 use super::{
     observe::{ClusterFacts, Observed, OperatorFacts, Read},
+    probe::PolicyProbe,
     report::Finding,
     CRD_NAME,
 };
@@ -50,6 +58,7 @@ pub fn judge(observed: &Observed, now: Timestamp) -> Vec<Finding> {
     if let Some(operator) = &observed.operator {
         found.extend(operator_findings(operator, now));
     }
+    found.push(network_policy_finding(observed.network_policy.as_ref()));
     match &observed.clusters {
         Some(Ok(clusters)) if clusters.is_empty() => found.push(Finding::skip(
             "clusters",
@@ -170,10 +179,39 @@ fn crd_finding(crd: &Read<Option<CustomResourceDefinition>>) -> Finding {
                 "installed versions [{}] differ from this release's schema",
                 names.join(", ")
             ),
-            "helm does not upgrade CRDs: kubectl apply --server-side -f deploy/xlattice-crds.yaml",
+            "helm never upgrades CRDs: kubectl apply -f charts/xlattice-operator/crds/ (or deploy/xlattice-crds.yaml), then upgrade the operator",
         );
     }
     Finding::pass(CHECK, CRD_NAME, "installed, Established, same schema as this release")
+}
+
+fn network_policy_finding(probe: Option<&Read<PolicyProbe>>) -> Finding {
+    const CHECK: &str = "network-policy";
+    const SUBJECT: &str = "pod network";
+    let hint = "install a NetworkPolicy provider (Calico, Cilium, kube-router...): without one, only the sidecar's member proof guards the cluster port";
+    match probe {
+        None => Finding::skip(CHECK, SUBJECT, "not probed (--probe-network-policy: two pods in a temporary namespace)"),
+        Some(Ok(PolicyProbe {
+            open_without_policy: true,
+            blocked_with_policy: true,
+        })) => Finding::pass(CHECK, SUBJECT, "enforced: a deny-all policy closed a port that was open without it"),
+        Some(Ok(PolicyProbe {
+            open_without_policy: true,
+            blocked_with_policy: false,
+        })) => Finding::fail(CHECK, SUBJECT, "NOT enforced: a deny-all policy left the port open", hint),
+        Some(Ok(_)) => Finding::fail(
+            CHECK,
+            SUBJECT,
+            "a probe pod could not reach the other even without a policy",
+            "pods cannot reach each other on the pod network: check the CNI",
+        ),
+        Some(Err(e)) => Finding::fail(
+            CHECK,
+            SUBJECT,
+            format!("the probe did not finish: {e}"),
+            "pass --probe-image with an image the nodes can pull, or check the events of the xlattice-check-* namespace",
+        ),
+    }
 }
 
 // === the webhook ===
@@ -211,7 +249,7 @@ fn webhook_findings(
         .find_map(|w| w.client_config.ca_bundle.as_ref())
         .map(|b| b.0.clone())
         .unwrap_or_default();
-    let cas = match certificates(&bundle) {
+    let cas = match validities(&bundle) {
         Ok(cas) if !cas.is_empty() => cas,
         Ok(_) => {
             return vec![Finding::fail(
@@ -238,7 +276,7 @@ fn webhook_findings(
     // The first CA is the current one (the previous one stays after it while renewing).
     found.push(expiry_finding("webhook-ca", subject, &cas[0], now));
     found.push(match serving_cert {
-        Some(Ok(Some(pem))) => match certificates(pem.as_bytes()) {
+        Some(Ok(Some(pem))) => match validities(pem.as_bytes()) {
             Ok(certs) if !certs.is_empty() => expiry_finding("webhook-cert", subject, &certs[0], now),
             _ => Finding::fail(
                 "webhook-cert",
@@ -257,29 +295,6 @@ fn webhook_findings(
         None => Finding::skip("webhook-cert", subject, "not read"),
     });
     found
-}
-
-/// A certificate's validity, in seconds since the epoch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Validity {
-    pub not_before: i64,
-    pub not_after: i64,
-}
-
-/// Every certificate of a PEM bundle.
-pub fn certificates(pem_bundle: &[u8]) -> Result<Vec<Validity>, String> {
-    let blocks = pem::parse_many(pem_bundle).map_err(|e| e.to_string())?;
-    blocks
-        .iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
-        .map(|b| {
-            let (_, cert) = x509_parser::parse_x509_certificate(b.contents()).map_err(|e| e.to_string())?;
-            Ok(Validity {
-                not_before: cert.validity().not_before.timestamp(),
-                not_after: cert.validity().not_after.timestamp(),
-            })
-        })
-        .collect()
 }
 
 fn expiry_finding(check: &'static str, subject: &str, cert: &Validity, now: Timestamp) -> Finding {

@@ -378,3 +378,23 @@ fn the_gauge_is_read_from_prometheus_text() {
     assert_eq!(crate::check::metric_value(text, crate::check::BEHIND_METRIC), Ok(12.0));
     assert!(crate::check::metric_value("", crate::check::BEHIND_METRIC).is_err());
 }
+
+#[test]
+fn network_policy_must_close_a_port_that_was_open() {
+    let probe = |open_without_policy, blocked_with_policy| {
+        network_policy_finding(Some(&Ok(PolicyProbe {
+            open_without_policy,
+            blocked_with_policy,
+        })))
+        .verdict
+    };
+    assert_eq!(probe(true, true), Verdict::Pass);
+    assert_eq!(probe(true, false), Verdict::Fail);
+    // Blocked with the policy proves nothing if the port was never open.
+    assert_eq!(probe(false, true), Verdict::Fail);
+    assert_eq!(network_policy_finding(None).verdict, Verdict::Skip);
+    assert_eq!(
+        network_policy_finding(Some(&Err("image".into()))).verdict,
+        Verdict::Fail
+    );
+}

@@ -4,13 +4,15 @@
 
 mod judge;
 mod observe;
+mod probe;
 mod report;
 
 use clap::ValueEnum;
 use kube::Client;
 
-pub use judge::{certificates, judge, Validity, MIN_VERSION};
+pub use judge::{judge, MIN_VERSION};
 pub use observe::{metric_value, observe, ClusterFacts, Observed, OperatorFacts};
+pub use probe::PolicyProbe;
 pub use report::{Finding, Report, Verdict};
 
 pub const CRD_NAME: &str = "xlatticeclusters.xlattice.io";
@@ -41,6 +43,15 @@ pub struct CheckArgs {
     /// The operator's leader Lease.
     #[arg(long, default_value = "xlattice-operator")]
     pub lease_name: String,
+    /// Also test whether the cluster enforces NetworkPolicy at all: in a temporary namespace,
+    /// a pod dials a listening pod, then again once a deny-all policy selects it (deleted
+    /// after). Without enforcement the cluster port is open to every pod.
+    #[arg(long)]
+    pub probe_network_policy: bool,
+    /// The probe pods' image (it runs `xlattice probe`); default: the sidecar image the
+    /// operator injects, which the nodes already pull.
+    #[arg(long)]
+    pub probe_image: Option<String>,
     /// Do not read each sidecar's metrics through the API server's pod proxy (one request
     /// per running member; needs `get pods/proxy`).
     #[arg(long)]

@@ -21,7 +21,10 @@ use kube::{
 use xlattice_operator::{crd, directory, names, webhook::certs};
 use xlattice_protocol::MemberDirectory;
 
-use super::CheckArgs;
+use super::{
+    probe::{self, PolicyProbe},
+    CheckArgs,
+};
 
 /// A read and what became of it: the message says why it failed (e.g. "forbidden: ...").
 pub type Read<T> = Result<T, String>;
@@ -41,6 +44,8 @@ pub struct Observed {
     pub serving_cert: Option<Read<Option<String>>>,
     pub operator: Option<OperatorFacts>,
     pub clusters: Option<Read<Vec<ClusterFacts>>>,
+    /// `--probe-network-policy`: what the two dials found.
+    pub network_policy: Option<Read<PolicyProbe>>,
 }
 
 pub struct OperatorFacts {
@@ -78,6 +83,7 @@ pub async fn observe(client: &Client, args: &CheckArgs) -> Observed {
     };
     if args.pre {
         observed.permissions = permissions(client).await;
+        observed.network_policy = network_policy(client, args, None).await;
         return observed;
     }
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -90,7 +96,9 @@ pub async fn observe(client: &Client, args: &CheckArgs) -> Observed {
             .map_err(|e| describe(&e)),
     );
     observed.serving_cert = Some(serving_cert(client, &args.operator_namespace).await);
-    observed.operator = Some(operator(client, args).await);
+    let operator = operator(client, args).await;
+    observed.network_policy = network_policy(client, args, operator.pods.as_ref().ok()).await;
+    observed.operator = Some(operator);
     let crd_installed = matches!(&observed.crd, Some(Ok(Some(_))));
     observed.clusters = if crd_installed {
         Some(clusters(client, args).await)
@@ -98,6 +106,30 @@ pub async fn observe(client: &Client, args: &CheckArgs) -> Observed {
         None
     };
     observed
+}
+
+/// The probe, if asked for, with `--probe-image` or else the sidecar image the operator
+/// injects (read from its pods' arguments).
+async fn network_policy(
+    client: &Client,
+    args: &CheckArgs,
+    operator_pods: Option<&Vec<Pod>>,
+) -> Option<Read<PolicyProbe>> {
+    if !args.probe_network_policy {
+        return None;
+    }
+    let operator_arg = |flag: &str| {
+        let container = operator_pods?.first()?.spec.as_ref()?.containers.first()?;
+        let prefix = format!("--{flag}=");
+        let args = container.args.as_ref()?;
+        args.iter().find_map(|a| a.strip_prefix(&prefix).map(str::to_string))
+    };
+    let Some(image) = args.probe_image.clone().or_else(|| operator_arg("sidecar-image")) else {
+        return Some(Err(
+            "no image for the probe pods: pass --probe-image (any image with `xlattice`)".into(),
+        ));
+    };
+    Some(probe::network_policy(client, &image, operator_arg("sidecar-pull-policy")).await)
 }
 
 async fn server_version(client: &Client) -> Read<(u32, u32)> {

@@ -305,12 +305,34 @@ pub async fn keep_renewed(
     }
 }
 
+/// A certificate's validity, in seconds since the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// The validity of every certificate of a PEM bundle, in order: what the expiry metric
+/// reports and what `kubectl xlattice check` judges.
+pub fn validities(bundle: &[u8]) -> std::result::Result<Vec<Validity>, String> {
+    let blocks = pem::parse_many(bundle).map_err(|e| e.to_string())?;
+    blocks
+        .iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| {
+            let (_, cert) = x509_parser::parse_x509_certificate(b.contents()).map_err(|e| e.to_string())?;
+            Ok(Validity {
+                not_before: cert.validity().not_before.timestamp(),
+                not_after: cert.validity().not_after.timestamp(),
+            })
+        })
+        .collect()
+}
+
 /// notAfter (Unix seconds) of the first certificate of `cert_pem`: what the serving
 /// certificate's expiry metric reports. None when it cannot be read.
 pub fn not_after(cert_pem: &str) -> Option<i64> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    Some(cert.validity().not_after.timestamp())
+    Some(validities(cert_pem.as_bytes()).ok()?.first()?.not_after)
 }
 
 /// JSON patch setting `ca` on every webhook of the configuration that lacks it; None when

@@ -10,7 +10,8 @@
 #      from the deletion to the sidecar serving the directory without it, with the operator
 #      stamping the directory version on member pods (the default) against the kubelet's
 #      own sync period (the operator run with XLATTICE_REFRESH_MEMBER_PODS=false); the
-#      kubelet's syncFrequency is at its default (1 min)
+#      kubelet's syncFrequency is at its default (1 min). Then, the same way, one member's
+#      keys rotated: per member, the request to the sidecar serving the new keys
 #
 #   hack/node.sh up && hack/node.sh images && eval "$(hack/node.sh env)"
 #   hack/node-bench.sh   # XL_BENCH_ROUNDS (default 7), XL_BENCH_MIB (default 512),
@@ -135,9 +136,31 @@ spec:
       containers: [{name: app, image: $IMAGE, args: ["serve"]}]
 YAML
 }
-# One removal in an N-member StatefulSet: per survivor, deletion -> new directory served.
+# Per sidecar rev-0..rev-LAST: ms from T until it loaded what it serves now, one per line.
+served_since() { # T LAST
+  local t=$1 last=$2 pod at waited
+  for i in $(seq 0 "$last"); do
+    pod=rev-$i waited=0
+    while :; do
+      at=$(loaded_at "$pod")
+      if [[ -n $at && $at -gt $t ]]; then
+        echo $((at - t))
+        break
+      fi
+      if ((waited > 180)); then
+        echo "  $pod: nothing new loaded 180 s after the change" >&2
+        break
+      fi
+      sleep 1
+      waited=$((waited + 1))
+    done
+  done
+}
+# In an N-member StatefulSet: one member removed (per survivor, deletion -> new directory
+# served), then one member's keys rotated (per member, the request -> the new keys served:
+# the rotated one's own sidecar loads its new Secret, the others the new directory).
 revocation() { # N MODE
-  local n=$1 mode=$2 t_del pod at waited
+  local n=$1 mode=$2 t_del t_rot
   rev_yaml "$n" | kubectl -n "$NS" apply -f - >/dev/null
   kubectl -n "$NS" rollout status statefulset/rev --timeout=600s >/dev/null
   # Settle: whatever the pods' creation changed has reached every sidecar, whichever way
@@ -145,28 +168,15 @@ revocation() { # N MODE
   sleep 90
   t_del=$(now_ms)
   kubectl -n "$NS" scale statefulset rev --replicas=$((n - 1)) >/dev/null
-  local times=()
-  for i in $(seq 0 $((n - 2))); do
-    pod=rev-$i waited=0
-    while :; do
-      at=$(loaded_at "$pod")
-      if [[ -n $at && $at -gt $t_del ]]; then
-        times+=($((at - t_del)))
-        break
-      fi
-      if ((waited > 180)); then
-        echo "  $pod: no new directory 180 s after the deletion" >&2
-        break
-      fi
-      sleep 1
-      waited=$((waited + 1))
-    done
-  done
-  printf '  %3d members, %-13s %s\n' "$n" "$mode:" "$(printf '%s\n' "${times[@]}" | percentiles)"
+  printf '  %3d members, %-13s removal: %s\n' "$n" "$mode" "$(served_since "$t_del" $((n - 2)) | percentiles)"
+  sleep 90
+  t_rot=$(now_ms)
+  kubectl -n "$NS" annotate pod rev-0 xlattice.io/rotate="$t_rot" --overwrite >/dev/null
+  printf '  %3d members, %-13s rotation: %s\n' "$n" "$mode" "$(served_since "$t_rot" $((n - 2)) | percentiles)"
 }
 
 if want revocation; then
-  echo "== revocation: one member of N removed; per surviving sidecar, deletion -> directory served without it"
+  echo "== revocation: one member of N removed (per survivor: deletion -> directory served without it), then one rotated (per member: request -> new keys served)"
   for n in ${XL_BENCH_MEMBERS:-20 100}; do
     for mode in stamped kubelet-sync; do
       if [[ $mode == stamped ]]; then set_refresh true; else set_refresh false; fi

@@ -103,6 +103,10 @@ struct RunArgs {
     /// saves one pod patch per member and change.
     #[arg(long, env = "XLATTICE_REFRESH_MEMBER_PODS", default_value_t = true, action = clap::ArgAction::Set)]
     refresh_member_pods: bool,
+    /// Honour spec.restartWorkloads (needs get and patch on Deployments and StatefulSets:
+    /// the chart binds them only with restartWorkloads.enabled, and passes false without).
+    #[arg(long, env = "XLATTICE_RESTART_WORKLOADS", default_value_t = true, action = clap::ArgAction::Set)]
+    restart_workloads: bool,
     /// Parallel RSA key generations (default: the number of CPUs).
     #[arg(long)]
     keygen_threads: Option<usize>,
@@ -262,6 +266,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.keygen_threads.unwrap_or(cpus),
     );
     ctx.refresh_member_pods = args.refresh_member_pods;
+    ctx.restart_workloads = args.restart_workloads;
     let ctx = Arc::new(ctx);
     if !args.leader_elect {
         controller::run(ctx, &scope).await;

@@ -11,6 +11,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{ConfigMap, Container, Pod, PodSpec, PodTemplateSpec, Secret, Service, ServicePort, ServiceSpec},
+        events::v1::Event,
     },
     apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
     ByteString,
@@ -480,4 +481,56 @@ async fn a_namespaced_operator_reads_nothing_elsewhere() {
         operator.log_tail()
     );
     clusters.delete("s", &DeleteParams::default()).await.unwrap();
+}
+
+/// The chart's restartWorkloads.enabled=false: the workload permissions are not bound, so
+/// the token cannot read or roll a Deployment, and a cluster that asks for restartWorkloads
+/// is told so on a Warning Event instead of the operator trying and failing.
+#[tokio::test]
+async fn without_restart_workloads_the_token_cannot_touch_a_workload() {
+    let Some((h, _operator)) = Harness::start_with("norestart", free_port(), false, false).await else {
+        return;
+    };
+    let op = admin_client(&h.kubeconfig).await;
+    Api::<Deployment>::namespaced(h.admin.clone(), &h.ns)
+        .create(&PostParams::default(), &deployment("web"))
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(op.clone(), &h.ns);
+    refused("read a Deployment", deployments.get("web").await);
+    let restart = json!({"spec": {"template": {"metadata": {"annotations": {"xlattice.io/restarted-at": "now"}}}}});
+    refused(
+        "set the restart annotation on a Deployment",
+        deployments
+            .patch("web", &PatchParams::default(), &Patch::Merge(&restart))
+            .await,
+    );
+
+    // A member that lacks the sidecar (no webhook here), in a cluster asking for restarts.
+    Api::<Pod>::namespaced(h.admin.clone(), &h.ns)
+        .create(&PostParams::default(), &member_pod("web-0", "web", &[]))
+        .await
+        .unwrap();
+    let clusters: Api<xlattice_operator::XLatticeCluster> = Api::namespaced(h.admin.clone(), &h.ns);
+    let spec = json!({"apiVersion": "xlattice.io/v1alpha1", "kind": "XLatticeCluster", "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "clusterPort": 7000, "clientPort": 8000,
+                 "restartWorkloads": true}});
+    apply(&clusters, &serde_json::from_value(spec).unwrap()).await;
+    let events: Api<Event> = Api::namespaced(h.admin.clone(), &h.ns);
+    let note = wait_for(
+        "a RestartWorkloadsDisabled Warning",
+        Duration::from_secs(60),
+        || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items.into_iter().find_map(|e| {
+                (e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("RestartWorkloadsDisabled"))
+                    .then(|| e.note.unwrap_or_default())
+            })
+        },
+    )
+    .await;
+    assert!(
+        note.contains("web-0") && note.contains("restartWorkloads.enabled=false"),
+        "{note}"
+    );
 }

@@ -67,6 +67,9 @@ pub struct Context {
     /// Stamp the directory version on member pods (reconcile/refresh.rs); off only to
     /// measure what the kubelet's own sync period gives (hack/node-bench.sh).
     pub refresh_member_pods: bool,
+    /// Honour spec.restartWorkloads; off when the installation does not grant the operator
+    /// the workload permissions (chart value restartWorkloads.enabled=false).
+    pub restart_workloads: bool,
 }
 
 /// `namespace/name`: how logs, clocks and failure counts name a cluster.
@@ -121,6 +124,7 @@ impl Context {
             publics: Default::default(),
             failures: Default::default(),
             refresh_member_pods: true,
+            restart_workloads: true,
         }
     }
 

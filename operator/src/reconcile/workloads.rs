@@ -25,6 +25,17 @@ pub(super) async fn restart(ctx: &Context, obs: &Observed<'_>, stale: &[String])
     if !cluster.spec.restart_workloads || stale.is_empty() {
         return Ok(outcome);
     }
+    if !ctx.restart_workloads {
+        // Not granted: trying would only be refused. Said on the cluster, not retried.
+        let note = format!(
+            "spec.restartWorkloads is set, but this installation does not let the operator restart workloads \
+             (chart value restartWorkloads.enabled=false): restart the workloads of {} yourself",
+            stale.join(", ")
+        );
+        ctx.event(cluster, EventType::Warning, "RestartWorkloadsDisabled", note)
+            .await;
+        return Ok(outcome);
+    }
     let pods: Vec<&Pod> = obs
         .members
         .iter()

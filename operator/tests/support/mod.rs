@@ -191,7 +191,24 @@ pub fn free_port() -> u16 {
 /// charts/xlattice-operator/rbac/roles.yaml, as the chart binds them (cluster-wide, or with
 /// `watch` in that namespace only), and a kubeconfig holding its token.
 pub async fn operator_kubeconfig(admin: &Client, admin_path: &Path, op_ns: &str, run: &str) -> PathBuf {
-    operator_kubeconfig_for(admin, admin_path, op_ns, run, None).await
+    operator_kubeconfig_for(admin, admin_path, op_ns, run, Grant::default()).await
+}
+
+/// What the chart grants the operator: everywhere or in `watch` only (watchNamespaces);
+/// with or without the workload permissions of restartWorkloads (restartWorkloads.enabled).
+#[derive(Clone, Copy)]
+pub struct Grant<'a> {
+    pub watch: Option<&'a str>,
+    pub restart_workloads: bool,
+}
+
+impl Default for Grant<'_> {
+    fn default() -> Self {
+        Self {
+            watch: None,
+            restart_workloads: true,
+        }
+    }
 }
 
 pub async fn operator_kubeconfig_for(
@@ -199,7 +216,7 @@ pub async fn operator_kubeconfig_for(
     admin_path: &Path,
     op_ns: &str,
     run: &str,
-    watch: Option<&str>,
+    grant: Grant<'_>,
 ) -> PathBuf {
     create_namespace(admin, op_ns).await;
     let text = std::fs::read_to_string(repo_file("charts/xlattice-operator/rbac/roles.yaml")).unwrap();
@@ -207,8 +224,10 @@ pub async fn operator_kubeconfig_for(
     let cluster_role: ClusterRole = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
     let mut role: Role = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
     let webhook_role: ClusterRole = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
-    apply(&Api::<ClusterRole>::all(admin.clone()), &cluster_role).await;
-    apply(&Api::<ClusterRole>::all(admin.clone()), &webhook_role).await;
+    let restart_role: ClusterRole = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
+    for role in [&cluster_role, &webhook_role, &restart_role] {
+        apply(&Api::<ClusterRole>::all(admin.clone()), role).await;
+    }
     role.metadata.namespace = Some(op_ns.into());
     apply(&Api::<Role>::namespaced(admin.clone(), op_ns), &role).await;
 
@@ -242,7 +261,7 @@ pub async fn operator_kubeconfig_for(
     };
     let role_binding = |ns: &str, kind: &str, role: &str| RoleBinding {
         metadata: ObjectMeta {
-            name: Some("xlattice-operator".into()),
+            name: Some(role.into()),
             namespace: Some(ns.into()),
             ..Default::default()
         },
@@ -255,17 +274,19 @@ pub async fn operator_kubeconfig_for(
         &cluster_binding(format!("xlattice-operator-webhook-{run}"), "xlattice-operator-webhook"),
     )
     .await;
-    match watch {
-        None => {
-            apply(
-                &bindings,
-                &cluster_binding(format!("xlattice-operator-{run}"), "xlattice-operator"),
-            )
-            .await;
-        }
-        Some(ns) => {
-            let binding = role_binding(ns, "ClusterRole", "xlattice-operator");
-            apply(&Api::<RoleBinding>::namespaced(admin.clone(), ns), &binding).await;
+    let mut roles = vec!["xlattice-operator"];
+    if grant.restart_workloads {
+        roles.push("xlattice-operator-restart-workloads");
+    }
+    for role in roles {
+        match grant.watch {
+            None => {
+                apply(&bindings, &cluster_binding(format!("{role}-{run}"), role)).await;
+            }
+            Some(ns) => {
+                let binding = role_binding(ns, "ClusterRole", role);
+                apply(&Api::<RoleBinding>::namespaced(admin.clone(), ns), &binding).await;
+            }
         }
     }
     let rb = role_binding(op_ns, "Role", "xlattice-operator");
@@ -364,6 +385,21 @@ impl Operator {
 
     /// With `watch`, the operator serves that namespace only (`--watch-namespace`).
     pub fn start_watching(kubeconfig: &Path, op_ns: &str, run: &str, webhook: u16, watch: Option<&str>) -> Self {
+        Self::start_granted(
+            kubeconfig,
+            op_ns,
+            run,
+            webhook,
+            Grant {
+                watch,
+                ..Grant::default()
+            },
+        )
+    }
+
+    /// Run with the flags the chart passes for `grant`.
+    pub fn start_granted(kubeconfig: &Path, op_ns: &str, run: &str, webhook: u16, grant: Grant<'_>) -> Self {
+        let watch = grant.watch;
         let metrics = free_port();
         let log = std::env::temp_dir().join(format!("xlattice-operator-{run}-{metrics}.log"));
         let out = std::fs::File::create(&log).unwrap();
@@ -378,6 +414,7 @@ impl Operator {
                 &format!("op-{metrics}"),
             ])
             .args(watch.map(|ns| format!("--watch-namespace={ns}")))
+            .arg(format!("--restart-workloads={}", grant.restart_workloads))
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
@@ -470,6 +507,17 @@ impl Harness {
     /// `namespaced`: the operator serves the test's namespace only, bound there only (the
     /// chart's watchNamespaces).
     pub async fn start_scoped(prefix: &str, webhook_port: u16, namespaced: bool) -> Option<(Self, Operator)> {
+        Self::start_with(prefix, webhook_port, namespaced, true).await
+    }
+
+    /// `restart_workloads: false`: the chart's restartWorkloads.enabled=false (no workload
+    /// permissions bound, the operator told so).
+    pub async fn start_with(
+        prefix: &str,
+        webhook_port: u16,
+        namespaced: bool,
+        restart_workloads: bool,
+    ) -> Option<(Self, Operator)> {
         let path = kubeconfig_path()?;
         let admin = admin_client(&path).await;
         install_crd(&admin).await;
@@ -477,9 +525,12 @@ impl Harness {
         let ns = format!("xl-{prefix}-{run}");
         let op_ns = format!("xl-{prefix}-op-{run}");
         create_namespace(&admin, &ns).await;
-        let watch = namespaced.then_some(ns.as_str());
-        let kubeconfig = operator_kubeconfig_for(&admin, &path, &op_ns, &run, watch).await;
-        let operator = Operator::start_watching(&kubeconfig, &op_ns, &run, webhook_port, watch);
+        let grant = Grant {
+            watch: namespaced.then_some(ns.as_str()),
+            restart_workloads,
+        };
+        let kubeconfig = operator_kubeconfig_for(&admin, &path, &op_ns, &run, grant).await;
+        let operator = Operator::start_granted(&kubeconfig, &op_ns, &run, webhook_port, grant);
         Some((
             Self {
                 admin,

@@ -12,7 +12,10 @@
 # against operator/src/main.rs, webhook rules and namespace exclusions, url override); bad
 # values refused with a message naming the field; the monitoring objects (dashboard
 # ConfigMap, ServiceMonitor, PodMonitor, PrometheusRule) absent by default, each rendered by
-# its own switch, and the dashboard JSON parsing; deploy/ in sync with the chart; the
+# its own switch, and the dashboard JSON parsing; the PrometheusRule (default values) as a
+# plain rules file through `promtool check rules` and `promtool test rules` with
+# hack/monitoring/alerts.test.yaml (each alert fires when it should, with its labels and
+# annotations, and not when it should not); deploy/ in sync with the chart; the
 # examples consistent with their XLatticeCluster.
 #
 # With XLATTICE_KUBECONFIG (a running API server): deploy/ validated by the server (dry
@@ -40,6 +43,10 @@ die() { printf 'chart-test: %s\n' "$*" >&2; exit 1; }
 
 command -v helm >/dev/null 2>&1 || die "helm is not on PATH; run: eval \"\$(hack/control-plane.sh env)\""
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
+# promtool (hack/promtool.sh install; hack/setup.sh builds it): on PATH after
+# eval "$(hack/control-plane.sh env)", else from the cache. Missing, the alert checks FAIL.
+PROMTOOL=${XLATTICE_PROMTOOL:-$(command -v promtool || hack/promtool.sh path 2>/dev/null || true)}
+ALERT_TESTS=hack/monitoring/alerts.test.yaml
 
 TMP=$(mktemp -d /tmp/xlattice-chart-test.XXXXXX)
 LIVE_NS=""
@@ -402,6 +409,23 @@ EOF
 )"
 fi
 
+# restartWorkloads.enabled: the workload ClusterRole is always defined (rbac/roles.yaml is
+# included whole) but bound only when enabled, like the main one: cluster-wide or in each
+# watched namespace. Counted by name: the definition, then a name and a roleRef per binding.
+restart_refs() { grep -c 'name: xlattice-operator-restart-workloads$' "$1" || true; }
+for case in "true||3" "false||1" "true|a,b|5" "false|a,b|1"; do
+  IFS='|' read -r enabled watch want <<<"$case"
+  args=(--set "restartWorkloads.enabled=$enabled")
+  [[ -n $watch ]] && args+=(--set "watchNamespaces={$watch}")
+  if render "$TMP/restart.yaml" xlattice-system "${args[@]}"; then
+    if [[ $(restart_refs "$TMP/restart.yaml") == "$want" ]] && grep -q -- "- --restart-workloads=$enabled$" "$TMP/restart.yaml"; then
+      ok "restartWorkloads.enabled=$enabled${watch:+, watchNamespaces=$watch}: workload role bound $(((want - 1) / 2)) time(s), --restart-workloads=$enabled"
+    else
+      bad "restartWorkloads.enabled=$enabled${watch:+, watchNamespaces=$watch}: $(restart_refs "$TMP/restart.yaml") references (want $want), or no --restart-workloads=$enabled"
+    fi
+  fi
+done
+
 step "wrong values are refused, naming the field"
 refuse() { # EXPECTED-TEXT HELM-ARGS...
   local expect=$1
@@ -525,6 +549,74 @@ refuse "monitoring.serviceMonitor.enabled needs metrics.enabled" --set monitorin
 refuse "certificateExpiryDays" --set monitoring.prometheusRule.enabled=true --set monitoring.prometheusRule.certificateExpiryDays=200
 refuse "/monitoring" --set monitoring.grafana=true
 refuse "/monitoring/prometheusRule/degradedFor" --set monitoring.prometheusRule.degradedFor=soon
+
+step "alerts: promtool check rules, promtool test rules $ALERT_TESTS (default values)"
+# The PrometheusRule's spec is a plain Prometheus rules file; rendered with the default
+# values, since the tests assert the default thresholds and `for` durations.
+if [[ -n $PROMTOOL ]] && render "$TMP/alerts.yaml" xlattice-system --set monitoring.prometheusRule.enabled=true; then
+  mkdir -p "$TMP/alerts"
+  cp "$ALERT_TESTS" "$TMP/alerts/alerts.test.yaml"
+  # Text, not YAML: the rule's spec is the indented block under `spec:` (PyYAML optional).
+  if python3 - "$TMP/alerts.yaml" "$TMP/alerts/xlattice-rules.yaml" <<'PY'; then
+import re, sys
+docs = [d for d in re.split(r"(?m)^---[ \t]*$", open(sys.argv[1]).read()) if re.search(r"(?m)^kind: PrometheusRule$", d)]
+assert len(docs) == 1, f"{len(docs)} PrometheusRules rendered"
+lines = docs[0].split("\n")
+out = []
+for line in lines[lines.index("spec:") + 1:]:
+    if line and not line.startswith("  "):
+        break
+    out.append(line[2:])
+assert out and out[0] == "groups:", "the PrometheusRule's spec does not start with groups:"
+open(sys.argv[2], "w").write("\n".join(out).rstrip() + "\n")
+PY
+    if "$PROMTOOL" check rules --lint-fatal "$TMP/alerts/xlattice-rules.yaml" >"$TMP/promtool.out" 2>&1; then
+      ok "promtool check rules: $(grep -o '[0-9]* rules found' "$TMP/promtool.out")"
+    else
+      cat "$TMP/promtool.out" >&2
+      bad "promtool check rules refuses the chart's PrometheusRule"
+    fi
+    # Every alert must have a test that expects it to fire.
+    if python3 - "$TMP/alerts/xlattice-rules.yaml" "$ALERT_TESTS" >"$TMP/untested.out" <<'PY'; then
+import re, sys
+alerts = set(re.findall(r"(?m)^\s*- alert: (\S+)$", open(sys.argv[1]).read()))
+fired = set(re.findall(r"(?m)^\s*alertname: (\S+)\n\s*exp_alerts:[ \t]*(?:&\S+)?[ \t]*\n", open(sys.argv[2]).read()))
+fired |= set(re.findall(r"(?m)^\s*alertname: (\S+)\n\s*exp_alerts:[ \t]*\*\S+", open(sys.argv[2]).read()))
+print(" ".join(sorted(alerts - fired)))
+sys.exit(1 if alerts - fired or not alerts else 0)
+PY
+      ok "every alert of the rule has a test in which it fires"
+    else
+      bad "alerts without a test that expects them to fire: $(cat "$TMP/untested.out")"
+    fi
+    rc=0
+    (cd "$TMP/alerts" && "$PROMTOOL" test rules --junit=junit.xml alerts.test.yaml) >"$TMP/promtool.out" 2>&1 || rc=$?
+    # One ok/FAIL per test group, from the JUnit report.
+    if ! python3 - "$TMP/alerts/junit.xml" "$rc" <<'PY'; then
+import sys, xml.etree.ElementTree as ET
+try:
+    cases = list(ET.parse(sys.argv[1]).getroot().iter("testcase"))
+except (OSError, ET.ParseError):
+    cases = []  # no report: the test file did not load
+n = failed = 0
+for case in cases:
+    n += 1
+    if case.find("failure") is not None or case.find("error") is not None:
+        failed += 1
+        print(f"  FAIL promtool test rules: {case.get('name')}", file=sys.stderr)
+    else:
+        print(f"  ok   promtool test rules: {case.get('name')}")
+sys.exit(0 if n and not failed and sys.argv[2] == "0" else 1)
+PY
+      cat "$TMP/promtool.out" >&2
+      bad "promtool test rules $ALERT_TESTS failed (exit $rc; above)"
+    fi
+  else
+    bad "cannot extract the PrometheusRule's spec from the rendering"
+  fi
+elif [[ -z $PROMTOOL ]]; then
+  bad "promtool not found, the alerts are not checked: run hack/promtool.sh install (hack/setup.sh does)"
+fi
 
 step "deploy/ is rendered from the chart"
 if hack/render-deploy.sh --check >"$TMP/drift.out" 2>&1; then

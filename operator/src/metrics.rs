@@ -46,6 +46,13 @@ pub struct DegradedLabels {
     pub reason: &'static str,
 }
 
+/// The webhook's answers, bounded: what `webhook_requests_total{result}` can say.
+pub const INJECTED: &str = "injected";
+pub const ADMITTED: &str = "admitted";
+pub const DENIED: &str = "denied";
+pub const ERROR: &str = "error";
+pub const WEBHOOK_RESULTS: [&str; 4] = [INJECTED, ADMITTED, DENIED, ERROR];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabel {
     /// injected, admitted (unchanged), denied (the pod's or its cluster's fault), error
@@ -113,6 +120,11 @@ impl Default for Metrics {
         let cluster_ready = Family::<ClusterLabels, Gauge>::default();
         let cluster_degraded = Family::<DegradedLabels, Gauge>::default();
         let webhook_requests = Family::<WebhookLabel, Counter>::default();
+        // Every result exists at 0 from the start: a first error is then an increase that
+        // rate() and increase() see, not a series that appears (which they miss).
+        for result in WEBHOOK_RESULTS {
+            webhook_requests.get_or_create(&WebhookLabel { result });
+        }
         let webhook_duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let webhook_certificate_expiry = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
@@ -280,6 +292,7 @@ impl Metrics {
         ]
     }
 
+    /// `result`: one of WEBHOOK_RESULTS.
     pub fn webhook(&self, result: &'static str, took: Duration) {
         self.webhook_requests.get_or_create(&WebhookLabel { result }).inc();
         self.webhook_duration.observe(took.as_secs_f64());
@@ -345,6 +358,15 @@ mod tests {
             .filter(|l| l.starts_with(prefix))
             .map(str::to_string)
             .collect()
+    }
+
+    #[test]
+    fn every_webhook_result_is_a_series_from_the_start() {
+        let found = lines(&Metrics::default(), "xlattice_operator_webhook_requests_total");
+        for result in WEBHOOK_RESULTS {
+            let line = format!("xlattice_operator_webhook_requests_total{{result=\"{result}\"}} 0");
+            assert!(found.contains(&line), "{line} not in {found:?}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::{
 use crate::{
     crd,
     error::{Error, Result},
-    metrics::Metrics,
+    metrics::{Metrics, ADMITTED, DENIED, ERROR, INJECTED},
     scope::Scope,
 };
 
@@ -126,12 +126,6 @@ async fn mutate(
     state.metrics.webhook(result, started.elapsed());
     Json(response.into_review())
 }
-
-/// The `result` label of xlattice_operator_webhook_requests_total.
-const INJECTED: &str = "injected";
-const ADMITTED: &str = "admitted";
-const DENIED: &str = "denied";
-const ERROR: &str = "error";
 
 async fn admit(state: &WebhookState, request: &AdmissionRequest<Pod>) -> (AdmissionResponse, &'static str) {
     let response = AdmissionResponse::from(request);

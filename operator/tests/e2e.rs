@@ -408,7 +408,15 @@ async fn operator_as_service_account_end_to_end() {
     // --- a resync of a settled cluster writes nothing
     let versions = |s: &BTreeMap<String, Secret>| s.values().map(|s| s.resource_version().unwrap()).collect::<Vec<_>>();
     let before = versions(&env.secrets_by_member().await);
-    let writes = operator.metric("xlattice_operator_writes_total").await;
+    // Settled first: the reconciles that the pod IPs started may still be writing (their
+    // Services, slices, status) when Ready is first seen; two quiet seconds in a row.
+    let writes = wait_for("the operator's writes to settle", WAIT, || async {
+        let before = operator.metric("xlattice_operator_writes_total").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = operator.metric("xlattice_operator_writes_total").await;
+        (before == after).then_some(after)
+    })
+    .await;
     let reconciles = operator.metric("xlattice_operator_reconciles_total").await;
     let touch = json!({"metadata": {"annotations": {"e2e/touch": "1"}}});
     env.clusters

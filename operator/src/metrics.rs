@@ -123,7 +123,7 @@ impl Default for Metrics {
         // Every result exists at 0 from the start: a first error is then an increase that
         // rate() and increase() see, not a series that appears (which they miss).
         for result in WEBHOOK_RESULTS {
-            webhook_requests.get_or_create(&WebhookLabel { result });
+            let _ = webhook_requests.get_or_create(&WebhookLabel { result });
         }
         let webhook_duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let webhook_certificate_expiry = Gauge::default();

@@ -10,12 +10,27 @@ mod support;
 use std::{collections::BTreeMap, sync::Arc, time::Duration, time::Instant};
 
 use futures::{stream, StreamExt};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use kube::{api::PostParams, core::ObjectMeta, Api, ResourceExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{api::PostParams, Api, ResourceExt};
 use serde_json::json;
 use support::*;
 use xlattice_operator::XLatticeCluster;
 use xlattice_protocol::{Identity, NodeIdBits, RsaBits};
+
+/// Pods `m-0`..`m-<n-1>` labelled `app=<app>`, 16 created at a time; with `injected`, the
+/// annotation the webhook leaves on the pods it injects for that cluster.
+async fn create_members(pods: &Api<Pod>, n: usize, app: &str, injected: Option<&str>) {
+    stream::iter(0..n)
+        .map(|i| {
+            let mut pod = member_pod(&format!("m-{i}"), app, &[]);
+            pod.metadata.annotations =
+                injected.map(|c| BTreeMap::from([("xlattice.io/injected".to_string(), c.to_string())]));
+            async move { pods.create(&PostParams::default(), &pod).await.unwrap() }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+}
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "benchmark: run explicitly with --ignored"]
@@ -59,32 +74,7 @@ async fn time_to_ready_vs_raw_key_generation() {
     .await;
 
     let started = Instant::now();
-    stream::iter(0..n)
-        .map(|i| {
-            let pods = pods.clone();
-            async move {
-                let pod = Pod {
-                    metadata: ObjectMeta {
-                        name: Some(format!("m-{i}")),
-                        labels: Some(BTreeMap::from([("app".to_string(), "bench".to_string())])),
-                        ..Default::default()
-                    },
-                    spec: Some(PodSpec {
-                        containers: vec![Container {
-                            name: "app".into(),
-                            image: Some("x".into()),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                };
-                pods.create(&PostParams::default(), &pod).await.unwrap();
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
+    create_members(&pods, n, "bench", None).await;
     let cluster: XLatticeCluster = serde_json::from_value(json!({
         "apiVersion": "xlattice.io/v1alpha1", "kind": "XLatticeCluster",
         "metadata": {"name": "bench"},
@@ -159,22 +149,8 @@ async fn directory_change_cost_at_scale() {
     let kubeconfig = operator_kubeconfig(&admin, &path, &op_ns, &run).await;
     let operator = Operator::start(&kubeconfig, &op_ns, &run, free_port());
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
-    stream::iter(0..n)
-        .map(|i| {
-            let pods = pods.clone();
-            async move {
-                let mut pod = member_pod(&format!("m-{i}"), "stamp", &[]);
-                // As the webhook leaves it: the operator stamps only injected members.
-                pod.metadata.annotations = Some(BTreeMap::from([(
-                    "xlattice.io/injected".to_string(),
-                    "stamp".to_string(),
-                )]));
-                pods.create(&PostParams::default(), &pod).await.unwrap();
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
+    // As the webhook leaves them: the operator stamps only injected members.
+    create_members(&pods, n, "stamp", Some("stamp")).await;
     let cluster: XLatticeCluster = serde_json::from_value(json!({
         "apiVersion": "xlattice.io/v1alpha1", "kind": "XLatticeCluster",
         "metadata": {"name": "stamp"},

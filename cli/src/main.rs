@@ -34,16 +34,7 @@ enum Command {
     Check(CheckArgs),
     /// Print a cluster's member directory (all shards merged): what `xlattice connect
     /// --directory` reads.
-    Directory {
-        /// The XLatticeCluster.
-        cluster: String,
-        /// Its namespace; the kubeconfig's by default.
-        #[arg(short, long)]
-        namespace: Option<String>,
-        /// JSON instead of YAML.
-        #[arg(long)]
-        json: bool,
-    },
+    Directory(xlattice_operator::directory::PrintArgs),
     /// Open a session with a member of a cluster, joined to stdin/stdout; the directory
     /// comes from the API server.
     Connect {
@@ -91,17 +82,9 @@ async fn execute(cli: Cli) -> Result<bool, String> {
     let client = client(&cli).await?;
     match cli.command {
         Command::Check(args) => Ok(check::run(&client, &args).await),
-        Command::Directory {
-            cluster,
-            namespace,
-            json,
-        } => {
-            let dir = directory(&client, namespace.as_deref(), &cluster).await?;
-            if json {
-                println!("{}", dir.to_json());
-            } else {
-                print!("{}", dir.to_yaml());
-            }
+        Command::Directory(args) => {
+            let text = xlattice_operator::directory::printed(&client, &args).await;
+            print!("{}", text.map_err(|e| e.to_string())?);
             Ok(true)
         }
         Command::Connect {

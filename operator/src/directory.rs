@@ -90,6 +90,26 @@ pub async fn publish(
 
 /// The directory of cluster `name` as published: every shard, merged. For clients
 /// outside the cluster (`xlattice-operator directory`) and for tests.
+/// The arguments of `xlattice-operator directory` and `kubectl xlattice directory`.
+#[derive(clap::Args)]
+pub struct PrintArgs {
+    /// The XLatticeCluster.
+    pub cluster: String,
+    /// Its namespace; the kubeconfig's by default.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// JSON instead of YAML.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The published directory `args` names, as the text either command prints.
+pub async fn printed(client: &Client, args: &PrintArgs) -> Result<String> {
+    let namespace = args.namespace.as_deref().unwrap_or(client.default_namespace());
+    let dir = fetch_published(client, namespace, &args.cluster).await?;
+    Ok(if args.json { dir.to_json() + "\n" } else { dir.to_yaml() })
+}
+
 /// What `fetch` returns, refused when no member is published yet: for commands that print
 /// the directory or dial a member (`xlattice-operator directory`, `kubectl xlattice`).
 pub async fn fetch_published(client: &Client, namespace: &str, name: &str) -> Result<MemberDirectory> {

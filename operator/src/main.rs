@@ -38,16 +38,7 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print a cluster's member directory, all shards merged, for clients outside the
     /// cluster: `xlattice connect --directory FILE` reads it. Uses the kubeconfig.
-    Directory {
-        /// The XLatticeCluster.
-        cluster: String,
-        /// Its namespace; the kubeconfig's by default.
-        #[arg(short, long)]
-        namespace: Option<String>,
-        /// JSON instead of YAML.
-        #[arg(long)]
-        json: bool,
-    },
+    Directory(xlattice_operator::directory::PrintArgs),
 }
 
 #[derive(Args)]
@@ -122,19 +113,15 @@ fn main() -> std::process::ExitCode {
             print!("{}", crd_yaml());
             std::process::ExitCode::SUCCESS
         }
-        Command::Directory {
-            cluster,
-            namespace,
-            json,
-        } => {
+        Command::Directory(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
-            match runtime.block_on(print_directory(&cluster, namespace, json)) {
+            match runtime.block_on(print_directory(&args)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("xlattice-operator directory {cluster}: {e}");
+                    eprintln!("xlattice-operator directory {}: {e}", args.cluster);
                     std::process::ExitCode::FAILURE
                 }
             }
@@ -155,16 +142,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn print_directory(
-    cluster: &str,
-    namespace: Option<String>,
-    json: bool,
-) -> Result<(), Box<dyn std::error::Error>> {
+async fn print_directory(args: &xlattice_operator::directory::PrintArgs) -> Result<(), Box<dyn std::error::Error>> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = Client::try_default().await?;
-    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
-    let dir = xlattice_operator::directory::fetch_published(&client, &namespace, cluster).await?;
-    print!("{}", if json { dir.to_json() + "\n" } else { dir.to_yaml() });
+    print!("{}", xlattice_operator::directory::printed(&client, args).await?);
     Ok(())
 }
 

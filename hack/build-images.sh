@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 
 die() { printf 'build-images: %s\n' "$*" >&2; exit 1; }
 
-ARCHIVE_DIR= ARCHIVE_OF=()
+ARCHIVE_DIR='' ARCHIVE_OF=()
 if [[ ${1:-} == --archive-of ]]; then
   # --archive-of ROOT IMAGE OUT ENTRYPOINT_JSON: one archive of a prepared root (hack/node.sh).
   [[ $# -eq 5 ]] || die "--archive-of ROOT IMAGE OUT ENTRYPOINT_JSON"

@@ -580,6 +580,7 @@ cmd_up() {
     "$etcd_port" "$peer_port" "$api_port" "$ADDRESS" >"$dir/ports"
   # A bare API server has no kube-controller-manager: no default ServiceAccounts, nothing
   # lifts the not-ready taint. On a real node (hack/node.sh) both are there.
+  # shellcheck disable=SC2054 # one flag, whose value is a comma-separated list
   local admission=(--disable-admission-plugins=ServiceAccount,TaintNodesByCondition)
   local authz=RBAC extra=()
   if [[ ${XLATTICE_CP_NODE:-0} == 1 ]]; then

@@ -77,6 +77,7 @@ done
 
 say "members talk on the private port, through their own sidecars (HTTP CONNECT on 127.0.0.1:15001)"
 for pair in "0 1" "1 2" "2 0"; do
+  # shellcheck disable=SC2086 # split on purpose: the pair's two numbers
   set -- $pair
   show kubectl -n "$NS" exec "store-$1" -c app -- member_app hello "store-$2" "hi from store-$1"
 done

@@ -50,7 +50,7 @@ for target in "${TARGETS[@]}"; do
     -max_total_time="$SECONDS_EACH" -rss_limit_mb=512 -timeout=10 -print_final_stats=1 \
     >"$SEEDS/$target.log" 2>&1; then
     execs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$SEEDS/$target.log" | grep -Eo '[0-9]+$' || echo '?')
-    echo "  ok fuzz $target: $execs inputs in ${SECONDS_EACH}s, no crash (corpus: $(ls "$corpus" | wc -l) inputs)"
+    echo "  ok fuzz $target: $execs inputs in ${SECONDS_EACH}s, no crash (corpus: $(find "$corpus" -maxdepth 1 -type f | wc -l) inputs)"
   else
     echo "  FAIL fuzz $target:"
     tail -n 40 "$SEEDS/$target.log"

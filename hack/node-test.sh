@@ -169,6 +169,7 @@ fi
 # ---------------------------------------------------------------------------------------
 step "members talk on the private port through their sidecars; a member Job completes"
 for pair in "0 1" "1 2" "2 0"; do
+  # shellcheck disable=SC2086 # split on purpose: the pair's two numbers
   set -- $pair
   if out=$(kubectl -n "$NS" exec "store-$1" -c app -- member_app hello "store-$2" "hi from store-$1" 2>&1) &&
     grep -q "hello from store-$2 on the cluster port" <<<"$out" && grep -q "hi from store-$1" <<<"$out"; then

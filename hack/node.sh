@@ -381,7 +381,7 @@ kill_pods_and_cgroups() {
   local root d pid
   for root in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
     [[ -d $root ]] || continue
-    for pid in $(find "$root" -name cgroup.procs -exec cat {} + 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    { find "$root" -name cgroup.procs -exec cat {} + 2>/dev/null || true; } | while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done
   done
   sleep 0.3
   for root in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do

@@ -31,4 +31,9 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked --root "$TOOLS" \
     --target-dir "$CACHE/target-tools" >&2
 fi
+if ! command -v shellcheck >/dev/null 2>&1; then
+  step "shellcheck (Debian): hack/test.sh lints every script under hack/"
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >&2
+fi
 step "setup done"

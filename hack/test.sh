@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # hack/test.sh: the test command. Everything CI runs, in the order it runs it:
-#   set-up (cached), lint, build, supply-chain audit, a real control plane on
+#   set-up (cached), lint (rustfmt, clippy, shellcheck of hack/), build, supply-chain audit, a real control plane on
 #   loopback, every Rust test (unit, real sockets, real API server), fuzzing of every
 #   decoder (hack/fuzz.sh, 20 s per target), chart checks, then
 #   a real node (hack/node.sh: kubelet, containerd, kube-router) with the project's images
@@ -25,6 +25,7 @@ hack/setup.sh
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+shellcheck -x hack/*.sh
 
 step "supply chain: cargo audit against ../shared/advisory-db (accepted advisories: audit.toml)"
 cargo audit --db "$ROOT/../shared/advisory-db" --no-fetch --deny warnings
@@ -35,6 +36,7 @@ cargo build --workspace --all-targets --quiet
 step "control plane up"
 CP_DIR=$(mktemp -d /tmp/xlattice-test-cp.XXXXXX)
 CHART_CP_DIR=$(mktemp -d /tmp/xlattice-chart-cp.XXXXXX)
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
   hack/control-plane.sh down "$CP_DIR" >/dev/null 2>&1 || true
   hack/control-plane.sh down "$CHART_CP_DIR" >/dev/null 2>&1 || true

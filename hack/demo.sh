@@ -69,6 +69,12 @@ say "through the client Service: whichever member it reaches relays to the one a
 svc=$(kubectl -n "$NS" get service store -o 'jsonpath={.spec.clusterIP}')
 run "xlattice-operator directory store -n $NS > directory.yaml"
 "$BIN/xlattice-operator" directory store -n "$NS" >/tmp/xlattice-demo-directory.yaml
+# kube-proxy programs the Service once its endpoints are ready: give it up to 30 s.
+for _ in $(seq 1 60); do
+  echo hi | "$BIN/xlattice" connect store-0 --directory /tmp/xlattice-demo-directory.yaml \
+    --address "$svc:8000" --timeout 2s >/dev/null 2>&1 && break
+  sleep 0.5
+done
 for i in 0 1 2; do
   run "echo hi | xlattice connect store-$i --directory directory.yaml --address $svc:8000"
   echo hi | "$BIN/xlattice" connect "store-$i" --directory /tmp/xlattice-demo-directory.yaml \

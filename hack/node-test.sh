@@ -17,8 +17,10 @@
 #     before keeps working, new sessions need the new keys, no pod restarts
 #   - a deleted member's key is refused by the survivors (time measured and printed)
 #   - `kubectl xlattice check` passes on the healthy install (NetworkPolicy probe included)
-#     and names the operator scaled to zero and kube-router frozen (exit 1); `kubectl
-#     xlattice directory` and `connect` reach the members
+#     and names each failure made on purpose: kube-router frozen, the operator scaled to
+#     zero, a sidecar stuck behind its pod's stamp, a running pod labelled into the cluster
+#     without the sidecar, a drifted CRD; the operator renews a webhook certificate that
+#     fell due while it was away; `kubectl xlattice directory` and `connect` reach the members
 #   - the operator pod killed: its Deployment brings it back, no identity changes
 #   - reinstalled from the plain manifests (kubectl apply -f deploy/): the identities carry
 #     over, and a StatefulSet pod that comes back gets the NodeID it had
@@ -408,16 +410,17 @@ check "the grid Service (no selector: matchExpressions) reaches a member through
   eventually 30 bash -c "[[ \$(kubectl -n $ROLL_NS exec $db0 -c app -- member_app probe $grid_ip:9200 1000) == open ]]"
 
 # ---------------------------------------------------------------------------------------
-step "kubectl xlattice: check passes, names the operator scaled to zero, passes again"
+step "kubectl xlattice: check passes, names each failure made on purpose, passes again"
 # The plugin on PATH as kubectl finds it (built with the images); --output json for the
 # per-check assertions.
 [[ -x target/release/kubectl-xlattice ]] || die "target/release/kubectl-xlattice missing: hack/node.sh images builds it"
 mkdir -p "$TMP/plugin"
 ln -sf "$PWD/target/release/kubectl-xlattice" "$TMP/plugin/kubectl-xlattice"
 xl_check() { PATH="$TMP/plugin:$PATH" kubectl xlattice check -n "$NS" --operator-namespace "$OP_NS" "$@"; }
-verdict() { # JSON CHECK SUBJECT...: the verdict of one finding (the subject's words joined)
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(" ".join(f["verdict"] for f in r["findings"] if f["check"]==sys.argv[2] and f["subject"]==" ".join(sys.argv[3:])))' "$@"
+finding() { # FIELD JSON CHECK SUBJECT...: one field of one finding (the subject's words joined)
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[2])); print(" ".join(f[sys.argv[1]] for f in r["findings"] if f["check"]==sys.argv[3] and f["subject"]==" ".join(sys.argv[4:])))' "$@"
 }
+verdict() { finding verdict "$@"; }
 if xl_check --probe-network-policy >"$TMP/check.txt" 2>&1; then
   ok "kubectl xlattice check --probe-network-policy: $(tail -1 "$TMP/check.txt") (exit 0)"
 else
@@ -452,9 +455,52 @@ xl_check --output json >"$TMP/check-down.json" 2>&1 || code=$?
 check "with the operator scaled to zero, check exits 1" test "$code" = 1
 check "... and names it: operator fail, leader fail, the dry-run pod refused by the webhook" \
   test "$(verdict "$TMP/check-down.json" operator "$OP_NS")/$(verdict "$TMP/check-down.json" leader "$OP_NS")/$(verdict "$TMP/check-down.json" webhook-injects "$NS/store")" = fail/fail/fail
+# While the operator is away, two things only it would mend: store-0 stamped with a
+# directory version its sidecar never loads (the kubelet delivers the stamp, no shard
+# matches it: a stuck sidecar as the sidecar itself reports it), and the webhook's serving
+# certificate past its renewal time (as after an operator outage longer than a third of
+# the certificate's life).
+kubectl -n "$NS" annotate pod store-0 --overwrite xlattice.io/directory-version=stuck-on-purpose >/dev/null
+tls_before=$(kubectl -n "$OP_NS" get secret xlattice-webhook-tls -o 'jsonpath={.data.tls\.crt}')
+kubectl -n "$OP_NS" annotate secret xlattice-webhook-tls --overwrite xlattice.io/renew-after=2000-01-01T00:00:00Z >/dev/null
+stuck_named() {
+  xl_check --output json >"$TMP/check-stuck.json" 2>/dev/null
+  [[ $(verdict "$TMP/check-stuck.json" sidecar-directory "$NS/store") == fail &&
+    $(finding message "$TMP/check-stuck.json" sidecar-directory "$NS/store") == *"store-0 ("* ]]
+}
+# The sidecar counts from the moment the stamp reaches its file; check fails past 30 s.
+check "a sidecar stuck behind its pod's stamp for 30 s: check's sidecar-directory fails naming store-0" \
+  eventually 90 stuck_named
 kubectl -n "$OP_NS" scale deployment xlattice-operator --replicas=1 >/dev/null
 kubectl -n "$OP_NS" rollout status deployment/xlattice-operator --timeout=120s >/dev/null
-check "the operator back: check passes again" eventually 60 xl_check
+check "the operator back: check passes again (store-0 re-stamped and current, the webhook serving)" eventually 60 xl_check
+renewed() {
+  [[ $(kubectl -n "$OP_NS" get secret xlattice-webhook-tls -o 'jsonpath={.data.tls\.crt}') != "$tls_before" &&
+    $(kubectl -n "$OP_NS" get secret xlattice-webhook-tls -o "jsonpath={.metadata.annotations['xlattice\.io/renew-after']}") > $(date -u +%FT%T) ]]
+}
+check "... and it renewed the serving certificate that was due while it was away" renewed
+xl_check --output json >"$TMP/check-renewed.json" || true
+check "... which the webhook serves: check's webhook-cert passes, a dry-run pod comes back injected" \
+  test "$(verdict "$TMP/check-renewed.json" webhook-cert xlattice-sidecar-injector)/$(verdict "$TMP/check-renewed.json" webhook-injects "$NS/store")" = pass/pass
+
+# A running pod labelled into the cluster after it was created never saw the webhook: a
+# member without the sidecar, which check names (the operator cannot inject a running pod).
+kubectl -n "$NS" label pod outsider --overwrite app.kubernetes.io/name=store >/dev/null
+code=0
+xl_check --output json >"$TMP/check-relabel.json" 2>&1 || code=$?
+check "a running non-member labelled into the cluster: check exits 1, sidecars fails naming outsider" \
+  test "$code/$(verdict "$TMP/check-relabel.json" sidecars "$NS/store")/$(finding message "$TMP/check-relabel.json" sidecars "$NS/store" | grep -o outsider)" = 1/fail/outsider
+kubectl -n "$NS" label pod outsider --overwrite app.kubernetes.io/name=outsider >/dev/null
+
+# The CRD drifted from this release's schema (as when helm upgraded the operator but, as
+# helm does, not the CRD): one extra field is enough to be named.
+drift=/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/driftedOnPurpose
+kubectl patch crd xlatticeclusters.xlattice.io --type=json -p "[{\"op\":\"add\",\"path\":\"$drift\",\"value\":{\"type\":\"string\"}}]" >/dev/null
+xl_check --output json >"$TMP/check-crd.json" 2>&1 || true
+kubectl patch crd xlatticeclusters.xlattice.io --type=json -p "[{\"op\":\"remove\",\"path\":\"$drift\"}]" >/dev/null
+check "a CRD that drifted from this release's schema: check's crd fails" \
+  test "$(verdict "$TMP/check-crd.json" crd xlatticeclusters.xlattice.io)" = fail
+check "the pod relabelled back and the CRD restored: check passes" eventually 60 xl_check
 op_pod=$(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator -o 'jsonpath={.items[0].metadata.name}')
 
 # ---------------------------------------------------------------------------------------

@@ -28,7 +28,9 @@
 # with it stopped (failurePolicy Fail) pods refused except in the release namespace,
 # kube-system and opted-out namespaces; helm uninstall leaves no webhook configuration
 # and keeps the CRD; `kubectl apply -f deploy/` for real, and `kubectl delete -f
-# deploy/xlattice-operator.yaml` leaves no webhook configuration and keeps the CRD.
+# deploy/xlattice-operator.yaml` leaves no webhook configuration and keeps the CRD; the
+# monitoring objects (all switched on) accepted by prometheus-operator's own CRDs (from its
+# Go module), a misspelt field refused by name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHART=charts/xlattice-operator
@@ -53,7 +55,11 @@ LIVE_NS=""
 LIVE_RELEASE=xlattice-chart-test
 OPERATOR_PID=""
 PLAIN_APPLIED=""
+MONITORING_CRDS=()
 cleanup() {
+  if [[ ${#MONITORING_CRDS[@]} -gt 0 ]]; then
+    kubectl delete crd "${MONITORING_CRDS[@]}" --wait=false >/dev/null 2>&1 || true
+  fi
   if [[ -n $PLAIN_APPLIED ]]; then
     kubectl delete -f "$TMP/deploy-plain.yaml" --wait=false >/dev/null 2>&1 || true
   fi
@@ -787,6 +793,43 @@ EOF
   else
     cat "$TMP/ex.out" >&2
     bad "a bad XLatticeCluster was refused without naming the field"
+  fi
+
+  # The monitoring objects, all switched on, as prometheus-operator's own CRDs define them
+  # (strict field validation: a misspelt or misplaced field is refused, not dropped).
+  if crds=$(hack/promtool.sh crds 2>"$TMP/crds.err"); then
+    for kind in servicemonitors podmonitors prometheusrules; do
+      if ! kubectl get crd "$kind.monitoring.coreos.com" >/dev/null 2>&1; then
+        kubectl apply --server-side -f "$crds/monitoring.coreos.com_$kind.yaml" >/dev/null
+        MONITORING_CRDS+=("$kind.monitoring.coreos.com")
+      fi
+    done
+    kubectl wait --for=condition=Established crd/servicemonitors.monitoring.coreos.com \
+      crd/podmonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com --timeout=30s >/dev/null
+    render "$TMP/monitoring-live.yaml" "$LIVE_NS" --set monitoring.labels.release=prom \
+      --set monitoring.dashboard.enabled=true --set monitoring.serviceMonitor.enabled=true \
+      --set monitoring.podMonitor.enabled=true --set monitoring.prometheusRule.enabled=true \
+      --show-only templates/servicemonitor.yaml --show-only templates/podmonitor.yaml \
+      --show-only templates/prometheusrule.yaml --show-only templates/dashboard.yaml
+    if kubectl apply --dry-run=server -f "$TMP/monitoring-live.yaml" >"$TMP/mon.out" 2>&1; then
+      ok "ServiceMonitor, PodMonitor, PrometheusRule (and the dashboard ConfigMap) accepted by prometheus-operator's CRDs ($(grep -o 'prometheus-operator@[^/]*' <<<"$crds"); server dry run)"
+    else
+      cat "$TMP/mon.out" >&2
+      bad "the API server refuses the chart's monitoring objects"
+    fi
+    # That validation bites: a misspelt field in the PodMonitor is refused by name.
+    sed 's/podMetricsEndpoints:/podMetricsEndpointz:/' "$TMP/monitoring-live.yaml" >"$TMP/monitoring-bad.yaml"
+    if kubectl apply --dry-run=server -f "$TMP/monitoring-bad.yaml" >"$TMP/mon.out" 2>&1; then
+      bad "a PodMonitor with a misspelt field was accepted: the CRD validation is not in force"
+    elif grep -q podMetricsEndpointz "$TMP/mon.out"; then
+      ok "a misspelt PodMonitor field is refused by name"
+    else
+      cat "$TMP/mon.out" >&2
+      bad "a misspelt PodMonitor field was refused without naming it"
+    fi
+  else
+    cat "$TMP/crds.err" >&2
+    bad "prometheus-operator's CRDs unavailable (hack/promtool.sh crds; hack/setup.sh fetches them)"
   fi
 
   # Upgrade: more replicas bring the PDB; the CRD and the webhook stay.

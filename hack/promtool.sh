@@ -9,6 +9,11 @@
 #                               dir (on PATH after: eval "$(hack/control-plane.sh env)")
 #   hack/promtool.sh path       print the cached binary's path; exit 1 if it is not built
 #   hack/promtool.sh regen      rewrite hack/promtool/go.mod+go.sum from the pin below
+#   hack/promtool.sh crds       print the folder of prometheus-operator's CRDs
+#                               (ServiceMonitor, PodMonitor, PrometheusRule, ...) from its
+#                               published Go module at the pin below (downloaded into the Go
+#                               module cache once): hack/chart-test.sh has a real API server
+#                               validate the chart's monitoring objects against them
 #
 # Cache: ${XLATTICE_CACHE:-~/.cache/xlattice}/promtool-<version>-<key>/promtool, <key> as
 # for the control plane's builds (hack/control-plane.sh: the wrapper module's go.mod/go.sum,
@@ -27,6 +32,9 @@ PROMTOOL_TAGS=remove_all_sd
 # Part of the cache key: bump when the tags or ldflags below change.
 BUILD_RECIPE=$BUILD_RECIPE-promtool1-$PROMTOOL_TAGS
 PROMTOOL_DIR=$HACK_DIR/promtool
+# The newest release of github.com/prometheus-operator/prometheus-operator the Go module
+# proxy serves here (v0.95.x is refused); its CRDs sit in example/prometheus-operator-crd.
+PROMETHEUS_OPERATOR_MODULE_VERSION=v0.94.0
 
 regen_promtool() {
   local dir=$PROMTOOL_DIR upstream
@@ -78,6 +86,17 @@ install_promtool() {
   printf '%s\n' "$outdir/promtool"
 }
 
+monitoring_crds() {
+  local tmp out dir
+  tmp=$(mktemp -d)
+  out=$(cd "$tmp" && go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_MODULE_VERSION") ||
+    { rm -rf "$tmp"; die "go mod download prometheus-operator@$PROMETHEUS_OPERATOR_MODULE_VERSION failed"; }
+  rm -rf "$tmp"
+  dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$out")/example/prometheus-operator-crd
+  [[ -f $dir/monitoring.coreos.com_podmonitors.yaml ]] || die "no CRDs in $dir"
+  printf '%s\n' "$dir"
+}
+
 promtool_main() {
   local cmd=${1:-}
   [[ $# -gt 0 ]] && shift
@@ -90,6 +109,7 @@ promtool_main() {
       printf '%s\n' "$outdir/promtool"
       ;;
     regen) need go; go_env; regen_promtool ;;
+    crds) need go; go_env; monitoring_crds ;;
     *) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
   esac
 }

@@ -14,8 +14,9 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "control plane: kube-apiserver, etcd, kubectl, helm (cached in $CACHE)"
 hack/control-plane.sh install >&2
 
-step "promtool, Prometheus's rule checker (cached in $CACHE): hack/chart-test.sh checks and unit-tests the chart's alerts"
+step "promtool, Prometheus's rule checker (cached in $CACHE), and prometheus-operator's CRDs (Go module cache): hack/chart-test.sh checks the chart's alerts and monitoring objects"
 hack/promtool.sh install >&2
+hack/promtool.sh crds >/dev/null
 
 step "real node: containerd, runc, CNI plugins, ipset (Debian); kubelet, kube-controller-manager, kube-proxy, kube-router; the pause image"
 hack/node.sh install >&2

@@ -46,6 +46,9 @@ pub fn judge(observed: &Observed, now: Timestamp) -> Vec<Finding> {
     if let Some(api) = &observed.admission_policy_api {
         found.push(admission_policy_finding(api));
     }
+    if let Some(metrics) = &observed.api_server_metrics {
+        found.push(super::at_rest::finding(metrics));
+    }
     for (kind, allowed) in &observed.permissions {
         found.push(permission_finding(kind, allowed));
     }

@@ -2,6 +2,7 @@
 //! each that fails, a non-zero exit on any failure. `observe` reads (and writes nothing),
 //! `judge` decides (pure), `report` prints.
 
+mod at_rest;
 mod judge;
 mod observe;
 mod probe;

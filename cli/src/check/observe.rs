@@ -46,6 +46,8 @@ pub struct Observed {
     pub clusters: Option<Read<Vec<ClusterFacts>>>,
     /// `--probe-network-policy`: what the two dials found.
     pub network_policy: Option<Read<PolicyProbe>>,
+    /// The API server's own metrics (Prometheus text), for Secret encryption at rest.
+    pub api_server_metrics: Option<Read<String>>,
 }
 
 pub struct OperatorFacts {
@@ -79,6 +81,7 @@ pub async fn observe(client: &Client, args: &CheckArgs) -> Observed {
     let mut observed = Observed {
         version: Some(server_version(client).await),
         admission_policy_api: Some(admission_policy_api(client).await),
+        api_server_metrics: Some(api_server_metrics(client).await),
         ..Default::default()
     };
     if args.pre {
@@ -140,6 +143,13 @@ async fn server_version(client: &Client) -> Read<(u32, u32)> {
         (Ok(major), Ok(minor)) => Ok((major, minor)),
         _ => Err(format!("unreadable version {}.{}", info.major, info.minor)),
     }
+}
+
+async fn api_server_metrics(client: &Client) -> Read<String> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    client.request_text(request).await.map_err(|e| describe(&e))
 }
 
 async fn admission_policy_api(client: &Client) -> Read<bool> {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # hack/fuzz.sh [SECONDS]: runs every libFuzzer target of protocol/fuzz (cargo-fuzz, with
 # AddressSanitizer) for SECONDS each (default 20), from seeds made of the test vectors
-# (docs/test-vectors/v1.json) and a corpus kept in ${XLATTICE_CACHE:-~/.cache/xlattice}
+# (docs/test-vectors/v1.json and v2.json) and a corpus kept in ${XLATTICE_CACHE:-~/.cache/xlattice}
 # that grows from run to run. Any crash, leak or timeout fails, and the input that caused it
 # is left in protocol/fuzz/artifacts/<target>/ (reproduce: cargo fuzz run <target> <file>).
 # cargo-fuzz needs nightly flags (-Zsanitizer); RUSTC_BOOTSTRAP lets the stable toolchain
@@ -17,16 +17,20 @@ TARGETS=(hello proof reply records directory identity)
 
 SEEDS=$(mktemp -d /tmp/xlattice-fuzz-seeds.XXXXXX)
 trap 'rm -rf "$SEEDS"' EXIT
-python3 - "$ROOT/docs/test-vectors/v1.json" "$SEEDS" <<'PY'
+python3 - "$ROOT/docs/test-vectors/v1.json" "$SEEDS" "$ROOT/docs/test-vectors/v2.json" <<'PY'
 import json, os, sys
 vectors, out = json.load(open(sys.argv[1])), sys.argv[2]
 def put(target, name, data):
     os.makedirs(os.path.join(out, target), exist_ok=True)
     open(os.path.join(out, target, name), "wb").write(data)
 h = bytes.fromhex
+# The reply target's first byte picks the client's offer: 0 version 1, 2 version 2.
+for hs in json.load(open(sys.argv[3]))["handshakes"]:
+    put("hello", "v2-" + hs["name"], h(hs["hello"]))
+    put("reply", "v2-" + hs["name"], b"\x02" + h(hs["reply"]))
 for hs in vectors["handshakes"]:
     put("hello", hs["name"], h(hs["hello"]))
-    put("reply", hs["name"], h(hs["reply"]))
+    put("reply", hs["name"], b"\x00" + h(hs["reply"]))
     if hs.get("proof_plaintext"):
         put("proof", hs["name"], h(hs["proof_plaintext"]))
     c2s = b"".join(h(r["record"]) for r in hs["records"] if r["direction"] == "client_to_server")

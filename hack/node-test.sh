@@ -21,6 +21,9 @@
 #     zero, a sidecar stuck behind its pod's stamp, a running pod labelled into the cluster
 #     without the sidecar, a drifted CRD; the operator renews a webhook certificate that
 #     fell due while it was away; `kubectl xlattice directory` and `connect` reach the members
+#   - post-quantum: sidecars injected with postQuantum Off (version 1 only, as old ones)
+#     and a new member with the default talk both ways (classical, counted); rolled, they
+#     talk hybrid; under Required a version 1 client is refused
 #   - the operator pod killed: its Deployment brings it back, no identity changes
 #   - reinstalled from the plain manifests (kubectl apply -f deploy/): the identities carry
 #     over, and a StatefulSet pod that comes back gets the NodeID it had
@@ -31,6 +34,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NS=xl-node-test
 ROLL_NS=xl-node-roll
+PQ_NS=xl-node-pq
 OP_NS=xlattice-system
 XL=${XLATTICE_BIN:-target/release/xlattice}
 TMP=$(mktemp -d /tmp/xlattice-node-test.XXXXXX)
@@ -60,7 +64,7 @@ PLAIN_APPLIED=
 cleanup() {
   # Namespaces first, while the operator runs: their clusters carry its finalizer, and a
   # namespace whose cluster outlives the operator stays Terminating.
-  kubectl delete namespace "$NS" "$ROLL_NS" --timeout=60s >/dev/null 2>&1 || true
+  kubectl delete namespace "$NS" "$ROLL_NS" "$PQ_NS" --timeout=60s >/dev/null 2>&1 || true
   helm uninstall xlattice -n "$OP_NS" >/dev/null 2>&1 || true
   if [[ -n $PLAIN_APPLIED ]]; then kubectl delete -f deploy/xlattice-operator.yaml --wait=false >/dev/null 2>&1 || true; fi
   rm -rf "$TMP"
@@ -502,6 +506,61 @@ check "a CRD that drifted from this release's schema: check's crd fails" \
   test "$(verdict "$TMP/check-crd.json" crd xlatticeclusters.xlattice.io)" = fail
 check "the pod relabelled back and the CRD restored: check passes" eventually 60 xl_check
 op_pod=$(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator -o 'jsonpath={.items[0].metadata.name}')
+
+# ---------------------------------------------------------------------------------------
+step "post-quantum: a rolling upgrade from sidecars that speak only version 1"
+# A cluster of its own whose sidecars are injected with postQuantum Off: version 1 only, as
+# sidecars from before version 2 are. The spec then goes back to the default (Preferred)
+# without restarting them (restartWorkloads false), a new member joins with the version 2
+# sidecar, the two kinds talk both ways, the old ones are rolled, and Required at last.
+kubectl create namespace "$PQ_NS" >/dev/null
+sed -e 's/^  restartWorkloads: true$/  restartWorkloads: false\n  postQuantum: "Off"/' -e 's/^  replicas: 3$/  replicas: 2/' \
+  deploy/examples/statefulset-cluster.yaml | kubectl apply -n "$PQ_NS" -f - >/dev/null
+pq_ready() { kubectl -n "$PQ_NS" rollout status statefulset/store --timeout=120s >/dev/null; }
+pq_args() { kubectl -n "$PQ_NS" get pod "$1" -o 'jsonpath={.spec.initContainers[?(@.name=="xlattice-sidecar")].args}'; }
+# Sessions a pod's sidecar opened, by port and version (its metrics through the pod proxy).
+pq_sessions() { # POD PORT VERSION
+  kubectl get --raw "/api/v1/namespaces/$PQ_NS/pods/$1:15090/proxy/metrics" |
+    sed -n "s/^xlattice_sidecar_session_versions_total{port=\"$2\",version=\"$3\"} //p" | grep . || echo 0
+}
+pq_hello() { # FROM TO: member FROM says hello to member TO on the cluster port
+  kubectl -n "$PQ_NS" exec "store-$1" -c app -- member_app hello "store-$2" "pq from store-$1" 2>/dev/null |
+    grep -q "hello from store-$2 on the cluster port"
+}
+pq_ready
+check "version 1 only: the sidecars are injected with --post-quantum Off" grep -q '"--post-quantum","Off"' <<<"$(pq_args store-0)"
+kubectl -n "$PQ_NS" patch xlatticecluster store --type=json -p '[{"op":"remove","path":"/spec/postQuantum"}]' >/dev/null
+kubectl -n "$PQ_NS" scale statefulset store --replicas=3 >/dev/null
+pq_ready
+check "the spec back to Preferred: store-2 joins with the default sidecar (no --post-quantum)" \
+  bash -c "! grep -q post-quantum <<<'$(pq_args store-2)'"
+check "new store-2 -> old store-0: answered (store-2 falls back to version 1)" eventually 30 pq_hello 2 0
+check "old store-0 -> new store-2: answered (version 1; the sentinel means nothing to it)" eventually 30 pq_hello 0 2
+check "... both classical, as store-2's sidecar counts them (outbound and cluster port)" \
+  test "$(pq_sessions store-2 outbound classical)" -ge 1 -a "$(pq_sessions store-2 cluster classical)" -ge 1
+kubectl -n "$PQ_NS" delete pod store-0 store-1 --wait=false >/dev/null
+sleep 2
+pq_ready
+pq_rolled() {
+  eventually 30 pq_hello 0 2 && pq_hello 2 0 &&
+    [[ $(pq_sessions store-0 outbound hybrid) -ge 1 && $(pq_sessions store-0 cluster hybrid) -ge 1 &&
+      $(pq_sessions store-0 outbound classical) == 0 ]]
+}
+check "the old members rolled: store-0 -> store-2 and back, hybrid both ways (none classical)" pq_rolled
+kubectl -n "$PQ_NS" patch xlatticecluster store --type=merge -p '{"spec":{"postQuantum":"Required"}}' >/dev/null
+kubectl -n "$PQ_NS" delete pod store-0 store-1 store-2 --wait=false >/dev/null
+sleep 2
+pq_ready
+check "Required: the members, rolled, still talk (hybrid)" eventually 30 pq_hello 1 2
+pq_ip0=$(pod_ip "$PQ_NS" store-0)
+if PATH="$TMP/plugin:$PATH" kubectl xlattice connect store store-0 -n "$PQ_NS" --post-quantum Off \
+  --address "$pq_ip0:8000" --timeout 5s </dev/null >/dev/null 2>&1; then
+  bad "Required: a version 1 client was served"
+else
+  refused=$(kubectl get --raw "/api/v1/namespaces/$PQ_NS/pods/store-0:15090/proxy/metrics" | grep -c 'reason="classical_refused"' || true)
+  check "Required: a version 1 client is refused, counted as classical_refused" test "$refused" -ge 1
+fi
+kubectl delete namespace "$PQ_NS" --wait=false >/dev/null
 
 # ---------------------------------------------------------------------------------------
 step "the operator pod killed: its Deployment brings it back, no identity changes"

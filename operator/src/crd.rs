@@ -131,6 +131,38 @@ pub struct XLatticeClusterSpec {
     #[serde(default = "default_grace")]
     #[schemars(range(min = 0))]
     pub member_grace_period_seconds: i64,
+
+    /// The handshake versions the sidecars speak (docs/protocol.md, "Choosing a version"):
+    /// Preferred, the hybrid post-quantum handshake (X25519 + ML-KEM-768) with every peer
+    /// that speaks it and the classical one with those that do not; Required, hybrid only,
+    /// once every member and client speaks it (xlattice_sidecar_session_versions_total shows
+    /// when no classical sessions are left); Off, classical only. A change applies to pods
+    /// injected after it (restartWorkloads rolls the others).
+    #[serde(default, skip_serializing_if = "PostQuantumSetting::is_default")]
+    pub post_quantum: PostQuantumSetting,
+}
+
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PostQuantumSetting {
+    Off,
+    #[default]
+    Preferred,
+    Required,
+}
+
+impl PostQuantumSetting {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The sidecar's `--post-quantum` value (the protocol crate's `PostQuantum` names).
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Off => "Off",
+            Self::Preferred => "Preferred",
+            Self::Required => "Required",
+        }
+    }
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

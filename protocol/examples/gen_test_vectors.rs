@@ -1,15 +1,19 @@
-//! Writes docs/test-vectors/v1.json: two complete handshakes (client port and cluster
-//! port) with fixed keys and fixed randomness, their session records, and hellos the
-//! server must refuse. docs/protocol.md ("Test vectors") describes every field.
+//! Writes docs/test-vectors/v1.json and v2.json: for handshake version 1 (classical) and
+//! version 2 (hybrid), two complete handshakes (client port and cluster port) with fixed keys
+//! and fixed randomness, their session records, and hellos the server must refuse.
+//! docs/protocol.md ("Test vectors") describes every field.
 //!
 //!     cargo run -p xlattice-protocol --example gen_test_vectors            # keep the keys
 //!     cargo run -p xlattice-protocol --example gen_test_vectors -- --new-keys
 //!
-//! The RSA keys are minted once and live in the vector file as PEM; a rerun reuses them
-//! unless told otherwise. OAEP and PSS are randomized, so every rerun still produces new
-//! hello bytes (and so a new reply, transcript and keys): the committed file is the
-//! reference, and tests/test_vectors.rs checks the implementation against it. Rerun only
-//! when the wire format changes on purpose.
+//! The RSA keys are minted once and live in v1.json as PEM (v2.json holds the same ones); a
+//! rerun reuses them unless told otherwise. OAEP and PSS are randomized, so every rerun still
+//! produces new hello bytes (and so a new reply, transcript and keys). Version 2 adds ML-KEM-768,
+//! whose key generation and encapsulation are randomized too, with no seeded API in aws-lc-rs:
+//! its client key pair is new on every run, and so is its reply (the ciphertext), which the
+//! file fixes as produced once, like the hello. The committed files are the reference, and
+//! tests/test_vectors.rs checks the implementation against them. Rerun only when the wire
+//! format changes on purpose.
 
 use std::path::PathBuf;
 
@@ -18,17 +22,19 @@ use aws_lc_rs::{
     agreement::{self, PrivateKey, UnparsedPublicKey, X25519},
     digest::{self, SHA256},
     hmac,
+    kem::{Ciphertext, DecapsulationKey, ML_KEM_768},
 };
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use xlattice_protocol::{
     handshake::{
-        self, client_hello, server_accept, ClientSecrets, ServerSecrets, HELLO_HEADER_LEN, HELLO_LABEL, MAGIC,
-        PROOF_CONTEXT, TRANSCRIPT_CONTEXT, VERSION,
+        self, client_hello_offering, server_accept, ClientSecrets, ServerSecrets, HELLO_HEADER_LEN, HELLO_LABEL,
+        HELLO_LABEL_V2, HYBRID_SENTINEL, KEM_CIPHERTEXT_LEN, KEM_KEY_LEN, MAGIC, PROOF_CONTEXT, PROOF_CONTEXT_V2,
+        REPLY_PLAIN_LEN, TRANSCRIPT_CONTEXT, TRANSCRIPT_CONTEXT_V2,
     },
     record::{ContentType, RecordSealer},
     replay::MAX_CLOCK_SKEW,
-    DecryptionKey, DirectoryIndex, Identity, MemberDirectory, MemberRecord, NodeId, PortKind, ReplayGuard, RsaBits,
-    ServerContext, SigningKey,
+    DecryptionKey, DirectoryIndex, Identity, MemberDirectory, MemberRecord, NodeId, Offer, PortKind, PostQuantum,
+    ReplayGuard, RsaBits, ServerContext, SigningKey, Version,
 };
 use zeroize::Zeroizing;
 
@@ -37,32 +43,65 @@ const TIMESTAMP: u64 = 1_767_225_600;
 /// The server's clock: a little ahead of the client's, within MAX_CLOCK_SKEW.
 const SERVER_NOW: u64 = TIMESTAMP + 7;
 
-fn out_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/test-vectors/v1.json")
+fn out_path(version: Version) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../docs/test-vectors/v{}.json", version as u8))
+}
+
+/// The strings a version binds in: OAEP label, proof context, transcript context, c2s, s2c.
+struct Labels {
+    hello: &'static [u8],
+    proof: &'static [u8],
+    transcript: &'static [u8],
+    c2s: &'static [u8],
+    s2c: &'static [u8],
+}
+
+fn labels(version: Version) -> Labels {
+    match version {
+        Version::Classical => Labels {
+            hello: HELLO_LABEL,
+            proof: PROOF_CONTEXT,
+            transcript: TRANSCRIPT_CONTEXT,
+            c2s: handshake::C2S_INFO,
+            s2c: handshake::S2C_INFO,
+        },
+        Version::Hybrid => Labels {
+            hello: HELLO_LABEL_V2,
+            proof: PROOF_CONTEXT_V2,
+            transcript: TRANSCRIPT_CONTEXT_V2,
+            c2s: handshake::C2S_INFO_V2,
+            s2c: handshake::S2C_INFO_V2,
+        },
+    }
 }
 
 /// Fixed "randomness": SHA-256 of a label, so the values look random but are reproducible.
-fn fixed(label: &str) -> [u8; 32] {
-    digest::digest(&SHA256, format!("xlattice/1 test vector: {label}").as_bytes())
-        .as_ref()
-        .try_into()
-        .unwrap()
+fn fixed(version: Version, label: &str) -> [u8; 32] {
+    let text = format!("xlattice/{} test vector: {label}", version as u8);
+    digest::digest(&SHA256, text.as_bytes()).as_ref().try_into().unwrap()
 }
 
-fn client_secrets(case: &str) -> ClientSecrets {
+fn client_secrets(version: Version, case: &str) -> ClientSecrets {
     ClientSecrets {
-        key1: Zeroizing::new(fixed(&format!("{case} key1"))),
-        nonce: fixed(&format!("{case} client nonce")),
-        ephemeral: Zeroizing::new(fixed(&format!("{case} client ephemeral"))),
+        key1: Zeroizing::new(fixed(version, &format!("{case} key1"))),
+        nonce: fixed(version, &format!("{case} client nonce")),
+        ephemeral: Zeroizing::new(fixed(version, &format!("{case} client ephemeral"))),
         timestamp: TIMESTAMP,
     }
 }
 
-fn server_secrets(case: &str) -> ServerSecrets {
+fn server_secrets(version: Version, case: &str) -> ServerSecrets {
+    let mut nonce = fixed(version, &format!("{case} server nonce"));
+    if version == Version::Classical {
+        // A server that speaks version 2 ends every version 1 server nonce with the sentinel.
+        // Fixing it here lets a version 1 only server, which uses the nonce as given, reproduce
+        // the reply of ours, which overwrites those bytes.
+        nonce[24..].copy_from_slice(&HYBRID_SENTINEL);
+    }
     ServerSecrets {
-        key2: Zeroizing::new(fixed(&format!("{case} key2"))),
-        nonce: fixed(&format!("{case} server nonce")),
-        ephemeral: Zeroizing::new(fixed(&format!("{case} server ephemeral"))),
+        key2: Zeroizing::new(fixed(version, &format!("{case} key2"))),
+        nonce,
+        ephemeral: Zeroizing::new(fixed(version, &format!("{case} server ephemeral"))),
     }
 }
 
@@ -130,13 +169,14 @@ fn identity_from_json(v: &Value) -> Identity {
 }
 
 fn load_or_mint(new_keys: bool) -> (Keys, Keys) {
+    let path = out_path(Version::Classical);
     let existing = (!new_keys)
-        .then(|| std::fs::read_to_string(out_path()).ok())
+        .then(|| std::fs::read_to_string(&path).ok())
         .flatten()
         .map(|text| serde_json::from_str::<Value>(&text).expect("existing vector file is JSON"));
     let (server, member) = match existing {
         Some(v) => {
-            eprintln!("reusing the keys of {}", out_path().display());
+            eprintln!("reusing the keys of {}", path.display());
             (
                 identity_from_json(&v["identities"]["server"]),
                 identity_from_json(&v["identities"]["member"]),
@@ -221,9 +261,16 @@ fn records(keys: &handshake::SessionKeys) -> Value {
     Value::Array(out)
 }
 
-fn handshake_vector(case: &Case, server: &Identity, member: &Identity, directory: &DirectoryIndex) -> Value {
-    let cs = client_secrets(case.name);
-    let ss = server_secrets(case.name);
+fn handshake_vector(
+    version: Version,
+    case: &Case,
+    server: &Identity,
+    member: &Identity,
+    directory: &DirectoryIndex,
+) -> Value {
+    let labels = labels(version);
+    let cs = client_secrets(version, case.name);
+    let ss = server_secrets(version, case.name);
     let client_eph_pub = x25519_public(&cs.ephemeral);
     let server_eph_pub = x25519_public(&ss.ephemeral);
     let cs_json = json!({
@@ -241,8 +288,15 @@ fn handshake_vector(case: &Case, server: &Identity, member: &Identity, directory
     });
     let key1 = *cs.key1;
     let client_eph = *cs.ephemeral;
+    let server_nonce = ss.nonce;
+    let offer = match version {
+        Version::Classical => Offer::Classical,
+        Version::Hybrid => Offer::Hybrid,
+    };
     let proving = (case.port == PortKind::Cluster).then_some(member);
-    let (hello, pending) = client_hello(server.ck_public(), case.port, proving, cs).unwrap();
+    let (hello, pending) = client_hello_offering(server.ck_public(), case.port, proving, cs, offer).unwrap();
+    let kem_private = pending.kem_private();
+    assert_eq!(kem_private.is_some(), version == Version::Hybrid);
 
     let replay = ReplayGuard::default();
     let ctx = ServerContext {
@@ -250,42 +304,74 @@ fn handshake_vector(case: &Case, server: &Identity, member: &Identity, directory
         identity: server,
         directory,
         replay: &replay,
+        post_quantum: PostQuantum::Preferred,
     };
     let server_eph = *ss.ephemeral;
     let key2 = *ss.key2;
     let accepted = server_accept(&ctx, &hello, SERVER_NOW, ss).unwrap();
+    assert_eq!(accepted.reply.len(), version.reply_len());
     let client_keys = pending.finish(&accepted.reply).unwrap();
     assert_eq!(*client_keys.client_to_server, *accepted.keys.client_to_server);
     assert_eq!(*client_keys.server_to_client, *accepted.keys.server_to_client);
+    assert_eq!(client_keys.version, version);
 
     let rsa_len = server.ck.size_bytes();
+    let kem_len = if version == Version::Hybrid { KEM_KEY_LEN } else { 0 };
+    let signed_end = HELLO_HEADER_LEN + rsa_len + kem_len;
     let header = &hello[..HELLO_HEADER_LEN];
     let rsa = &hello[HELLO_HEADER_LEN..HELLO_HEADER_LEN + rsa_len];
-    let sealed_proof = &hello[HELLO_HEADER_LEN + rsa_len..];
-    let plain = server.ck.decrypt_oaep(rsa, HELLO_LABEL).unwrap();
+    let kem_key = &hello[HELLO_HEADER_LEN + rsa_len..signed_end];
+    let sealed_proof = &hello[signed_end..];
+    let plain = server.ck.decrypt_oaep(rsa, labels.hello).unwrap();
+    assert_eq!(plain[0], version as u8);
     let (proof_plain, signed, signature) = if sealed_proof.is_empty() {
         (Vec::new(), Vec::new(), Vec::new())
     } else {
-        let proof = aes_gcm_open(&key1, 1, &hello[..HELLO_HEADER_LEN + rsa_len], sealed_proof);
+        let proof = aes_gcm_open(&key1, 1, &hello[..signed_end], sealed_proof);
         let id_len = proof[0] as usize;
         let signature = proof[1 + id_len + 2..].to_vec();
-        let signed = [PROOF_CONTEXT, &hello[..HELLO_HEADER_LEN + rsa_len]].concat();
+        let signed = [labels.proof, &hello[..signed_end]].concat();
         assert!(member.sk_public().verify_pss(&signed, &signature));
         (proof, signed, signature)
     };
     let reply = &accepted.reply;
     let reply_aad = [&reply[..6], &sha256(&[&hello])[..]].concat();
     let reply_plain = aes_gcm_open(&key1, 2, &reply_aad, &reply[6..]);
+    assert_eq!(&reply_plain[..32], &key2[..]);
+    assert_eq!(reply_plain[32..64], server_nonce, "the nonce is sent as given");
+    if version == Version::Classical {
+        assert_eq!(reply_plain[56..64], HYBRID_SENTINEL);
+    }
+    assert_eq!(&reply_plain[64..96], &server_eph_pub[..]);
+    let kem_ciphertext = &reply_plain[REPLY_PLAIN_LEN..];
+    assert_eq!(kem_ciphertext.len(), if kem_len > 0 { KEM_CIPHERTEXT_LEN } else { 0 });
     let shared = x25519_shared(&client_eph, &server_eph_pub);
     assert_eq!(shared, x25519_shared(&server_eph, &client_eph_pub));
-    let transcript = sha256(&[TRANSCRIPT_CONTEXT, &hello, reply]);
+    let kem_shared = match &kem_private {
+        None => Vec::new(),
+        Some(dk) => {
+            // FIPS 203: dk = dk_pke (1152) | ek (1184) | H(ek) (32) | z (32).
+            assert_eq!(dk.len(), 2400);
+            assert_eq!(&dk[1152..1152 + KEM_KEY_LEN], kem_key);
+            let dk = DecapsulationKey::new(&ML_KEM_768, dk).unwrap();
+            dk.decapsulate(Ciphertext::from(kem_ciphertext))
+                .unwrap()
+                .as_ref()
+                .to_vec()
+        }
+    };
+    let transcript = sha256(&[labels.transcript, &hello, reply]);
     assert_eq!(transcript, accepted.keys.transcript_hash);
     let prk = hmac::sign(
         &hmac::Key::new(hmac::HMAC_SHA256, &transcript),
-        &[&key2[..], &shared[..]].concat(),
+        &[&key2[..], &shared[..], &kem_shared[..]].concat(),
     );
+    let prk_key = hmac::Key::new(hmac::HMAC_SHA256, prk.as_ref());
+    let expand = |info: &[u8]| hmac::sign(&prk_key, &[info, &[1u8]].concat()).as_ref().to_vec();
+    assert_eq!(expand(labels.c2s), &accepted.keys.client_to_server[..]);
+    assert_eq!(expand(labels.s2c), &accepted.keys.server_to_client[..]);
 
-    json!({
+    let mut out = json!({
         "name": case.name,
         "port": match case.port { PortKind::Client => "client", PortKind::Cluster => "cluster" },
         "server": "server",
@@ -311,38 +397,77 @@ fn handshake_vector(case: &Case, server: &Identity, member: &Identity, directory
         "server_to_client_key": h(&accepted.keys.server_to_client[..]),
         "peer": accepted.peer.map(|p| p.to_string()),
         "records": records(&accepted.keys),
-    })
+    });
+    if let Some(dk) = &kem_private {
+        let fields: &mut Map<String, Value> = out.as_object_mut().unwrap();
+        fields.insert("hello_kem_key".into(), json!(h(kem_key)));
+        fields.insert("kem_private".into(), json!(h(dk)));
+        fields.insert("kem_public".into(), json!(h(kem_key)));
+        fields.insert("kem_ciphertext".into(), json!(h(kem_ciphertext)));
+        fields.insert("kem_shared_secret".into(), json!(h(&kem_shared)));
+    }
+    out
 }
 
 // === hellos to refuse ===
 
-fn rejection(
-    name: &str,
-    handshake: &str,
-    port: &str,
+struct Rejection<'a> {
+    name: &'a str,
+    handshake: &'a str,
+    port: &'a str,
     hello: Vec<u8>,
     now: u64,
     accept_first: bool,
-    error: &str,
-) -> Value {
-    json!({
-        "name": name,
-        "handshake": handshake,
-        "port": port,
-        "hello": h(hello),
-        "server_now": now,
-        "accept_first": accept_first,
-        "expected_error": error,
-    })
+    error: &'a str,
+    /// Version 2 file only: `Some(true)` if the server requires version 2 (`postQuantum:
+    /// Required`), `Some(false)` otherwise; `None` leaves the field out (v1.json).
+    requires_hybrid: Option<bool>,
 }
 
-fn rejections(client: &Value, cluster: &Value, server: &Identity, directory: &DirectoryIndex) -> Value {
-    let bytes = |v: &Value| hex::decode(v["hello"].as_str().unwrap()).unwrap();
-    let (ch, kh) = (bytes(client), bytes(cluster));
+impl Rejection<'_> {
+    fn json(&self) -> Value {
+        let mut out = json!({
+            "name": self.name,
+            "handshake": self.handshake,
+            "port": self.port,
+            "hello": h(&self.hello),
+            "server_now": self.now,
+            "accept_first": self.accept_first,
+            "expected_error": self.error,
+        });
+        if let Some(requires) = self.requires_hybrid {
+            out["server_requires_hybrid"] = json!(requires);
+        }
+        out
+    }
+}
+
+/// A rejection in the usual case: sent once, at the server's usual clock.
+fn refuse<'a>(name: &'a str, handshake: &'a str, port: &'a str, hello: Vec<u8>, error: &'a str) -> Rejection<'a> {
+    Rejection {
+        name,
+        handshake,
+        port,
+        hello,
+        now: SERVER_NOW,
+        accept_first: false,
+        error,
+        requires_hybrid: None,
+    }
+}
+
+fn hello_of(v: &Value) -> Vec<u8> {
+    hex::decode(v["hello"].as_str().unwrap()).unwrap()
+}
+
+fn rejections_v1(client: &Value, cluster: &Value, server: &Identity) -> Vec<Rejection<'static>> {
+    let (ch, kh) = (hello_of(client), hello_of(cluster));
     let rsa_end = HELLO_HEADER_LEN + server.ck.size_bytes();
 
-    let mut v2 = ch.clone();
-    v2[2] = 2;
+    // Not 2: a server that speaks version 2 reads a `02` header as a version 2 hello (and
+    // refuses this one for its length); 3 is no version at all.
+    let mut v3 = ch.clone();
+    v3[2] = 3;
     let mut flipped = ch.clone();
     flipped[HELLO_HEADER_LEN + 17] ^= 0x01;
     let mut stripped = kh[..rsa_end].to_vec();
@@ -353,159 +478,237 @@ fn rejections(client: &Value, cluster: &Value, server: &Identity, directory: &Di
     wrong_type[3] = 2;
     let mut long = ch.clone();
     long.push(0);
-    let out = vec![
-        rejection(
+    vec![
+        refuse(
             "bad magic",
             "client-port",
             "client",
             b"GET / HTTP/1.1\r\n\r\n".to_vec(),
-            SERVER_NOW,
-            false,
             "bad_magic",
         ),
-        rejection(
-            "version 2 in the header",
+        refuse(
+            "version 3 in the header",
             "client-port",
             "client",
-            v2,
-            SERVER_NOW,
-            false,
+            v3,
             "unsupported_version",
         ),
-        rejection(
+        refuse(
             "reply type in a hello",
             "client-port",
             "client",
             wrong_type,
-            SERVER_NOW,
-            false,
             "unexpected_type",
         ),
-        rejection(
+        refuse(
             "one byte short",
             "client-port",
             "client",
             ch[..ch.len() - 1].to_vec(),
-            SERVER_NOW,
-            false,
             "bad_length",
         ),
-        rejection(
-            "one byte too many",
-            "client-port",
-            "client",
-            long,
-            SERVER_NOW,
-            false,
-            "bad_length",
-        ),
-        rejection(
+        refuse("one byte too many", "client-port", "client", long, "bad_length"),
+        refuse(
             "a bit flipped in the OAEP ciphertext",
             "client-port",
             "client",
             flipped,
-            SERVER_NOW,
-            false,
             "undecryptable",
         ),
-        rejection(
-            "timestamp too old",
-            "client-port",
-            "client",
-            ch.clone(),
-            TIMESTAMP + MAX_CLOCK_SKEW + 1,
-            false,
-            "clock_skew",
-        ),
-        rejection(
-            "timestamp too far ahead",
-            "client-port",
-            "client",
-            ch.clone(),
-            TIMESTAMP - MAX_CLOCK_SKEW - 1,
-            false,
-            "clock_skew",
-        ),
-        rejection(
-            "replayed",
-            "client-port",
-            "client",
-            ch.clone(),
-            SERVER_NOW,
-            true,
-            "replayed",
-        ),
-        rejection(
+        Rejection {
+            now: TIMESTAMP + MAX_CLOCK_SKEW + 1,
+            ..refuse("timestamp too old", "client-port", "client", ch.clone(), "clock_skew")
+        },
+        Rejection {
+            now: TIMESTAMP - MAX_CLOCK_SKEW - 1,
+            ..refuse(
+                "timestamp too far ahead",
+                "client-port",
+                "client",
+                ch.clone(),
+                "clock_skew",
+            )
+        },
+        Rejection {
+            accept_first: true,
+            ..refuse("replayed", "client-port", "client", ch.clone(), "replayed")
+        },
+        refuse(
             "client-port hello on the cluster port",
             "client-port",
             "cluster",
             ch,
-            SERVER_NOW,
-            false,
             "bad_length",
         ),
-        rejection(
+        refuse(
             "cluster-port hello on the client port",
             "cluster-port",
             "client",
             kh.clone(),
-            SERVER_NOW,
-            false,
             "bad_length",
         ),
-        rejection(
+        refuse(
             "cluster-port hello, proof stripped, on the client port",
             "cluster-port",
             "client",
             stripped,
-            SERVER_NOW,
-            false,
             "wrong_port",
         ),
-        rejection(
+        refuse(
             "a bit flipped in the sealed proof",
             "cluster-port",
             "cluster",
             proof_flip,
-            SERVER_NOW,
-            false,
             "bad_proof",
         ),
-        rejection(
-            "replayed on the cluster port",
+        Rejection {
+            accept_first: true,
+            ..refuse(
+                "replayed on the cluster port",
+                "cluster-port",
+                "cluster",
+                kh,
+                "replayed",
+            )
+        },
+    ]
+}
+
+/// `v1_client` is v1.json's client-port handshake.
+fn rejections_v2(client: &Value, cluster: &Value, v1_client: &Value, server: &Identity) -> Vec<Rejection<'static>> {
+    let (ch, kh, ch1) = (hello_of(client), hello_of(cluster), hello_of(v1_client));
+    let kem_start = HELLO_HEADER_LEN + server.ck.size_bytes();
+
+    // ek = ByteEncode12(t) (1152 bytes) | rho (32): the first coefficient is the low 12 bits
+    // of the first two bytes. 0xfff is not below q = 3329, so FIPS 203's input check fails.
+    let mut bad_kem = ch.clone();
+    bad_kem[kem_start] = 0xff;
+    bad_kem[kem_start + 1] |= 0x0f;
+    let mut kem_short = ch.clone();
+    kem_short.remove(kem_start + 100);
+    let mut flipped = ch.clone();
+    flipped[HELLO_HEADER_LEN + 17] ^= 0x01;
+    // The member proof's AAD is header | rsa | ek: the proof no longer opens.
+    let mut kem_flip = kh.clone();
+    kem_flip[kem_start + 100] ^= 0x01;
+    // A version 1 hello presented as version 2: the right length, but the OAEP label differs.
+    let mut relabelled = ch1.clone();
+    relabelled[2] = 2;
+    relabelled.extend_from_slice(&ch[kem_start..kem_start + KEM_KEY_LEN]);
+    let hybrid = |r: Rejection<'static>| Rejection {
+        requires_hybrid: Some(r.requires_hybrid.unwrap_or(false)),
+        ..r
+    };
+    [
+        refuse(
+            "ML-KEM key with a coefficient not below q (first 12 bits 0xfff)",
+            "client-port",
+            "client",
+            bad_kem,
+            "bad_kem_key",
+        ),
+        refuse(
+            "one byte of the ML-KEM key missing",
+            "client-port",
+            "client",
+            kem_short,
+            "bad_length",
+        ),
+        refuse(
+            "a bit flipped in the OAEP ciphertext",
+            "client-port",
+            "client",
+            flipped,
+            "undecryptable",
+        ),
+        refuse(
+            "a bit flipped in the ML-KEM key on the cluster port",
             "cluster-port",
             "cluster",
-            kh,
-            SERVER_NOW,
-            true,
-            "replayed",
+            kem_flip,
+            "bad_proof",
         ),
-    ];
-    // Check them here too, so a broken generator never writes a file.
-    for r in &out {
-        let port = if r["port"] == "client" {
+        refuse(
+            "version 1 hello relabelled version 2, with an ML-KEM key",
+            "v1.json client-port",
+            "client",
+            relabelled,
+            "undecryptable",
+        ),
+        Rejection {
+            requires_hybrid: Some(true),
+            ..refuse(
+                "version 1 hello to a server that requires version 2",
+                "v1.json client-port",
+                "client",
+                ch1,
+                "classical_refused",
+            )
+        },
+        Rejection {
+            accept_first: true,
+            ..refuse("replayed", "client-port", "client", ch, "replayed")
+        },
+    ]
+    .into_iter()
+    .map(hybrid)
+    .collect()
+}
+
+/// Checks the rejections here too, so a broken generator never writes a file.
+fn check_rejections(rejections: &[Rejection], server: &Identity, directory: &DirectoryIndex) -> Value {
+    for r in rejections {
+        let port = if r.port == "client" {
             PortKind::Client
         } else {
             PortKind::Cluster
         };
-        let hello = bytes(r);
         let replay = ReplayGuard::default();
         let ctx = ServerContext {
             port,
             identity: server,
             directory,
             replay: &replay,
+            post_quantum: if r.requires_hybrid == Some(true) {
+                PostQuantum::Required
+            } else {
+                PostQuantum::Preferred
+            },
         };
-        let now = r["server_now"].as_u64().unwrap();
-        if r["accept_first"].as_bool().unwrap() {
-            server_accept(&ctx, &hello, now, ServerSecrets::random()).unwrap();
+        if r.accept_first {
+            server_accept(&ctx, &r.hello, r.now, ServerSecrets::random()).unwrap();
         }
-        let err = server_accept(&ctx, &hello, now, ServerSecrets::random())
+        let err = server_accept(&ctx, &r.hello, r.now, ServerSecrets::random())
             .err()
-            .expect("refused");
-        assert_eq!(err.reason(), r["expected_error"].as_str().unwrap(), "{}", r["name"]);
+            .unwrap_or_else(|| panic!("{}: accepted", r.name));
+        assert_eq!(err.reason(), r.error, "{}: {err}", r.name);
     }
-    Value::Array(out)
+    rejections.iter().map(Rejection::json).collect()
+}
+
+fn constants(version: Version) -> Value {
+    let labels = labels(version);
+    let mut out = json!({
+        "magic": h(MAGIC),
+        "hello_label": h(labels.hello),
+        "proof_context": h(labels.proof),
+        "transcript_context": h(labels.transcript),
+        "c2s_info": h(labels.c2s),
+        "s2c_info": h(labels.s2c),
+        "max_clock_skew": MAX_CLOCK_SKEW,
+    });
+    if version == Version::Hybrid {
+        out["kem_key_len"] = json!(KEM_KEY_LEN);
+        out["kem_ciphertext_len"] = json!(KEM_CIPHERTEXT_LEN);
+    }
+    out
+}
+
+fn write(version: Version, doc: &Value) {
+    let path = out_path(version);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_string_pretty(doc).unwrap() + "\n").unwrap();
+    eprintln!("wrote {}", path.display());
 }
 
 fn main() {
@@ -524,45 +727,53 @@ fn main() {
     directory.members[1].client_endpoint = Some("10.0.0.6:8000".into());
     let index = directory.index().unwrap();
 
-    let client = handshake_vector(
-        &Case {
+    let cases = [
+        Case {
             name: "client-port",
             port: PortKind::Client,
         },
-        &server.identity,
-        &member.identity,
-        &index,
-    );
-    let cluster = handshake_vector(
-        &Case {
+        Case {
             name: "cluster-port",
             port: PortKind::Cluster,
         },
+    ];
+    let [v1_client, v1_cluster] = cases
+        .each_ref()
+        .map(|case| handshake_vector(Version::Classical, case, &server.identity, &member.identity, &index));
+    let [v2_client, v2_cluster] = cases
+        .each_ref()
+        .map(|case| handshake_vector(Version::Hybrid, case, &server.identity, &member.identity, &index));
+    let v1_rejections = check_rejections(
+        &rejections_v1(&v1_client, &v1_cluster, &server.identity),
         &server.identity,
-        &member.identity,
         &index,
     );
-    let rejections = rejections(&client, &cluster, &server.identity, &index);
+    let v2_rejections = check_rejections(
+        &rejections_v2(&v2_client, &v2_cluster, &v1_client, &server.identity),
+        &server.identity,
+        &index,
+    );
 
-    let doc = json!({
+    let identities = json!({ "server": identity_json(&server), "member": identity_json(&member) });
+    let directory = serde_json::to_value(&directory).unwrap();
+    let v1 = json!({
         "description": "XLattice handshake v1 test vectors; docs/protocol.md, section 'Test vectors', describes every field. Byte strings are lowercase hex. Generated by protocol/examples/gen_test_vectors.rs; checked by protocol/tests/test_vectors.rs.",
-        "protocol_version": VERSION,
-        "constants": {
-            "magic": h(MAGIC),
-            "hello_label": h(HELLO_LABEL),
-            "proof_context": h(PROOF_CONTEXT),
-            "transcript_context": h(TRANSCRIPT_CONTEXT),
-            "c2s_info": h(handshake::C2S_INFO),
-            "s2c_info": h(handshake::S2C_INFO),
-            "max_clock_skew": MAX_CLOCK_SKEW,
-        },
-        "identities": { "server": identity_json(&server), "member": identity_json(&member) },
-        "directory": serde_json::to_value(&directory).unwrap(),
-        "handshakes": [client, cluster],
-        "rejections": rejections,
+        "protocol_version": Version::Classical as u8,
+        "constants": constants(Version::Classical),
+        "identities": identities,
+        "directory": directory,
+        "handshakes": [v1_client, v1_cluster],
+        "rejections": v1_rejections,
     });
-    let path = out_path();
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
-    eprintln!("wrote {}", path.display());
+    let v2 = json!({
+        "description": "XLattice handshake v2 (hybrid: X25519 + ML-KEM-768) test vectors; docs/protocol.md, section 'Test vectors', describes every field. Byte strings are lowercase hex. ML-KEM is randomized: the replies are fixed as produced once. Generated by protocol/examples/gen_test_vectors.rs; checked by protocol/tests/test_vectors.rs.",
+        "protocol_version": Version::Hybrid as u8,
+        "constants": constants(Version::Hybrid),
+        "identities": identities,
+        "directory": directory,
+        "handshakes": [v2_client, v2_cluster],
+        "rejections": v2_rejections,
+    });
+    write(Version::Classical, &v1);
+    write(Version::Hybrid, &v2);
 }

@@ -1,10 +1,16 @@
-//! The client API: open a session with a member named in a member directory.
+//! The client API: open a session with a member named in a member directory, with the
+//! hybrid handshake (version 2), falling back to version 1 only for a member that closes
+//! on a version 2 hello and does not speak version 2 (docs/protocol.md, "Versions").
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use tokio::net::TcpStream;
 
-use crate::{directory::DirectoryIndex, handshake::PortKind, session, HandshakeError, Identity, SecureStream};
+use crate::{
+    directory::DirectoryIndex,
+    handshake::{Offer, PortKind, PostQuantum},
+    session, HandshakeError, Identity, SecureStream,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -29,6 +35,8 @@ pub struct Target<'a> {
     pub address: Option<&'a str>,
     /// This side's identity; required on the cluster port.
     pub identity: Option<&'a Identity>,
+    /// Which handshake versions to speak (the cluster's `postQuantum`).
+    pub post_quantum: PostQuantum,
 }
 
 /// Resolves `target` in `directory`, dials it and runs the handshake, all within `timeout`.
@@ -52,22 +60,94 @@ pub async fn open(
             port: port_name,
         })?
         .to_string();
+    let name = &member.record.name;
     let attempt = async {
-        let tcp = TcpStream::connect(&address)
-            .await
-            .map_err(|source| ClientError::Connect {
-                address: address.clone(),
-                source,
-            })?;
-        tcp.set_nodelay(true).ok();
-        session::connect(tcp, &member.ck, target.port, target.identity)
-            .await
-            .map_err(|source| ClientError::Handshake {
-                member: member.record.name.clone(),
-                source,
+        let first = target.post_quantum.first_offer();
+        let opened = handshake(&address, name, &member.ck, &target, first).await;
+        let refused = matches!(
+            &opened,
+            Err(ClientError::Handshake {
+                source: HandshakeError::Io(_),
+                ..
             })
+        );
+        if !refused || target.post_quantum.fallback(first).is_none() || speaks_hybrid(&member.ck) {
+            return remember(opened, &member.ck);
+        }
+        // Closed on a version 2 hello by a member never seen speaking it: one that speaks
+        // only version 1, or someone in the path dropping it; the fallback's reply tells.
+        match handshake(&address, name, &member.ck, &target, Offer::ClassicalAfterRefusal).await {
+            // It speaks version 2 after all. A refusal for a passing reason (no handshake
+            // slot free) looks the same as a dropped hello: one more version 2 hello, and
+            // if that is closed too, the downgrade is the error.
+            Err(
+                downgrade @ ClientError::Handshake {
+                    source: HandshakeError::Downgrade,
+                    ..
+                },
+            ) => {
+                remember_hybrid(&member.ck);
+                handshake(&address, name, &member.ck, &target, first)
+                    .await
+                    .map_err(|_| downgrade)
+            }
+            other => other,
+        }
     };
     tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| ClientError::Timeout(timeout))?
+}
+
+async fn handshake(
+    address: &str,
+    member: &str,
+    ck: &crate::PublicKey,
+    target: &Target<'_>,
+    offer: Offer,
+) -> Result<SecureStream<TcpStream>, ClientError> {
+    let tcp = TcpStream::connect(address)
+        .await
+        .map_err(|source| ClientError::Connect {
+            address: address.to_string(),
+            source,
+        })?;
+    tcp.set_nodelay(true).ok();
+    session::connect_offering(tcp, ck, target.port, target.identity, offer)
+        .await
+        .map_err(|source| ClientError::Handshake {
+            member: member.to_string(),
+            source,
+        })
+}
+
+/// Members seen speaking version 2, by ck hint: a refused version 2 hello to one of them is
+/// final, never retried as version 1 (once seen, the downgrade path is closed, as HSTS
+/// closes plain HTTP). A new ck (rotated keys) is learned again. Bounded: forgotten all at
+/// once when full.
+static SPEAKS_HYBRID: std::sync::Mutex<Option<HashSet<[u8; 8]>>> = std::sync::Mutex::new(None);
+const SPEAKS_HYBRID_MAX: usize = 4096;
+
+fn speaks_hybrid(ck: &crate::PublicKey) -> bool {
+    let known = SPEAKS_HYBRID.lock().unwrap_or_else(|e| e.into_inner());
+    known.as_ref().is_some_and(|set| set.contains(&ck.hint()))
+}
+
+fn remember_hybrid(ck: &crate::PublicKey) {
+    let mut known = SPEAKS_HYBRID.lock().unwrap_or_else(|e| e.into_inner());
+    let set = known.get_or_insert_with(HashSet::new);
+    if set.len() >= SPEAKS_HYBRID_MAX {
+        set.clear();
+    }
+    set.insert(ck.hint());
+}
+
+fn remember(
+    opened: Result<SecureStream<TcpStream>, ClientError>,
+    ck: &crate::PublicKey,
+) -> Result<SecureStream<TcpStream>, ClientError> {
+    if opened.as_ref().is_ok_and(|s| s.version() == crate::Version::Hybrid) {
+        remember_hybrid(ck);
+    }
+    opened
 }

@@ -4,17 +4,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{
     handshake::{
-        client_hello, now_unix, parse_hello_header, parse_route, route_preamble, server_accept, ClientSecrets,
-        HandshakeError, PortKind, ServerContext, ServerSecrets, HELLO_HEADER_LEN, REPLY_LEN, ROUTE_LEN, TYPE_ROUTE,
+        client_hello_offering, now_unix, parse_hello_header, parse_route, route_preamble, server_accept, ClientSecrets,
+        HandshakeError, Offer, PortKind, ServerContext, ServerSecrets, HELLO_HEADER_LEN, MAX_REPLY_LEN, ROUTE_LEN,
+        TYPE_ROUTE,
     },
     stream::{Role, SecureStream},
     Identity, PublicKey,
 };
 
-/// Opens a session to the member whose public encryption key is `server_ck`.
-/// On `PortKind::Cluster`, `member` is this side's own identity (the membership proof).
+/// Opens a session to the member whose public encryption key is `server_ck`, with the
+/// hybrid handshake (version 2). On `PortKind::Cluster`, `member` is this side's own
+/// identity (the membership proof). Falling back to version 1 needs a new connection:
+/// `crate::client::open` does that.
 pub async fn connect<S>(
-    mut io: S,
+    io: S,
     server_ck: &PublicKey,
     port: PortKind,
     member: Option<&Identity>,
@@ -22,7 +25,21 @@ pub async fn connect<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (hello, pending) = client_hello(server_ck, port, member, ClientSecrets::random())?;
+    connect_offering(io, server_ck, port, member, Offer::Hybrid).await
+}
+
+/// `connect` with the hello `offer` names.
+pub async fn connect_offering<S>(
+    mut io: S,
+    server_ck: &PublicKey,
+    port: PortKind,
+    member: Option<&Identity>,
+    offer: Offer,
+) -> Result<SecureStream<S>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (hello, pending) = client_hello_offering(server_ck, port, member, ClientSecrets::random(), offer)?;
     // On the client port the hello may reach another member first (a load-balanced
     // address): the preamble says whom it is for, so that member can relay it.
     let mut wire = Vec::with_capacity(ROUTE_LEN + hello.len());
@@ -32,9 +49,10 @@ where
     wire.extend_from_slice(&hello);
     io.write_all(&wire).await?;
     io.flush().await?;
-    let mut reply = [0u8; REPLY_LEN];
-    io.read_exact(&mut reply).await?;
-    let keys = pending.finish(&reply)?;
+    let mut reply = [0u8; MAX_REPLY_LEN];
+    let reply = &mut reply[..pending.reply_len()];
+    io.read_exact(reply).await?;
+    let keys = pending.finish(reply)?;
     Ok(SecureStream::new(io, &keys, Role::Client, None))
 }
 
@@ -105,7 +123,8 @@ where
         io.read_exact(&mut header).await?;
     }
     let lens = parse_hello_header(&header, ctx.port, ctx.identity.ck.size_bytes())?;
-    let mut hello = vec![0u8; HELLO_HEADER_LEN + lens.rsa_len + lens.proof_len];
+    ctx.admit(lens.version)?;
+    let mut hello = vec![0u8; HELLO_HEADER_LEN + lens.rest_len()];
     hello[..HELLO_HEADER_LEN].copy_from_slice(&header);
     io.read_exact(&mut hello[HELLO_HEADER_LEN..]).await?;
     Ok(Arrived::Hello(hello))

@@ -33,6 +33,7 @@ pub struct SecureStream<S> {
     sealer: RecordSealer,
     opener: RecordOpener,
     peer: Option<NodeId>,
+    version: crate::Version,
     read: ReadState,
     write: WriteState,
 }
@@ -229,6 +230,7 @@ impl<S> SecureStream<S> {
             sealer: RecordSealer::new(send),
             opener: RecordOpener::new(recv),
             peer,
+            version: keys.version,
             read: ReadState::default(),
             write: WriteState::default(),
         }
@@ -237,6 +239,11 @@ impl<S> SecureStream<S> {
     /// The member proven on the cluster port, if any.
     pub fn peer(&self) -> Option<NodeId> {
         self.peer
+    }
+
+    /// The handshake version the session was opened with.
+    pub fn version(&self) -> crate::Version {
+        self.version
     }
 
     pub fn get_ref(&self) -> &S {
@@ -481,6 +488,7 @@ mod tests {
             client_to_server: [1; 32].into(),
             server_to_client: [2; 32].into(),
             transcript_hash: [0; 32],
+            version: crate::handshake::Version::Hybrid,
         };
         let (a, b) = tokio::io::duplex(MAX_READ_BUFFER * 2);
         (
@@ -581,6 +589,7 @@ mod tests {
             client_to_server: [1; 32].into(),
             server_to_client: [2; 32].into(),
             transcript_hash: [0; 32],
+            version: crate::handshake::Version::Hybrid,
         };
         let (mut wire, b) = tokio::io::duplex(64 * 1024);
         let mut server = SecureStream::new(b, &keys, Role::Server, None);

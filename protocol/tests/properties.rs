@@ -82,6 +82,7 @@ fn accept(f: &Fixture, port: PortKind, hello: &[u8]) -> Result<(), String> {
         identity: &f.server,
         directory: &f.directory,
         replay: &replay,
+        post_quantum: xlattice_protocol::PostQuantum::Preferred,
     };
     server_accept(&ctx, hello, now(), ServerSecrets::random())
         .map(|_| ())
@@ -272,6 +273,7 @@ fn keys() -> SessionKeys {
         client_to_server: Zeroizing::new([0x11; 32]),
         server_to_client: Zeroizing::new([0x22; 32]),
         transcript_hash: [0; 32],
+        version: xlattice_protocol::Version::Hybrid,
     }
 }
 

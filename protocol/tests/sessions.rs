@@ -56,6 +56,7 @@ async fn serve(c: &Cluster, port: PortKind) -> (std::net::SocketAddr, mpsc::Unbo
                     identity: &identity,
                     directory: &directory,
                     replay: &replay,
+                    post_quantum: xlattice_protocol::PostQuantum::Preferred,
                 };
                 match tokio::time::timeout(Duration::from_secs(5), accept(tcp, &ctx)).await {
                     Ok(Ok(mut session)) => {
@@ -235,7 +236,12 @@ async fn hostile_hellos_close_only_their_own_connection() {
     let mut tampered = good();
     tampered[HELLO_HEADER_LEN + 10] ^= 0x40;
     let mut wrong_version = good();
-    wrong_version[2] = 2;
+    wrong_version[2] = 3;
+    // A version 1 hello relabelled as version 2 (with a key where version 2 has one): its
+    // OAEP label is version 1's, so it does not decrypt as version 2.
+    let mut relabelled = good();
+    relabelled[2] = 2;
+    relabelled.extend_from_slice(&[7u8; xlattice_protocol::handshake::KEM_KEY_LEN]);
     let mut oversized = good();
     oversized[4..6].copy_from_slice(&u16::MAX.to_be_bytes());
     let replayed = good();
@@ -247,6 +253,7 @@ async fn hostile_hellos_close_only_their_own_connection() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("tampered", tampered, "undecryptable"),
         ("wrong version", wrong_version, "unsupported_version"),
+        ("version 1 relabelled as version 2", relabelled, "undecryptable"),
         ("oversized", oversized, "bad_length"),
         ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "bad_magic"),
         ("stale", stale, "clock_skew"),
@@ -305,6 +312,7 @@ async fn tampered_or_truncated_records_end_the_session_with_an_error() {
             identity: &server,
             directory: &directory,
             replay: &replay,
+            post_quantum: xlattice_protocol::PostQuantum::Preferred,
         };
         let mut results = Vec::new();
         for _ in 0..2 {
@@ -409,6 +417,7 @@ async fn a_client_session_for_another_member_is_handed_back_for_relaying() {
             identity: &server,
             directory: &directory,
             replay: &replay,
+            post_quantum: xlattice_protocol::PostQuantum::Preferred,
         };
         let Ok(Incoming::ForAnother { hint, preamble, mut io }) = accept_or_route(tcp, &ctx).await else {
             panic!("expected a session for another member");

@@ -229,6 +229,7 @@ async fn open(sidecar: &Sidecar) -> xlattice_protocol::SecureStream<TcpStream> {
         port: PortKind::Client,
         address: None,
         identity: None,
+        post_quantum: Default::default(),
     };
     client::open(&sidecar.directory, target, Duration::from_secs(10))
         .await

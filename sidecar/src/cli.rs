@@ -73,4 +73,8 @@ pub struct SessionArgs {
     pub identity_dir: Option<PathBuf>,
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,
+    /// Handshake versions: Preferred (hybrid post-quantum first, classical with a member
+    /// that speaks only that), Required (hybrid only), Off (classical only).
+    #[arg(long, default_value = "Preferred")]
+    pub post_quantum: xlattice_protocol::PostQuantum,
 }

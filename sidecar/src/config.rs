@@ -79,6 +79,12 @@ pub struct SidecarConfig {
     /// Downward API.
     #[arg(long, env = "XLATTICE_MEMORY_LIMIT_MIB")]
     pub memory_limit_mib: Option<usize>,
+    /// The handshake versions spoken on both ports and out (docs/protocol.md, "Choosing a
+    /// version"): Preferred, the hybrid post-quantum handshake (version 2) first, version 1
+    /// with members and clients that speak only that; Required, version 2 only (once every
+    /// member speaks it); Off, version 1 only.
+    #[arg(long, env = "XLATTICE_POST_QUANTUM", default_value = "Preferred")]
+    pub post_quantum: xlattice_protocol::PostQuantum,
     /// A hello must arrive whole, find a handshake slot and be answered within this time.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub handshake_timeout: Duration,

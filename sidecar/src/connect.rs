@@ -26,6 +26,7 @@ pub async fn to_stdio(directory: &DirectoryIndex, args: &SessionArgs) -> Result<
         port,
         address: args.address.as_deref(),
         identity: identity.as_ref(),
+        post_quantum: args.post_quantum,
     };
     let mut session = client::open(directory, target, args.timeout)
         .await

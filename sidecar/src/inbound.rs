@@ -98,6 +98,7 @@ async fn handshake<'a>(
         identity: &loaded.identity,
         directory: &loaded.directory,
         replay: &rt.shared.replay,
+        post_quantum: rt.config.post_quantum,
     };
     let hello = match timeout_at(deadline, read_hello(&mut *tcp, &ctx)).await {
         Err(_) => return Err(Refusal::Handshake(HandshakeError::Timeout)),
@@ -154,6 +155,7 @@ fn count(rt: &Runtime, listener: Listener, result: &'static str, reason: &'stati
 /// how: a FIN after a clean close, a reset after anything else.
 async fn serve_session(mut session: SecureStream<&mut TcpStream>, remote: SocketAddr, port: PortKind, rt: &Runtime) {
     let (listener, metrics) = (listener(port), &rt.shared.metrics);
+    metrics.count_version(listener.label(), session.version());
     let guard = SessionGuard::open(metrics, listener);
     let upstream = match port {
         PortKind::Cluster => rt.config.cluster_upstream,

@@ -38,6 +38,13 @@ pub struct EndingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub port: &'static str,
+    /// classical (protocol version 1) or hybrid (version 2, with ML-KEM-768).
+    pub version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -65,6 +72,7 @@ pub struct Metrics {
     pub open_sessions: Family<PortLabel, Gauge>,
     pub bytes: Family<BytesLabels, Counter>,
     pub sessions_ended: Family<EndingLabels, Counter>,
+    pub session_versions: Family<VersionLabels, Counter>,
     pub refused_connections: Family<PortLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
     /// Set from the buffer budget when scraped.
@@ -87,6 +95,7 @@ impl Default for Metrics {
         let open_sessions = Family::<PortLabel, Gauge>::default();
         let bytes = Family::<BytesLabels, Counter>::default();
         let sessions_ended = Family::<EndingLabels, Counter>::default();
+        let session_versions = Family::<VersionLabels, Counter>::default();
         let refused_connections = Family::<PortLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let buffer_bytes = Gauge::default();
@@ -114,6 +123,11 @@ impl Default for Metrics {
             "sessions_ended",
             "Sessions ended, by port and how they ended (clean, truncated, forged, idle, ...)",
             sessions_ended.clone(),
+        );
+        registry.register(
+            "session_versions",
+            "Sessions opened, by port and handshake version (classical: version 1; hybrid: version 2, post-quantum): postQuantum Required is safe once no classical ones are opened",
+            session_versions.clone(),
         );
         registry.register(
             "refused_connections",
@@ -147,6 +161,7 @@ impl Default for Metrics {
             open_sessions,
             bytes,
             sessions_ended,
+            session_versions,
             refused_connections,
             reloads,
             buffer_bytes,
@@ -159,6 +174,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a session opened on `port` with the handshake `version`.
+    pub fn count_version(&self, port: &'static str, version: xlattice_protocol::Version) {
+        self.session_versions
+            .get_or_create(&VersionLabels {
+                port,
+                version: version.name(),
+            })
+            .inc();
+    }
+
     /// Notes that a new identity and directory are being served from now on.
     pub fn loaded_now(&self) {
         let now = std::time::SystemTime::now()

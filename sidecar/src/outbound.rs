@@ -128,6 +128,7 @@ async fn handle(mut tcp: TcpStream, rt: Arc<Runtime>) -> std::io::Result<()> {
         port,
         address: None,
         identity: Some(&loaded.identity),
+        post_quantum: rt.config.post_quantum,
     };
     let started = std::time::Instant::now();
     let opened = client::open(&loaded.directory, target, rt.config.handshake_timeout).await;
@@ -171,6 +172,7 @@ async fn handle(mut tcp: TcpStream, rt: Arc<Runtime>) -> std::io::Result<()> {
         .get_or_create(&Listener::Outbound.metric_label())
         .observe(started.elapsed().as_secs_f64());
     tcp.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n").await?;
+    metrics.count_version(Listener::Outbound.label(), session.version());
     let guard = SessionGuard::open(metrics, Listener::Outbound);
     if !early.is_empty() {
         if let Err(error) = session.write_all(&early).await {

@@ -398,6 +398,7 @@ mod tests {
             client_to_server: [7; 32].into(),
             server_to_client: [9; 32].into(),
             transcript_hash: [0; 32],
+            version: xlattice_protocol::Version::Hybrid,
         };
         let (wire_client, wire_server) = tokio::io::duplex(64 * 1024);
         let mut client = SecureStream::new(wire_client, &keys, Role::Client, None);

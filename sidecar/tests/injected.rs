@@ -32,6 +32,10 @@ fn the_sidecar_parses_what_the_webhook_injects() {
         serde_json::json!({"selector": {"matchLabels": {"app": "s"}}, "clusterPort": 7000, "clientPort": 8000}),
         serde_json::json!({"selector": {"matchLabels": {"app": "s"}}, "clusterPort": 60000, "clientPort": 443,
                            "upstream": {"clusterPort": 9000, "clientPort": 9443}}),
+        serde_json::json!({"selector": {"matchLabels": {"app": "s"}}, "clusterPort": 7000, "clientPort": 8000,
+                           "postQuantum": "Required"}),
+        serde_json::json!({"selector": {"matchLabels": {"app": "s"}}, "clusterPort": 7000, "clientPort": 8000,
+                           "postQuantum": "Off"}),
     ] {
         let cluster = cluster(spec);
         let container = sidecar(&cluster, &injection);
@@ -46,6 +50,7 @@ fn the_sidecar_parses_what_the_webhook_injects() {
         assert_eq!(i32::from(config.client_port), cluster.spec.client_port);
         assert_eq!(config.cluster_upstream.to_string(), format!("127.0.0.1:{up_cluster}"));
         assert_eq!(config.client_upstream.to_string(), format!("127.0.0.1:{up_client}"));
+        assert_eq!(config.post_quantum.name(), cluster.spec.post_quantum.flag());
 
         // The identity and directory are read where the webhook mounts them.
         let mounts: BTreeSet<String> = container

@@ -51,6 +51,7 @@ fn exposed() -> Exposed {
         })
         .inc();
     sidecar.handshake_seconds.get_or_create(&port).observe(0.001);
+    sidecar.count_version("cluster", xlattice_protocol::Version::Hybrid);
     sidecar.open_sessions.get_or_create(&port).inc();
     sidecar
         .bytes

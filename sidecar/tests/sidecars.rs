@@ -30,6 +30,7 @@ async fn clients_members_and_outsiders() {
             port: PortKind::Client,
             address: None,
             identity: None,
+            post_quantum: Default::default(),
         };
         let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
         assert_eq!(
@@ -47,6 +48,7 @@ async fn clients_members_and_outsiders() {
             port: PortKind::Client,
             address: None,
             identity: None,
+            post_quantum: Default::default(),
         },
         Duration::from_secs(5),
     )
@@ -94,6 +96,7 @@ async fn clients_members_and_outsiders() {
         port: PortKind::Client,
         address: Some(&format!("{}:{CLIENT_PORT}", c.members[0].host)),
         identity: None,
+        post_quantum: Default::default(),
     };
     let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
     assert_eq!(line_exchange(&mut session, "via m0").await, "m1/client: via m0");
@@ -134,6 +137,7 @@ async fn clients_members_and_outsiders() {
         port: PortKind::Cluster,
         address: None,
         identity: Some(&outsider),
+        post_quantum: Default::default(),
     };
     let err = client::open(&directory, target, Duration::from_secs(5))
         .await
@@ -159,6 +163,7 @@ async fn clients_members_and_outsiders() {
         port: PortKind::Client,
         address: None,
         identity: Some(&outsider),
+        post_quantum: Default::default(),
     };
     let mut session = client::open(&directory, target, Duration::from_secs(5)).await.unwrap();
     assert_eq!(line_exchange(&mut session, "outside").await, "m1/client: outside");
@@ -225,6 +230,7 @@ async fn directory_and_key_changes_apply_without_a_restart() {
             port: PortKind::Client,
             address: None,
             identity: None,
+            post_quantum: Default::default(),
         };
         client::open(&directory, target, Duration::from_secs(5)).await.unwrap()
     };

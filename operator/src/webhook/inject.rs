@@ -228,10 +228,16 @@ fn directory_volume(cluster: &str) -> Volume {
 }
 
 /// The sidecar's arguments: all of them follow from the cluster's spec, so a running pod
-/// whose sidecar has other arguments was injected for an earlier spec.
+/// whose sidecar has other arguments was injected for an earlier spec. `--post-quantum` is
+/// given only when not the default, so pods injected before it existed stay current.
 pub fn sidecar_args(cluster: &XLatticeCluster) -> Vec<String> {
     let (up_cluster, up_client) = cluster.spec.upstream_ports();
     let (cluster_port, client_port) = (cluster.spec.cluster_port, cluster.spec.client_port);
+    let post_quantum = cluster.spec.post_quantum;
+    let post_quantum = (post_quantum != Default::default())
+        .then(|| ["--post-quantum".to_string(), post_quantum.flag().to_string()])
+        .into_iter()
+        .flatten();
     [
         "run".to_string(),
         "--identity-dir".into(),
@@ -251,7 +257,9 @@ pub fn sidecar_args(cluster: &XLatticeCluster) -> Vec<String> {
         "--admin-listen".into(),
         format!("0.0.0.0:{SIDECAR_ADMIN_PORT}"),
     ]
-    .to_vec()
+    .into_iter()
+    .chain(post_quantum)
+    .collect()
 }
 
 /// The native sidecar: an init container with restartPolicy Always starts before the app

@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
             identity: server(),
             directory: directory(),
             replay: replay(),
+            post_quantum: xlattice_protocol::PostQuantum::Preferred,
         };
         let mut input = data;
         let _ = block_on(read_hello(&mut input, &ctx));

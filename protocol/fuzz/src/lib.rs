@@ -78,6 +78,7 @@ pub fn session_keys() -> SessionKeys {
         client_to_server: array32(&h["client_to_server_key"]).into(),
         server_to_client: array32(&h["server_to_client_key"]).into(),
         transcript_hash: array32(&h["transcript_hash"]),
+        version: xlattice_protocol::Version::Hybrid,
     }
 }
 

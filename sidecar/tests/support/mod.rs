@@ -336,6 +336,7 @@ pub async fn open_client(
         port: xlattice_protocol::PortKind::Client,
         address: None,
         identity: None,
+        post_quantum: Default::default(),
     };
     xlattice_protocol::client::open(&directory_index(c), target, timeout).await
 }

@@ -309,6 +309,7 @@ fn main() {
             identity: &o.server,
             directory: &o.directory,
             replay,
+            post_quantum: xlattice_protocol::PostQuantum::Preferred,
         };
         let member = (port == PortKind::Cluster).then_some(&o.member);
         rt.block_on(async { rate_async(secs, || ours_duplex(&o, &ctx, member)).await })
@@ -355,6 +356,7 @@ fn main() {
                     identity: &o.server,
                     directory: &o.directory,
                     replay: &replay,
+                    post_quantum: xlattice_protocol::PostQuantum::Preferred,
                 };
                 rate(secs, 1, || ours_in_process(&o, &ctx, None))
             }),
@@ -368,6 +370,7 @@ fn main() {
                     identity: &o.server,
                     directory: &o.directory,
                     replay: &replay,
+                    post_quantum: xlattice_protocol::PostQuantum::Preferred,
                 };
                 rate(secs, 1, || ours_in_process(&o, &ctx, Some(&o.member)))
             }),

@@ -1,23 +1,55 @@
-//! Benchmark 1 of the protocol issue: full handshakes per second on ONE core, the XLattice
-//! handshake against a rustls TLS 1.3 handshake with an RSA-2048 certificate, measured in
-//! the same run; plus the record-layer AEAD, aws-lc-rs AES-256-GCM against the RustCrypto
+//! Benchmark 1 of the protocol issue: full handshakes per second on ONE core, each XLattice
+//! handshake version against rustls TLS 1.3 with the matching key exchange, measured in the
+//! same run; plus the record-layer AEAD, aws-lc-rs AES-256-GCM against the RustCrypto
 //! `aes-gcm` crate, at 16 KiB records.
 //!
-//!     cargo bench -p xlattice-protocol --bench handshake                 # ~1 min
+//!     cargo bench -p xlattice-protocol --bench handshake                          # ~4 min
+//!     cargo bench -p xlattice-protocol --bench handshake -- --secs 1 --rounds 5   # ~2 min
 //!     cargo bench -p xlattice-protocol --bench handshake -- --secs 1 --rounds 1   # quick look
 //!
-//! Everything runs on a tokio current_thread runtime (one thread, so one core): client and
-//! server of each handshake are two tasks joined over an in-memory `tokio::io::duplex` pipe.
-//! The "in-process" rows run the same handshakes on byte buffers with no I/O at all.
-//! Each benchmark runs `--rounds` times, interleaved with the others (so background load
-//! hits all of them alike), for `--secs` seconds each; the median round is reported.
+//! Like for like, all with RSA-2048 keys and the aws-lc-rs provider:
+//! - XLattice version 1 (classical, `Offer::Classical`) against rustls with X25519 only;
+//! - XLattice version 2 (hybrid, `Offer::Hybrid`) against rustls with X25519MLKEM768 only
+//!   (each rustls configuration offers one group; the group both sides negotiated is checked
+//!   once before timing, and the bench panics if it is not the one named);
+//! - the client port against plain TLS (server authenticated); the cluster port, whose hello
+//!   carries a member proof, against mTLS (both sides authenticated).
 //!
 //! Both sides of every handshake are counted: a "handshake" is client + server work.
-//! - XLattice, client port: OAEP encrypt + OAEP decrypt (RSA-2048) + 2 X25519 + AES-GCM.
-//! - XLattice, cluster port: the above + a member PSS signature (RSA-2048) and its check.
+//! - XLattice v1, client port: RSA-OAEP encrypt + decrypt (RSA-2048), 2 X25519 key pairs and
+//!   agreements, the AES-GCM-sealed reply, HKDF.
+//! - XLattice v1, cluster port: the above + the member's PSS signature (RSA-2048) and its
+//!   check against the member directory.
+//! - XLattice v2: the same as v1 on the same port + ML-KEM-768 (FIPS 203): key generation
+//!   (client), encapsulation (server), decapsulation (client); 1184 more bytes in the hello
+//!   and 1088 more in the reply.
 //! - rustls: TLS 1.3, full handshake (no resumption, no tickets), RSA-2048 self-signed
 //!   certificate verified by webpki against itself as the trust anchor, RSA-PSS
-//!   CertificateVerify, X25519 (and, as a second row, rustls's X25519MLKEM768 hybrid).
+//!   CertificateVerify; mTLS adds the client's RSA-2048 certificate, its CertificateVerify
+//!   signature and the server's verification of both. X25519MLKEM768 is X25519 + ML-KEM-768
+//!   in one key share (no separate X25519 share is offered).
+//!
+//! Our servers answer both versions, as deployed (`PostQuantum::Preferred`: a version 1
+//! reply then carries the downgrade sentinel); each rustls configuration, client and server,
+//! has only its row's group.
+//!
+//! Two paths for each handshake:
+//! - "duplex": on a tokio current_thread runtime (one thread, so one core), client and server
+//!   are two tasks joined over an in-memory `tokio::io::duplex` pipe: ours with
+//!   `connect_offering(.., offer)` and `accept`, rustls with tokio-rustls.
+//! - "in-process": the same handshakes on byte buffers with no I/O: ours with
+//!   `client_hello_offering` → `server_accept` → `ClientPending::finish`, rustls with a
+//!   `ClientConnection` and a `ServerConnection` pumped through a `Vec`.
+//!
+//! One more in-process row times only the ML-KEM-768 work of a version 2 handshake (keygen,
+//! encapsulation key to bytes and back, encapsulate, decapsulate): what version 2 adds to
+//! version 1, to set against the measured difference.
+//!
+//! Each row runs `--secs` seconds, `--rounds` times, the rows interleaved within each round
+//! (so background load hits all of them alike); the median round is reported, with the
+//! min–max of the rounds. The ratios at the end are ratios of those medians, with the
+//! min–max of the per-round ratios (the two rows measured in the same round). Then the
+//! primitive operations (one measurement each, `--secs`/3) and the AEAD rows.
 
 use std::{
     hint::black_box,
@@ -25,18 +57,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use aws_lc_rs::{
+    aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM},
+    kem::{Ciphertext, DecapsulationKey, EncapsulationKey, ML_KEM_768},
+};
 use rustls::{
     client::Resumption,
     crypto::{aws_lc_rs as provider, CryptoProvider, SupportedKxGroup},
     pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
     ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection,
 };
+use tokio::io::DuplexStream;
 use xlattice_protocol::{
-    accept, connect,
-    handshake::{client_hello, server_accept, ClientSecrets, ServerSecrets},
+    accept, connect_offering,
+    handshake::{client_hello_offering, server_accept, Accepted, ClientSecrets, ServerSecrets, SessionKeys},
     record::{ContentType, RecordOpener, RecordSealer},
-    DirectoryIndex, Identity, MemberDirectory, MemberRecord, NodeIdBits, PortKind, ReplayGuard, RsaBits, ServerContext,
+    DirectoryIndex, Identity, MemberDirectory, MemberRecord, NodeIdBits, Offer, PortKind, PostQuantum, ReplayGuard,
+    RsaBits, SecureStream, ServerContext, Version,
 };
 
 const SERVER_NAME: &str = "member.xlattice.test";
@@ -93,9 +130,29 @@ fn ours() -> Ours {
     }
 }
 
+/// A server context answering both versions, as a cluster with `postQuantum: Preferred`.
+fn server_context<'a>(o: &'a Ours, port: PortKind, replay: &'a ReplayGuard) -> ServerContext<'a> {
+    ServerContext {
+        port,
+        identity: &o.server,
+        directory: &o.directory,
+        replay,
+        post_quantum: PostQuantum::Preferred,
+    }
+}
+
+fn offer(version: Version) -> Offer {
+    match version {
+        Version::Classical => Offer::Classical,
+        Version::Hybrid => Offer::Hybrid,
+    }
+}
+
 struct Tls {
     client: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
+    group: &'static dyn SupportedKxGroup,
+    mutual: bool,
 }
 
 fn self_signed() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
@@ -111,12 +168,13 @@ fn self_signed() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
     )
 }
 
-/// TLS 1.3 only, full handshakes only; `mutual`: the client also presents an RSA-2048
-/// certificate that the server verifies (the counterpart of the cluster port's member proof).
-fn tls(kx_groups: Vec<&'static dyn SupportedKxGroup>, mutual: bool) -> Tls {
+/// TLS 1.3 only, full handshakes only, `group` the only key exchange either side offers;
+/// `mutual`: the client also presents an RSA-2048 certificate that the server verifies (the
+/// counterpart of the cluster port's member proof).
+fn tls(group: &'static dyn SupportedKxGroup, mutual: bool) -> Tls {
     let (cert_der, key_der) = self_signed();
     let provider = Arc::new(CryptoProvider {
-        kx_groups,
+        kx_groups: vec![group],
         ..provider::default_provider()
     });
 
@@ -154,40 +212,51 @@ fn tls(kx_groups: Vec<&'static dyn SupportedKxGroup>, mutual: bool) -> Tls {
     Tls {
         client: Arc::new(client),
         server: Arc::new(server),
+        group,
+        mutual,
     }
 }
 
 // === one handshake each ===
 
-async fn ours_duplex(o: &Ours, ctx: &ServerContext<'_>, member: Option<&Identity>) {
+async fn ours_duplex(
+    o: &Ours,
+    ctx: &ServerContext<'_>,
+    member: Option<&Identity>,
+    offer: Offer,
+) -> (SecureStream<DuplexStream>, SecureStream<DuplexStream>) {
     let (c, s) = tokio::io::duplex(16 * 1024);
-    let (client, server) = tokio::join!(connect(c, o.server.ck_public(), ctx.port, member), accept(s, ctx));
-    black_box((client.unwrap(), server.unwrap()));
+    let (client, server) = tokio::join!(
+        connect_offering(c, o.server.ck_public(), ctx.port, member, offer),
+        accept(s, ctx)
+    );
+    (client.unwrap(), server.unwrap())
 }
 
-fn ours_in_process(o: &Ours, ctx: &ServerContext<'_>, member: Option<&Identity>) {
-    let (hello, pending) = client_hello(o.server.ck_public(), ctx.port, member, ClientSecrets::random()).unwrap();
+fn ours_in_process(
+    o: &Ours,
+    ctx: &ServerContext<'_>,
+    member: Option<&Identity>,
+    offer: Offer,
+) -> (SessionKeys, Accepted) {
+    let (hello, pending) =
+        client_hello_offering(o.server.ck_public(), ctx.port, member, ClientSecrets::random(), offer).unwrap();
     let accepted = server_accept(ctx, &hello, now(), ServerSecrets::random()).unwrap();
-    black_box(pending.finish(&accepted.reply).unwrap());
+    (pending.finish(&accepted.reply).unwrap(), accepted)
 }
 
-async fn tls_duplex(t: &Tls) -> &'static str {
+type TlsPair = (ClientConnection, ServerConnection);
+
+async fn tls_duplex(t: &Tls) -> TlsPair {
     let (c, s) = tokio::io::duplex(16 * 1024);
     let connector = tokio_rustls::TlsConnector::from(t.client.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(t.server.clone());
     let name = ServerName::try_from(SERVER_NAME).unwrap();
     let (client, server) = tokio::join!(connector.connect(name, c), acceptor.accept(s));
-    let (client, server) = (client.unwrap(), server.unwrap());
-    let group = client
-        .get_ref()
-        .1
-        .negotiated_key_exchange_group()
-        .map(|g| g.name().as_str().unwrap_or("?"));
-    black_box(server);
-    group.unwrap_or("?")
+    (client.unwrap().into_inner().1, server.unwrap().into_inner().1)
 }
 
-fn tls_in_process(t: &Tls) {
+fn tls_in_process(t: &Tls) -> TlsPair {
     let mut client = ClientConnection::new(t.client.clone(), ServerName::try_from(SERVER_NAME).unwrap()).unwrap();
     let mut server = ServerConnection::new(t.server.clone()).unwrap();
     let mut buf = Vec::with_capacity(8192);
@@ -215,7 +284,19 @@ fn tls_in_process(t: &Tls) {
             client.process_new_packets().unwrap();
         }
     }
-    black_box((client, server));
+    (client, server)
+}
+
+/// The ML-KEM-768 work a version 2 handshake adds, as `handshake.rs` does it: the client's
+/// key pair and its encapsulation key as bytes, the server's parse of them and encapsulation,
+/// the client's decapsulation.
+fn ml_kem_once() -> (aws_lc_rs::kem::SharedSecret, aws_lc_rs::kem::SharedSecret) {
+    let dk = DecapsulationKey::generate(&ML_KEM_768).unwrap();
+    let ek_bytes = dk.encapsulation_key().unwrap().key_bytes().unwrap();
+    let ek = EncapsulationKey::new(&ML_KEM_768, ek_bytes.as_ref()).unwrap();
+    let (ciphertext, server_shared) = ek.encapsulate().unwrap();
+    let client_shared = dk.decapsulate(Ciphertext::from(ciphertext.as_ref())).unwrap();
+    (server_shared, client_shared)
 }
 
 fn now() -> u64 {
@@ -223,6 +304,46 @@ fn now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
+}
+
+// === checks, once, before timing ===
+
+/// Both paths give the version asked for (and, on the cluster port, the proven member).
+fn check_ours(rt: &tokio::runtime::Runtime, o: &Ours, version: Version, port: PortKind) {
+    let replay = ReplayGuard::default();
+    let ctx = server_context(o, port, &replay);
+    let member = (port == PortKind::Cluster).then_some(&o.member);
+    let (client, server) = rt.block_on(ours_duplex(o, &ctx, member, offer(version)));
+    assert_eq!((client.version(), server.version()), (version, version));
+    assert_eq!(server.peer(), member.map(|m| m.node_id));
+    let (keys, accepted) = ours_in_process(o, &ctx, member, offer(version));
+    assert_eq!((keys.version, accepted.keys.version), (version, version));
+    assert_eq!(keys.transcript_hash, accepted.keys.transcript_hash);
+    assert_eq!(accepted.peer, member.map(|m| m.node_id));
+}
+
+/// Both paths negotiate `t.group` on both sides (and, with mTLS, the server saw a client
+/// certificate); panics otherwise.
+fn check_tls(rt: &tokio::runtime::Runtime, t: &Tls) {
+    let want = t.group.name();
+    for (path, (client, server)) in [
+        ("duplex", rt.block_on(tls_duplex(t))),
+        ("in-process", tls_in_process(t)),
+    ] {
+        let got = (
+            client.negotiated_key_exchange_group().map(|g| g.name()),
+            server.negotiated_key_exchange_group().map(|g| g.name()),
+        );
+        if got != (Some(want), Some(want)) {
+            panic!("rustls baseline ({path}) negotiated {got:?}, not {want:?}: the comparison would be unfair");
+        }
+        assert_eq!(client.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+        assert_eq!(
+            server.peer_certificates().is_some(),
+            t.mutual,
+            "mTLS: client certificate"
+        );
+    }
 }
 
 // === the timing loop ===
@@ -242,37 +363,93 @@ fn rate(secs: f64, batch: usize, mut op: impl FnMut()) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+async fn rate_async<F, Fut>(secs: f64, mut op: F) -> f64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_secs_f64((secs / 6.0).min(0.5)) {
+        op().await;
+    }
+    let start = Instant::now();
+    let mut n = 0usize;
+    while start.elapsed() < Duration::from_secs_f64(secs) {
+        op().await;
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
 
-// === AEAD ===
-
-fn aws_lc_seal_open(buf: &mut Vec<u8>, key: &LessSafeKey, seq: &mut u64) {
-    let mut nonce = [0u8; 12];
-    nonce[4..].copy_from_slice(&seq.to_be_bytes());
-    *seq += 1;
-    let n = || Nonce::assume_unique_for_key(nonce);
-    key.seal_in_place_append_tag(n(), Aad::from([0x40, 0x11]), buf).unwrap();
-    let len = key.open_in_place(n(), Aad::from([0x40, 0x11]), buf).unwrap().len();
-    buf.truncate(len);
+fn min_max(v: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    v.into_iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x), hi.max(x)))
 }
 
-fn rustcrypto_seal_open(buf: &mut [u8], cipher: &aes_gcm::Aes256Gcm, seq: &mut u64) {
-    use aes_gcm::aead::AeadInPlace;
-    let mut nonce = [0u8; 12];
-    nonce[4..].copy_from_slice(&seq.to_be_bytes());
-    *seq += 1;
-    let nonce = aes_gcm::Nonce::from_slice(&nonce);
-    let tag = cipher.encrypt_in_place_detached(nonce, &[0x40, 0x11], buf).unwrap();
-    cipher
-        .decrypt_in_place_detached(nonce, &[0x40, 0x11], buf, &tag)
-        .unwrap();
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+// === the handshake rows ===
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Ours,
+    Rustls,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Duplex,
+    InProcess,
+}
+
+/// What a handshake row measures. For rustls, `version` names the matching key exchange
+/// (Classical: X25519, Hybrid: X25519MLKEM768) and `port` the authentication (Client: plain
+/// TLS, Cluster: mTLS).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key {
+    who: Who,
+    version: Version,
+    port: PortKind,
+    path: Path,
+}
+
+struct Row<'a> {
+    name: String,
+    /// `None`: the ML-KEM-only row.
+    key: Option<Key>,
+    run: Box<dyn FnMut() -> f64 + 'a>,
+}
+
+fn row_name(k: Key) -> String {
+    let version = match k.version {
+        Version::Classical => "v1 classical",
+        Version::Hybrid => "v2 hybrid",
+    };
+    let group = match k.version {
+        Version::Classical => "X25519",
+        Version::Hybrid => "X25519MLKEM768",
+    };
+    match (k.who, k.port) {
+        (Who::Ours, PortKind::Client) => format!("XLattice {version}, client port"),
+        (Who::Ours, PortKind::Cluster) => format!("XLattice {version}, cluster port + member proof"),
+        (Who::Rustls, PortKind::Client) => format!("rustls TLS 1.3, RSA-2048 cert, {group}"),
+        (Who::Rustls, PortKind::Cluster) => format!("rustls TLS 1.3 mTLS, RSA-2048 certs, {group}"),
+    }
 }
 
 fn main() {
     let opts = options();
+    let secs = opts.secs;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -285,140 +462,209 @@ fn main() {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "one core (tokio current_thread), {} s x {} rounds per row, median round; CPU: {cpu}",
-        opts.secs, opts.rounds
+        "one core (tokio current_thread), {} s x {} rounds per row, rows interleaved, median round; \
+         CPU: {cpu} ({cores} cores on the machine); load average (1/5/15 min) at start: {}",
+        opts.secs,
+        opts.rounds,
+        load_average()
     );
     println!();
 
     let o = ours();
-    let x25519 = tls(vec![provider::kx_group::X25519], false);
-    let hybrid = tls(
-        vec![provider::kx_group::X25519MLKEM768, provider::kx_group::X25519],
-        false,
-    );
-    let mutual = tls(vec![provider::kx_group::X25519], true);
-    let group_x = rt.block_on(tls_duplex(&x25519));
-    let group_h = rt.block_on(tls_duplex(&hybrid));
-
-    type Row<'a> = (String, Box<dyn FnMut() -> f64 + 'a>);
-    let secs = opts.secs;
-    let ctx_for = |port: PortKind, replay: &ReplayGuard| -> f64 {
-        let ctx = ServerContext {
-            port,
-            identity: &o.server,
-            directory: &o.directory,
-            replay,
-            post_quantum: xlattice_protocol::PostQuantum::Preferred,
-        };
-        let member = (port == PortKind::Cluster).then_some(&o.member);
-        rt.block_on(async { rate_async(secs, || ours_duplex(&o, &ctx, member)).await })
-    };
-    let mut rows: Vec<Row> = vec![
-        (
-            "XLattice v1, client port (duplex)".into(),
-            Box::new(|| ctx_for(PortKind::Client, &ReplayGuard::default())),
-        ),
-        (
-            "XLattice v1, cluster port + member proof (duplex)".into(),
-            Box::new(|| ctx_for(PortKind::Cluster, &ReplayGuard::default())),
-        ),
-        (
-            format!("rustls TLS 1.3, RSA-2048 cert, {group_x} (duplex)"),
-            Box::new(|| {
-                rt.block_on(rate_async(secs, || async {
-                    tls_duplex(&x25519).await;
-                }))
-            }),
-        ),
-        (
-            format!("rustls TLS 1.3, RSA-2048 cert, {group_h} (duplex)"),
-            Box::new(|| {
-                rt.block_on(rate_async(secs, || async {
-                    tls_duplex(&hybrid).await;
-                }))
-            }),
-        ),
-        (
-            format!("rustls TLS 1.3 + client cert (mTLS), {group_x} (duplex)"),
-            Box::new(|| {
-                rt.block_on(rate_async(secs, || async {
-                    tls_duplex(&mutual).await;
-                }))
-            }),
-        ),
-        (
-            "XLattice v1, client port (in-process)".into(),
-            Box::new(|| {
-                let replay = ReplayGuard::default();
-                let ctx = ServerContext {
-                    port: PortKind::Client,
-                    identity: &o.server,
-                    directory: &o.directory,
-                    replay: &replay,
-                    post_quantum: xlattice_protocol::PostQuantum::Preferred,
-                };
-                rate(secs, 1, || ours_in_process(&o, &ctx, None))
-            }),
-        ),
-        (
-            "XLattice v1, cluster port (in-process)".into(),
-            Box::new(|| {
-                let replay = ReplayGuard::default();
-                let ctx = ServerContext {
-                    port: PortKind::Cluster,
-                    identity: &o.server,
-                    directory: &o.directory,
-                    replay: &replay,
-                    post_quantum: xlattice_protocol::PostQuantum::Preferred,
-                };
-                rate(secs, 1, || ours_in_process(&o, &ctx, Some(&o.member)))
-            }),
-        ),
-        (
-            format!("rustls TLS 1.3, RSA-2048 cert, {group_x} (in-process)"),
-            Box::new(|| rate(secs, 1, || tls_in_process(&x25519))),
-        ),
+    let tls_configs = [
+        tls(provider::kx_group::X25519, false),
+        tls(provider::kx_group::X25519, true),
+        tls(provider::kx_group::X25519MLKEM768, false),
+        tls(provider::kx_group::X25519MLKEM768, true),
     ];
+    let tls_for = |version: Version, port: PortKind| -> &Tls {
+        &tls_configs[match (version, port) {
+            (Version::Classical, PortKind::Client) => 0,
+            (Version::Classical, PortKind::Cluster) => 1,
+            (Version::Hybrid, PortKind::Client) => 2,
+            (Version::Hybrid, PortKind::Cluster) => 3,
+        }]
+    };
+    const VERSIONS: [Version; 2] = [Version::Classical, Version::Hybrid];
+    const PORTS: [PortKind; 2] = [PortKind::Client, PortKind::Cluster];
+    for version in VERSIONS {
+        for port in PORTS {
+            check_ours(&rt, &o, version, port);
+            check_tls(&rt, tls_for(version, port));
+        }
+    }
+    let (a, b) = ml_kem_once();
+    assert_eq!(a.as_ref(), b.as_ref(), "ML-KEM shared secrets differ");
+
+    // Round order: duplex v1 (ours client, ours cluster, TLS, mTLS), duplex v2, then the
+    // same in-process, then the ML-KEM-only row.
+    let (o, rt) = (&o, &rt);
+    let mut rows: Vec<Row> = Vec::new();
+    for path in [Path::Duplex, Path::InProcess] {
+        for version in VERSIONS {
+            for who in [Who::Ours, Who::Rustls] {
+                for port in PORTS {
+                    let key = Key {
+                        who,
+                        version,
+                        port,
+                        path,
+                    };
+                    let run: Box<dyn FnMut() -> f64> = match who {
+                        Who::Ours => Box::new(move || {
+                            let replay = ReplayGuard::default();
+                            let ctx = &server_context(o, port, &replay);
+                            let member = (port == PortKind::Cluster).then_some(&o.member);
+                            let offer = offer(version);
+                            match path {
+                                Path::Duplex => rt.block_on(rate_async(secs, || async move {
+                                    black_box(ours_duplex(o, ctx, member, offer).await);
+                                })),
+                                Path::InProcess => rate(secs, 1, || {
+                                    black_box(ours_in_process(o, ctx, member, offer));
+                                }),
+                            }
+                        }),
+                        Who::Rustls => {
+                            let t = tls_for(version, port);
+                            Box::new(move || match path {
+                                Path::Duplex => rt.block_on(rate_async(secs, || async move {
+                                    black_box(tls_duplex(t).await);
+                                })),
+                                Path::InProcess => rate(secs, 1, || {
+                                    black_box(tls_in_process(t));
+                                }),
+                            })
+                        }
+                    };
+                    rows.push(Row {
+                        name: row_name(key),
+                        key: Some(key),
+                        run,
+                    });
+                }
+            }
+        }
+    }
+    rows.push(Row {
+        name: "ML-KEM-768 only: keygen + encapsulate + decapsulate".into(),
+        key: None,
+        run: Box::new(move || {
+            rate(secs, 1, || {
+                black_box(ml_kem_once());
+            })
+        }),
+    });
+
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     for round in 0..opts.rounds {
-        for (i, (name, run)) in rows.iter_mut().enumerate() {
-            let r = run();
-            eprintln!("round {}: {name}: {r:.0}/s", round + 1);
+        for (i, row) in rows.iter_mut().enumerate() {
+            let r = (row.run)();
+            eprintln!("round {}: {}: {r:.0}/s", round + 1, row.name);
             results[i].push(r);
         }
     }
-    let hs: Vec<f64> = results.into_iter().map(median).collect();
-    let names: Vec<&String> = rows.iter().map(|(n, _)| n).collect();
+    let load_after = load_average();
+
+    let find = |key: Key| rows.iter().position(|r| r.key == Some(key)).unwrap();
+    let med: Vec<f64> = results.iter().map(|r| median(r)).collect();
     println!(
-        "{:<58} {:>12} {:>10}",
-        "full handshakes, client + server, one core", "per second", "µs each"
+        "{:<56} {:>10} {:>9} {:>18}",
+        "full handshakes, client + server, one core", "per second", "µs each", "rounds min–max/s"
     );
-    for (name, r) in names.iter().zip(&hs) {
-        println!("{name:<58} {r:>12.0} {:>10.0}", 1e6 / r);
+    let mut path_shown = None;
+    for (i, row) in rows.iter().enumerate() {
+        let path = row.key.map(|k| k.path);
+        if path != path_shown {
+            match path {
+                Some(Path::Duplex) => println!("over an in-memory duplex pipe (one runtime thread):"),
+                Some(Path::InProcess) => println!("in-process (byte buffers, no I/O):"),
+                None => println!("in-process, the ML-KEM work of one version 2 handshake alone:"),
+            }
+            path_shown = path;
+        }
+        let (lo, hi) = min_max(results[i].iter().copied());
+        println!(
+            "  {:<54} {:>10.0} {:>9.0} {:>18}",
+            row.name,
+            med[i],
+            1e6 / med[i],
+            format!("{lo:.0}–{hi:.0}")
+        );
     }
+    println!("load average (1/5/15 min) after the handshake rounds: {load_after}");
     println!();
+
+    // (ratio of the medians, min and max of the per-round ratios)
+    let ratio = |a: usize, b: usize| {
+        let (lo, hi) = min_max(results[a].iter().zip(&results[b]).map(|(x, y)| x / y));
+        (med[a] / med[b], lo, hi)
+    };
+    let line = |label: &str, cell: &dyn Fn(Path) -> String| {
+        println!("  {label:<46} {:>30} {:>30}", cell(Path::Duplex), cell(Path::InProcess));
+    };
+    println!("ratios of the median rates; in brackets the min–max of the per-round ratios");
     println!(
-        "ratio ours/rustls, duplex, X25519:       client port / TLS {:.2}x, cluster port / TLS {:.2}x",
-        hs[0] / hs[2],
-        hs[1] / hs[2]
+        "{:<48} {:>30} {:>30}",
+        "ours / rustls, like for like (> 1: ours faster)", "duplex", "in-process"
     );
+    for version in VERSIONS {
+        for port in PORTS {
+            let label = match (version, port) {
+                (Version::Classical, PortKind::Client) => "v1 client port / TLS, X25519",
+                (Version::Classical, PortKind::Cluster) => "v1 cluster port / mTLS, X25519",
+                (Version::Hybrid, PortKind::Client) => "v2 client port / TLS, X25519MLKEM768",
+                (Version::Hybrid, PortKind::Cluster) => "v2 cluster port / mTLS, X25519MLKEM768",
+            };
+            line(label, &|path| {
+                let k = |who| Key {
+                    who,
+                    version,
+                    port,
+                    path,
+                };
+                let (r, lo, hi) = ratio(find(k(Who::Ours)), find(k(Who::Rustls)));
+                format!("{r:.2}x ({lo:.2}–{hi:.2})")
+            });
+        }
+    }
     println!(
-        "ratio ours/rustls, duplex, like for like: cluster port (member proof) / mTLS {:.2}x",
-        hs[1] / hs[4]
+        "{:<48} {:>30} {:>30}",
+        "cost of v2: v2 rate / v1 rate, µs added", "duplex", "in-process"
     );
+    for who in [Who::Ours, Who::Rustls] {
+        for port in PORTS {
+            let label = match (who, port) {
+                (Who::Ours, PortKind::Client) => "ours, client port: v2 / v1",
+                (Who::Ours, PortKind::Cluster) => "ours, cluster port: v2 / v1",
+                (Who::Rustls, PortKind::Client) => "rustls TLS: X25519MLKEM768 / X25519",
+                (Who::Rustls, PortKind::Cluster) => "rustls mTLS: X25519MLKEM768 / X25519",
+            };
+            line(label, &|path| {
+                let k = |version| Key {
+                    who,
+                    version,
+                    port,
+                    path,
+                };
+                let (v1, v2) = (find(k(Version::Classical)), find(k(Version::Hybrid)));
+                let (r, lo, hi) = ratio(v2, v1);
+                format!("{r:.2}x ({lo:.2}–{hi:.2}) {:+.0} µs", 1e6 / med[v2] - 1e6 / med[v1])
+            });
+        }
+    }
+    let kem = rows.iter().position(|r| r.key.is_none()).unwrap();
+    let (lo, hi) = min_max(results[kem].iter().map(|r| 1e6 / r));
     println!(
-        "ratio ours/rustls, duplex, hybrid PQ:    client port / TLS {:.2}x",
-        hs[0] / hs[3]
-    );
-    println!(
-        "ratio ours/rustls, in-process, X25519:   client port / TLS {:.2}x, cluster port / TLS {:.2}x",
-        hs[5] / hs[7],
-        hs[6] / hs[7]
+        "  {:<46} {:>30} {:>30}",
+        "ML-KEM-768 work alone (rounds min–max)",
+        "",
+        format!("{:.0} µs ({lo:.0}–{hi:.0})", 1e6 / med[kem])
     );
     println!();
-    primitives(&o, secs / 3.0);
-    println!();
+    primitives(o, secs / 3.0);
 
     // === AEAD at 16 KiB records ===
     let key_bytes = [0x42u8; 32];
@@ -475,16 +721,41 @@ fn main() {
             aead[i].push(r);
         }
     }
-    let aead: Vec<f64> = aead.into_iter().map(median).collect();
+    let aead: Vec<f64> = aead.iter().map(|r| median(r)).collect();
     println!("{:<58} {:>12}", "AEAD, 16 KiB records, seal + open, one core", "MB/s");
     for ((name, _), r) in aead_rows.iter().zip(&aead) {
         println!("{name:<58} {r:>12.0}");
     }
     println!();
     println!("ratio aws-lc-rs/aes-gcm: {:.2}x", aead[0] / aead[1]);
+    println!("load average (1/5/15 min) at the end: {}", load_average());
 }
 
-/// What one handshake is made of: the RSA and X25519 operations, one core.
+// === AEAD ===
+
+fn aws_lc_seal_open(buf: &mut Vec<u8>, key: &LessSafeKey, seq: &mut u64) {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&seq.to_be_bytes());
+    *seq += 1;
+    let n = || Nonce::assume_unique_for_key(nonce);
+    key.seal_in_place_append_tag(n(), Aad::from([0x40, 0x11]), buf).unwrap();
+    let len = key.open_in_place(n(), Aad::from([0x40, 0x11]), buf).unwrap().len();
+    buf.truncate(len);
+}
+
+fn rustcrypto_seal_open(buf: &mut [u8], cipher: &aes_gcm::Aes256Gcm, seq: &mut u64) {
+    use aes_gcm::aead::AeadInPlace;
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&seq.to_be_bytes());
+    *seq += 1;
+    let nonce = aes_gcm::Nonce::from_slice(&nonce);
+    let tag = cipher.encrypt_in_place_detached(nonce, &[0x40, 0x11], buf).unwrap();
+    cipher
+        .decrypt_in_place_detached(nonce, &[0x40, 0x11], buf, &tag)
+        .unwrap();
+}
+
+/// What one handshake is made of: the RSA, X25519 and ML-KEM-768 operations, one core.
 fn primitives(o: &Ours, secs: f64) {
     use aws_lc_rs::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, X25519};
     let ck = o.server.ck_public();
@@ -496,6 +767,10 @@ fn primitives(o: &Ours, secs: f64) {
         .unwrap()
         .compute_public_key()
         .unwrap();
+    let dk = DecapsulationKey::generate(&ML_KEM_768).unwrap();
+    let ek_bytes = dk.encapsulation_key().unwrap().key_bytes().unwrap();
+    let ek = EncapsulationKey::new(&ML_KEM_768, ek_bytes.as_ref()).unwrap();
+    let (kem_ct, _) = ek.encapsulate().unwrap();
     let ops: Vec<Op> = vec![
         (
             "RSA-2048 OAEP-SHA256 decrypt (server, private)",
@@ -530,32 +805,34 @@ fn primitives(o: &Ours, secs: f64) {
                 );
             }),
         ),
+        (
+            "ML-KEM-768 keygen + encapsulation key bytes (v2 client)",
+            Box::new(|| {
+                let dk = DecapsulationKey::generate(&ML_KEM_768).unwrap();
+                black_box(dk.encapsulation_key().unwrap().key_bytes().unwrap());
+            }),
+        ),
+        (
+            "ML-KEM-768 key parse + encapsulate (v2 server)",
+            Box::new(|| {
+                let ek = EncapsulationKey::new(&ML_KEM_768, ek_bytes.as_ref()).unwrap();
+                black_box(ek.encapsulate().unwrap());
+            }),
+        ),
+        (
+            "ML-KEM-768 decapsulate (v2 client)",
+            Box::new(|| {
+                black_box(dk.decapsulate(Ciphertext::from(kem_ct.as_ref())).unwrap());
+            }),
+        ),
     ];
     println!(
         "{:<58} {:>12} {:>10}",
-        "primitives (aws-lc-rs), one core", "per second", "µs each"
+        "primitives (aws-lc-rs), one core, one measurement each", "per second", "µs each"
     );
     for (name, mut op) in ops {
         let r = rate(secs, 1, &mut op);
         println!("{name:<58} {r:>12.0} {:>10.1}", 1e6 / r);
     }
     println!();
-}
-
-async fn rate_async<F, Fut>(secs: f64, mut op: F) -> f64
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let warm = Instant::now();
-    while warm.elapsed() < Duration::from_secs_f64((secs / 6.0).min(0.5)) {
-        op().await;
-    }
-    let start = Instant::now();
-    let mut n = 0usize;
-    while start.elapsed() < Duration::from_secs_f64(secs) {
-        op().await;
-        n += 1;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
 }

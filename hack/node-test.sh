@@ -21,7 +21,7 @@
 #     zero, a sidecar stuck behind its pod's stamp, a running pod labelled into the cluster
 #     without the sidecar, a drifted CRD; the operator renews a webhook certificate that
 #     fell due while it was away; `kubectl xlattice directory` and `connect` reach the members
-#   - post-quantum: sidecars injected with postQuantum Off (version 1 only, as old ones)
+#   - post-quantum: sidecars injected with postQuantum Disabled (version 1 only, as old ones)
 #     and a new member with the default talk both ways (classical, counted); rolled, they
 #     talk hybrid; under Required a version 1 client is refused
 #   - the operator pod killed: its Deployment brings it back, no identity changes
@@ -502,6 +502,10 @@ drift=/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/drifted
 kubectl patch crd xlatticeclusters.xlattice.io --type=json -p "[{\"op\":\"add\",\"path\":\"$drift\",\"value\":{\"type\":\"string\"}}]" >/dev/null
 xl_check --output json >"$TMP/check-crd.json" 2>&1 || true
 kubectl patch crd xlatticeclusters.xlattice.io --type=json -p "[{\"op\":\"remove\",\"path\":\"$drift\"}]" >/dev/null
+# The versions back in helm's hands (it installs CRDs by server-side apply): else the next
+# helm install on this node would conflict with kubectl-patch's ownership of them.
+kubectl apply --server-side --field-manager=helm --force-conflicts \
+  -f charts/xlattice-operator/crds/xlatticeclusters.yaml >/dev/null
 check "a CRD that drifted from this release's schema: check's crd fails" \
   test "$(verdict "$TMP/check-crd.json" crd xlatticeclusters.xlattice.io)" = fail
 check "the pod relabelled back and the CRD restored: check passes" eventually 60 xl_check
@@ -509,12 +513,12 @@ op_pod=$(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operato
 
 # ---------------------------------------------------------------------------------------
 step "post-quantum: a rolling upgrade from sidecars that speak only version 1"
-# A cluster of its own whose sidecars are injected with postQuantum Off: version 1 only, as
+# A cluster of its own whose sidecars are injected with postQuantum Disabled: version 1 only, as
 # sidecars from before version 2 are. The spec then goes back to the default (Preferred)
 # without restarting them (restartWorkloads false), a new member joins with the version 2
 # sidecar, the two kinds talk both ways, the old ones are rolled, and Required at last.
 kubectl create namespace "$PQ_NS" >/dev/null
-sed -e 's/^  restartWorkloads: true$/  restartWorkloads: false\n  postQuantum: "Off"/' -e 's/^  replicas: 3$/  replicas: 2/' \
+sed -e 's/^  restartWorkloads: true$/  restartWorkloads: false\n  postQuantum: Disabled/' -e 's/^  replicas: 3$/  replicas: 2/' \
   deploy/examples/statefulset-cluster.yaml | kubectl apply -n "$PQ_NS" -f - >/dev/null
 pq_ready() { kubectl -n "$PQ_NS" rollout status statefulset/store --timeout=120s >/dev/null; }
 pq_args() { kubectl -n "$PQ_NS" get pod "$1" -o 'jsonpath={.spec.initContainers[?(@.name=="xlattice-sidecar")].args}'; }
@@ -528,7 +532,7 @@ pq_hello() { # FROM TO: member FROM says hello to member TO on the cluster port
     grep -q "hello from store-$2 on the cluster port"
 }
 pq_ready
-check "version 1 only: the sidecars are injected with --post-quantum Off" grep -q '"--post-quantum","Off"' <<<"$(pq_args store-0)"
+check "version 1 only: the sidecars are injected with --post-quantum Disabled" grep -q '"--post-quantum","Disabled"' <<<"$(pq_args store-0)"
 kubectl -n "$PQ_NS" patch xlatticecluster store --type=json -p '[{"op":"remove","path":"/spec/postQuantum"}]' >/dev/null
 kubectl -n "$PQ_NS" scale statefulset store --replicas=3 >/dev/null
 pq_ready
@@ -553,7 +557,7 @@ sleep 2
 pq_ready
 check "Required: the members, rolled, still talk (hybrid)" eventually 30 pq_hello 1 2
 pq_ip0=$(pod_ip "$PQ_NS" store-0)
-if PATH="$TMP/plugin:$PATH" kubectl xlattice connect store store-0 -n "$PQ_NS" --post-quantum Off \
+if PATH="$TMP/plugin:$PATH" kubectl xlattice connect store store-0 -n "$PQ_NS" --post-quantum Disabled \
   --address "$pq_ip0:8000" --timeout 5s </dev/null >/dev/null 2>&1; then
   bad "Required: a version 1 client was served"
 else

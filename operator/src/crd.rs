@@ -136,7 +136,7 @@ pub struct XLatticeClusterSpec {
     /// Preferred, the hybrid post-quantum handshake (X25519 + ML-KEM-768) with every peer
     /// that speaks it and the classical one with those that do not; Required, hybrid only,
     /// once every member and client speaks it (xlattice_sidecar_session_versions_total shows
-    /// when no classical sessions are left); Off, classical only. A change applies to pods
+    /// when no classical sessions are left); Disabled, classical only. A change applies to pods
     /// injected after it (restartWorkloads rolls the others).
     #[serde(default, skip_serializing_if = "PostQuantumSetting::is_default")]
     pub post_quantum: PostQuantumSetting,
@@ -144,7 +144,7 @@ pub struct XLatticeClusterSpec {
 
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PostQuantumSetting {
-    Off,
+    Disabled,
     #[default]
     Preferred,
     Required,
@@ -158,7 +158,7 @@ impl PostQuantumSetting {
     /// The sidecar's `--post-quantum` value (the protocol crate's `PostQuantum` names).
     pub fn flag(self) -> &'static str {
         match self {
-            Self::Off => "Off",
+            Self::Disabled => "Disabled",
             Self::Preferred => "Preferred",
             Self::Required => "Required",
         }

@@ -92,7 +92,7 @@ pub enum Version {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PostQuantum {
     /// Version 1 only, as a version 1 implementation (no sentinel, no version 2 hello).
-    Off,
+    Disabled,
     /// Both; version 2 first as a client, falling back to version 1 only for a member that
     /// does not speak version 2 (the sentinel tells).
     #[default]
@@ -102,11 +102,11 @@ pub enum PostQuantum {
 }
 
 impl PostQuantum {
-    pub const NAMES: [&'static str; 3] = ["Off", "Preferred", "Required"];
+    pub const NAMES: [&'static str; 3] = ["Disabled", "Preferred", "Required"];
 
     pub fn name(self) -> &'static str {
         match self {
-            Self::Off => "Off",
+            Self::Disabled => "Disabled",
             Self::Preferred => "Preferred",
             Self::Required => "Required",
         }
@@ -115,7 +115,7 @@ impl PostQuantum {
     /// The first hello a client sends.
     pub fn first_offer(self) -> Offer {
         match self {
-            Self::Off => Offer::Classical,
+            Self::Disabled => Offer::Classical,
             Self::Preferred | Self::Required => Offer::Hybrid,
         }
     }
@@ -131,10 +131,10 @@ impl std::str::FromStr for PostQuantum {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
-            "Off" | "off" => Ok(Self::Off),
+            "Disabled" | "disabled" => Ok(Self::Disabled),
             "Preferred" | "preferred" => Ok(Self::Preferred),
             "Required" | "required" => Ok(Self::Required),
-            other => Err(format!("{other:?}: expected one of Off, Preferred, Required")),
+            other => Err(format!("{other:?}: expected one of Disabled, Preferred, Required")),
         }
     }
 }
@@ -739,7 +739,7 @@ impl ServerContext<'_> {
     pub fn admit(&self, version: Version) -> Result<(), HandshakeError> {
         match (self.post_quantum, version) {
             (PostQuantum::Required, Version::Classical) => Err(HandshakeError::ClassicalRefused),
-            (PostQuantum::Off, Version::Hybrid) => Err(HandshakeError::UnsupportedVersion(version as u8)),
+            (PostQuantum::Disabled, Version::Hybrid) => Err(HandshakeError::UnsupportedVersion(version as u8)),
             _ => Ok(()),
         }
     }
@@ -807,7 +807,7 @@ pub fn server_accept(
         )?),
     };
     ctx.replay.check(&client_nonce, timestamp, now)?;
-    let speaks_hybrid = ctx.post_quantum != PostQuantum::Off;
+    let speaks_hybrid = ctx.post_quantum != PostQuantum::Disabled;
     let (kem_ciphertext, kem_shared) = kem.unzip();
     let (reply, ephemeral) = reply_bytes(lens.version, speaks_hybrid, hello, &key1, kem_ciphertext, &secrets);
     let keys = derive_keys(

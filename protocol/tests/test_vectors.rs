@@ -345,7 +345,7 @@ fn check_handshake(w: &World, hs: &Value) {
     assert_eq!(accepted.reply, reply, "{name}: reply");
     assert_eq!(accepted.reply.len(), REPLY_LEN);
     let replay = ReplayGuard::default();
-    let ctx = server_context(w, port, &replay, PostQuantum::Off);
+    let ctx = server_context(w, port, &replay, PostQuantum::Disabled);
     let v1_only = server_accept(&ctx, &hello, now, server_secrets(ss)).expect("a version 1 server accepts it");
     assert_eq!(v1_only.reply, reply, "{name}: reply of a version 1 only server");
     assert_eq!(
@@ -671,7 +671,7 @@ fn check_handshake_v2(w: &World, hs: &Value) {
 
     // A server that speaks only version 1 does not know this hello.
     let replay = ReplayGuard::default();
-    let ctx = server_context(w, port, &replay, PostQuantum::Off);
+    let ctx = server_context(w, port, &replay, PostQuantum::Disabled);
     let refused = server_accept(&ctx, &hello, now, server_secrets(ss))
         .err()
         .expect("refused");

@@ -74,7 +74,7 @@ pub struct SessionArgs {
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,
     /// Handshake versions: Preferred (hybrid post-quantum first, classical with a member
-    /// that speaks only that), Required (hybrid only), Off (classical only).
+    /// that speaks only that), Required (hybrid only), Disabled (classical only).
     #[arg(long, default_value = "Preferred")]
     pub post_quantum: xlattice_protocol::PostQuantum,
 }

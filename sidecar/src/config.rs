@@ -82,7 +82,7 @@ pub struct SidecarConfig {
     /// The handshake versions spoken on both ports and out (docs/protocol.md, "Choosing a
     /// version"): Preferred, the hybrid post-quantum handshake (version 2) first, version 1
     /// with members and clients that speak only that; Required, version 2 only (once every
-    /// member speaks it); Off, version 1 only.
+    /// member speaks it); Disabled, version 1 only.
     #[arg(long, env = "XLATTICE_POST_QUANTUM", default_value = "Preferred")]
     pub post_quantum: xlattice_protocol::PostQuantum,
     /// A hello must arrive whole, find a handshake slot and be answered within this time.

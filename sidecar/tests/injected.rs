@@ -35,7 +35,7 @@ fn the_sidecar_parses_what_the_webhook_injects() {
         serde_json::json!({"selector": {"matchLabels": {"app": "s"}}, "clusterPort": 7000, "clientPort": 8000,
                            "postQuantum": "Required"}),
         serde_json::json!({"selector": {"matchLabels": {"app": "s"}}, "clusterPort": 7000, "clientPort": 8000,
-                           "postQuantum": "Off"}),
+                           "postQuantum": "Disabled"}),
     ] {
         let cluster = cluster(spec);
         let container = sidecar(&cluster, &injection);

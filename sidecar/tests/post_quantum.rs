@@ -1,6 +1,6 @@
 //! The hybrid post-quantum handshake (protocol version 2) across a rolling upgrade, with
 //! real sidecar processes on loopback: a sidecar that speaks only version 1 (`--post-quantum
-//! Off`, as an old one does) still talks to new clients and members, which fall back; a
+//! Disabled`, as an old one does) still talks to new clients and members, which fall back; a
 //! fallback forced by someone dropping the version 2 hello is refused (the sentinel); and
 //! `Required` refuses version 1 and never falls back.
 
@@ -78,7 +78,7 @@ fn versions(port: &str, version: &str) -> String {
 async fn a_rolling_upgrade_keeps_talking_and_a_forced_fallback_is_refused() {
     let mut c = cluster(110).await;
     // m0 plays a sidecar from before version 2.
-    restart_with(&mut c, 0, &["--post-quantum", "Off"]).await;
+    restart_with(&mut c, 0, &["--post-quantum", "Disabled"]).await;
 
     // --- clients: hybrid with the new members, classical with the old one (fallback)
     let mut session = open(&c, "m1", None, PostQuantum::Preferred).await.unwrap();
@@ -138,7 +138,7 @@ async fn a_rolling_upgrade_keeps_talking_and_a_forced_fallback_is_refused() {
 
     // --- Required: version 1 refused (counted), version 2 only, no fallback as a client
     restart_with(&mut c, 2, &["--post-quantum", "Required"]).await;
-    let refused = open(&c, "m2", None, PostQuantum::Off).await;
+    let refused = open(&c, "m2", None, PostQuantum::Disabled).await;
     assert!(
         refused.is_err(),
         "a version 1 hello to a Required member must be refused"

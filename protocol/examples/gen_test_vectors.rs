@@ -27,9 +27,8 @@ use aws_lc_rs::{
 use serde_json::{json, Map, Value};
 use xlattice_protocol::{
     handshake::{
-        self, client_hello_offering, server_accept, ClientSecrets, ServerSecrets, HELLO_HEADER_LEN, HELLO_LABEL,
-        HELLO_LABEL_V2, HYBRID_SENTINEL, KEM_CIPHERTEXT_LEN, KEM_KEY_LEN, MAGIC, PROOF_CONTEXT, PROOF_CONTEXT_V2,
-        REPLY_PLAIN_LEN, TRANSCRIPT_CONTEXT, TRANSCRIPT_CONTEXT_V2,
+        self, client_hello_offering, server_accept, ClientSecrets, ServerSecrets, HELLO_HEADER_LEN, HYBRID_SENTINEL,
+        KEM_CIPHERTEXT_LEN, KEM_KEY_LEN, MAGIC, REPLY_PLAIN_LEN,
     },
     record::{ContentType, RecordSealer},
     replay::MAX_CLOCK_SKEW,
@@ -45,34 +44,6 @@ const SERVER_NOW: u64 = TIMESTAMP + 7;
 
 fn out_path(version: Version) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../docs/test-vectors/v{}.json", version as u8))
-}
-
-/// The strings a version binds in: OAEP label, proof context, transcript context, c2s, s2c.
-struct Labels {
-    hello: &'static [u8],
-    proof: &'static [u8],
-    transcript: &'static [u8],
-    c2s: &'static [u8],
-    s2c: &'static [u8],
-}
-
-fn labels(version: Version) -> Labels {
-    match version {
-        Version::Classical => Labels {
-            hello: HELLO_LABEL,
-            proof: PROOF_CONTEXT,
-            transcript: TRANSCRIPT_CONTEXT,
-            c2s: handshake::C2S_INFO,
-            s2c: handshake::S2C_INFO,
-        },
-        Version::Hybrid => Labels {
-            hello: HELLO_LABEL_V2,
-            proof: PROOF_CONTEXT_V2,
-            transcript: TRANSCRIPT_CONTEXT_V2,
-            c2s: handshake::C2S_INFO_V2,
-            s2c: handshake::S2C_INFO_V2,
-        },
-    }
 }
 
 /// Fixed "randomness": SHA-256 of a label, so the values look random but are reproducible.
@@ -268,7 +239,7 @@ fn handshake_vector(
     member: &Identity,
     directory: &DirectoryIndex,
 ) -> Value {
-    let labels = labels(version);
+    let labels = version.labels();
     let cs = client_secrets(version, case.name);
     let ss = server_secrets(version, case.name);
     let client_eph_pub = x25519_public(&cs.ephemeral);
@@ -687,7 +658,7 @@ fn check_rejections(rejections: &[Rejection], server: &Identity, directory: &Dir
 }
 
 fn constants(version: Version) -> Value {
-    let labels = labels(version);
+    let labels = version.labels();
     let mut out = json!({
         "magic": h(MAGIC),
         "hello_label": h(labels.hello),

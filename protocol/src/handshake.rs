@@ -151,13 +151,14 @@ pub enum Offer {
     Classical,
 }
 
-/// The strings a version binds into its messages and keys.
-struct Labels {
-    hello: &'static [u8],
-    proof: &'static [u8],
-    transcript: &'static [u8],
-    c2s: &'static [u8],
-    s2c: &'static [u8],
+/// The strings a version binds into its messages and keys: the OAEP label, the proof and
+/// transcript contexts, the two HKDF infos.
+pub struct Labels {
+    pub hello: &'static [u8],
+    pub proof: &'static [u8],
+    pub transcript: &'static [u8],
+    pub c2s: &'static [u8],
+    pub s2c: &'static [u8],
 }
 
 /// Which of a member's two ports a hello is meant for; authenticated inside the hello.
@@ -308,7 +309,7 @@ impl Version {
         }
     }
 
-    fn labels(self) -> &'static Labels {
+    pub fn labels(self) -> &'static Labels {
         const V1: Labels = Labels {
             hello: HELLO_LABEL,
             proof: PROOF_CONTEXT,

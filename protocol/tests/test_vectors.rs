@@ -150,44 +150,48 @@ fn server_context<'a>(
     }
 }
 
-#[test]
-fn constants_match_the_implementation() {
-    let v = vectors(V1);
+/// A file's constants: the implementation's, and the strings docs/protocol.md gives.
+fn check_constants(file: &str, version: Version) -> Value {
+    let v = vectors(file);
     let c = &v["constants"];
-    assert_eq!(v["protocol_version"].as_u64(), Some(VERSION as u64));
+    let n = version as u8;
+    assert_eq!(v["protocol_version"].as_u64(), Some(u64::from(n)));
     assert_eq!(hex_field(c, "magic"), MAGIC);
     assert_eq!(hex_field(c, "magic"), b"XL");
-    assert_eq!(hex_field(c, "hello_label"), HELLO_LABEL);
-    assert_eq!(hex_field(c, "hello_label"), b"xlattice/1 hello");
-    assert_eq!(hex_field(c, "proof_context"), PROOF_CONTEXT);
-    assert_eq!(hex_field(c, "proof_context"), b"xlattice/1 member-proof\0");
-    assert_eq!(hex_field(c, "transcript_context"), TRANSCRIPT_CONTEXT);
-    assert_eq!(hex_field(c, "transcript_context"), b"xlattice/1 transcript\0");
-    assert_eq!(hex_field(c, "c2s_info"), handshake::C2S_INFO);
-    assert_eq!(hex_field(c, "c2s_info"), b"xlattice/1 c2s");
-    assert_eq!(hex_field(c, "s2c_info"), handshake::S2C_INFO);
-    assert_eq!(hex_field(c, "s2c_info"), b"xlattice/1 s2c");
+    let labels = version.labels();
+    for (field, ours, text) in [
+        ("hello_label", labels.hello, format!("xlattice/{n} hello")),
+        ("proof_context", labels.proof, format!("xlattice/{n} member-proof\0")),
+        (
+            "transcript_context",
+            labels.transcript,
+            format!("xlattice/{n} transcript\0"),
+        ),
+        ("c2s_info", labels.c2s, format!("xlattice/{n} c2s")),
+        ("s2c_info", labels.s2c, format!("xlattice/{n} s2c")),
+    ] {
+        assert_eq!(hex_field(c, field), ours, "{file}: {field}");
+        assert_eq!(ours, text.as_bytes(), "{file}: {field}");
+    }
     assert_eq!(c["max_clock_skew"].as_u64(), Some(MAX_CLOCK_SKEW));
+    v
+}
+
+#[test]
+fn constants_match_the_implementation() {
+    check_constants(V1, Version::Classical);
+    assert_eq!(VERSION, 1);
+    let labels = Version::Classical.labels();
+    assert_eq!(
+        (labels.hello, labels.proof, labels.transcript),
+        (HELLO_LABEL, PROOF_CONTEXT, TRANSCRIPT_CONTEXT)
+    );
 }
 
 #[test]
 fn v2_constants_match_the_implementation() {
-    let v = vectors(V2);
+    let v = check_constants(V2, Version::Hybrid);
     let c = &v["constants"];
-    assert_eq!(v["protocol_version"].as_u64(), Some(Version::Hybrid as u64));
-    assert_eq!(Version::Hybrid as u8, 2);
-    assert_eq!(hex_field(c, "magic"), MAGIC);
-    assert_eq!(hex_field(c, "hello_label"), HELLO_LABEL_V2);
-    assert_eq!(hex_field(c, "hello_label"), b"xlattice/2 hello");
-    assert_eq!(hex_field(c, "proof_context"), PROOF_CONTEXT_V2);
-    assert_eq!(hex_field(c, "proof_context"), b"xlattice/2 member-proof\0");
-    assert_eq!(hex_field(c, "transcript_context"), TRANSCRIPT_CONTEXT_V2);
-    assert_eq!(hex_field(c, "transcript_context"), b"xlattice/2 transcript\0");
-    assert_eq!(hex_field(c, "c2s_info"), handshake::C2S_INFO_V2);
-    assert_eq!(hex_field(c, "c2s_info"), b"xlattice/2 c2s");
-    assert_eq!(hex_field(c, "s2c_info"), handshake::S2C_INFO_V2);
-    assert_eq!(hex_field(c, "s2c_info"), b"xlattice/2 s2c");
-    assert_eq!(c["max_clock_skew"].as_u64(), Some(MAX_CLOCK_SKEW));
     assert_eq!(c["kem_key_len"].as_u64(), Some(KEM_KEY_LEN as u64));
     assert_eq!(c["kem_ciphertext_len"].as_u64(), Some(KEM_CIPHERTEXT_LEN as u64));
     assert_eq!((KEM_KEY_LEN, KEM_CIPHERTEXT_LEN, REPLY_V2_LEN), (1184, 1088, 1206));
@@ -282,23 +286,7 @@ fn check_handshake(w: &World, hs: &Value) {
     );
 
     // X25519 public keys follow from the private ones; the shared secret agrees both ways.
-    for (secrets, who) in [(cs, "client"), (ss, "server")] {
-        let key = PrivateKey::from_private_key(&X25519, &hex_field(secrets, "ephemeral_private")).unwrap();
-        assert_eq!(
-            key.compute_public_key().unwrap().as_ref(),
-            hex_field(secrets, "ephemeral_public"),
-            "{name} {who}"
-        );
-    }
-    let client_eph = PrivateKey::from_private_key(&X25519, &hex_field(cs, "ephemeral_private")).unwrap();
-    let shared = agreement::agree(
-        &client_eph,
-        UnparsedPublicKey::new(&X25519, hex_field(ss, "ephemeral_public")),
-        (),
-        |s| Ok(s.to_vec()),
-    )
-    .unwrap();
-    assert_eq!(shared, hex_field(hs, "x25519_shared_secret"), "{name}");
+    let shared = check_x25519(name, cs, ss, hs);
 
     // The member proof: AES-256-GCM(key1, nonce 0..01, AAD = header | RSA ciphertext),
     // and an RSA-PSS-SHA256 signature over PROOF_CONTEXT | header | RSA ciphertext.
@@ -503,23 +491,7 @@ fn check_handshake_v2(w: &World, hs: &Value) {
     assert!(w.server.ck.decrypt_oaep(rsa, HELLO_LABEL).is_none(), "{name}: v1 label");
 
     // X25519, as in version 1.
-    for (secrets, who) in [(cs, "client"), (ss, "server")] {
-        let key = PrivateKey::from_private_key(&X25519, &hex_field(secrets, "ephemeral_private")).unwrap();
-        assert_eq!(
-            key.compute_public_key().unwrap().as_ref(),
-            hex_field(secrets, "ephemeral_public"),
-            "{name} {who}"
-        );
-    }
-    let client_eph = PrivateKey::from_private_key(&X25519, &hex_field(cs, "ephemeral_private")).unwrap();
-    let shared = agreement::agree(
-        &client_eph,
-        UnparsedPublicKey::new(&X25519, hex_field(ss, "ephemeral_public")),
-        (),
-        |s| Ok(s.to_vec()),
-    )
-    .unwrap();
-    assert_eq!(shared, hex_field(hs, "x25519_shared_secret"), "{name}");
+    let shared = check_x25519(name, cs, ss, hs);
 
     // ML-KEM-768: the decapsulation key in FIPS 203 form holds the encapsulation key (the
     // one in the hello) and its SHA3-256 hash; decapsulating the ciphertext gives the secret.
@@ -871,4 +843,26 @@ fn member_signatures_must_use_a_32_byte_salt() {
             "a PSS salt of {name} bytes must be refused"
         );
     }
+}
+
+/// X25519: the public keys follow from the private ones, and the shared secret agrees.
+fn check_x25519(name: &str, cs: &Value, ss: &Value, hs: &Value) -> Vec<u8> {
+    for (secrets, who) in [(cs, "client"), (ss, "server")] {
+        let key = PrivateKey::from_private_key(&X25519, &hex_field(secrets, "ephemeral_private")).unwrap();
+        assert_eq!(
+            key.compute_public_key().unwrap().as_ref(),
+            hex_field(secrets, "ephemeral_public"),
+            "{name} {who}"
+        );
+    }
+    let client_eph = PrivateKey::from_private_key(&X25519, &hex_field(cs, "ephemeral_private")).unwrap();
+    let shared = agreement::agree(
+        &client_eph,
+        UnparsedPublicKey::new(&X25519, hex_field(ss, "ephemeral_public")),
+        (),
+        |s| Ok(s.to_vec()),
+    )
+    .unwrap();
+    assert_eq!(shared, hex_field(hs, "x25519_shared_secret"), "{name}");
+    shared
 }

@@ -538,6 +538,12 @@ kubectl -n "$PQ_NS" scale statefulset store --replicas=3 >/dev/null
 pq_ready
 check "the spec back to Preferred: store-2 joins with the default sidecar (no --post-quantum)" \
   bash -c "! grep -q post-quantum <<<'$(pq_args store-2)'"
+# The running members now carry a sidecar for an earlier spec: check names them, and the
+# cluster is not Ready until they are restarted (restartWorkloads is off here).
+PATH="$TMP/plugin:$PATH" kubectl xlattice check -n "$PQ_NS" --operator-namespace "$OP_NS" --output json \
+  >"$TMP/check-pq.json" 2>&1 || true
+check "check names the members whose sidecar is for an earlier spec, and the cluster not Ready" \
+  test "$(verdict "$TMP/check-pq.json" sidecars "$PQ_NS/store")/$(finding message "$TMP/check-pq.json" sidecars "$PQ_NS/store" | grep -o 'store-[01]' | sort -u | tr '\n' ' ')/$(verdict "$TMP/check-pq.json" cluster-ready "$PQ_NS/store")" = "fail/store-0 store-1 /fail"
 check "new store-2 -> old store-0: answered (store-2 falls back to version 1)" eventually 30 pq_hello 2 0
 check "old store-0 -> new store-2: answered (version 1; the sentinel means nothing to it)" eventually 30 pq_hello 0 2
 check "... both classical, as store-2's sidecar counts them (outbound and cluster port)" \

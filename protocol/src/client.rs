@@ -71,12 +71,16 @@ pub async fn open(
                 ..
             })
         );
-        if !refused || target.post_quantum.fallback(first).is_none() || speaks_hybrid(&member.ck) {
+        let fallback = target
+            .post_quantum
+            .fallback(first)
+            .filter(|_| refused && !speaks_hybrid(&member.ck));
+        let Some(fallback) = fallback else {
             return remember(opened, &member.ck);
-        }
+        };
         // Closed on a version 2 hello by a member never seen speaking it: one that speaks
         // only version 1, or someone in the path dropping it; the fallback's reply tells.
-        match handshake(&address, name, &member.ck, &target, Offer::ClassicalAfterRefusal).await {
+        match handshake(&address, name, &member.ck, &target, fallback).await {
             // It speaks version 2 after all. A refusal for a passing reason (no handshake
             // slot free) looks the same as a dropped hello: one more version 2 hello, and
             // if that is closed too, the downgrade is the error.

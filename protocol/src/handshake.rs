@@ -102,8 +102,6 @@ pub enum PostQuantum {
 }
 
 impl PostQuantum {
-    pub const NAMES: [&'static str; 3] = ["Disabled", "Preferred", "Required"];
-
     pub fn name(self) -> &'static str {
         match self {
             Self::Disabled => "Disabled",

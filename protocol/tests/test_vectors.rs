@@ -251,21 +251,7 @@ fn check_handshake(w: &World, hs: &Value) {
 
     // The hello splits into header | RSA ciphertext | sealed proof as documented.
     let rsa_len = w.server.ck.size_bytes();
-    let header = &hello[..HELLO_HEADER_LEN];
-    let rsa = &hello[HELLO_HEADER_LEN..HELLO_HEADER_LEN + rsa_len];
-    let sealed_proof = &hello[HELLO_HEADER_LEN + rsa_len..];
-    assert_eq!(header, hex_field(hs, "hello_header"), "{name}");
-    assert_eq!(rsa, hex_field(hs, "hello_rsa_ciphertext"), "{name}");
-    assert_eq!(sealed_proof, hex_field(hs, "hello_sealed_proof"), "{name}");
-    assert_eq!(&header[..4], &[b'X', b'L', 1, 1], "{name}");
-    assert_eq!(u16::from_be_bytes([header[4], header[5]]) as usize, rsa_len, "{name}");
-    assert_eq!(
-        u16::from_be_bytes([header[6], header[7]]) as usize,
-        sealed_proof.len(),
-        "{name}"
-    );
-    let lens = parse_hello_header(header.try_into().unwrap(), port, rsa_len).unwrap();
-    assert_eq!((lens.rsa_len, lens.proof_len), (rsa_len, sealed_proof.len()));
+    let (_, rsa, _, sealed_proof) = hello_parts(name, hs, &hello, port, rsa_len, Version::Classical);
 
     // OAEP-SHA256 with the label opens to the stated 106-byte plaintext, laid out as documented.
     let plain = w.server.ck.decrypt_oaep(rsa, HELLO_LABEL).expect("OAEP decrypts");
@@ -452,28 +438,8 @@ fn check_handshake_v2(w: &World, hs: &Value) {
 
     // The hello splits into header | RSA ciphertext | ML-KEM key | sealed proof.
     let rsa_len = w.server.ck.size_bytes();
+    let (_, rsa, kem_key, sealed_proof) = hello_parts(name, hs, &hello, port, rsa_len, Version::Hybrid);
     let signed_end = HELLO_HEADER_LEN + rsa_len + KEM_KEY_LEN;
-    let header = &hello[..HELLO_HEADER_LEN];
-    let rsa = &hello[HELLO_HEADER_LEN..HELLO_HEADER_LEN + rsa_len];
-    let kem_key = &hello[HELLO_HEADER_LEN + rsa_len..signed_end];
-    let sealed_proof = &hello[signed_end..];
-    assert_eq!(header, hex_field(hs, "hello_header"), "{name}");
-    assert_eq!(rsa, hex_field(hs, "hello_rsa_ciphertext"), "{name}");
-    assert_eq!(kem_key, hex_field(hs, "hello_kem_key"), "{name}");
-    assert_eq!(sealed_proof, hex_field(hs, "hello_sealed_proof"), "{name}");
-    assert_eq!(&header[..4], &[b'X', b'L', 2, 1], "{name}");
-    assert_eq!(u16::from_be_bytes([header[4], header[5]]) as usize, rsa_len, "{name}");
-    assert_eq!(
-        u16::from_be_bytes([header[6], header[7]]) as usize,
-        sealed_proof.len(),
-        "{name}"
-    );
-    let lens = parse_hello_header(header.try_into().unwrap(), port, rsa_len).unwrap();
-    assert_eq!(lens.version, Version::Hybrid);
-    assert_eq!(
-        (lens.rsa_len, lens.kem_len, lens.proof_len),
-        (rsa_len, KEM_KEY_LEN, sealed_proof.len())
-    );
 
     // OAEP with the version 2 label opens to the 106-byte plaintext; the version 1 label does not.
     let plain = w.server.ck.decrypt_oaep(rsa, HELLO_LABEL_V2).expect("OAEP decrypts");
@@ -865,4 +831,44 @@ fn check_x25519(name: &str, cs: &Value, ss: &Value, hs: &Value) -> Vec<u8> {
     .unwrap();
     assert_eq!(shared, hex_field(hs, "x25519_shared_secret"), "{name}");
     shared
+}
+
+/// The hello's parts as documented (header | RSA ciphertext | [v2] ML-KEM key | sealed
+/// proof), each equal to its field, and the header's version, type and lengths.
+fn hello_parts<'h>(
+    name: &str,
+    hs: &Value,
+    hello: &'h [u8],
+    port: PortKind,
+    rsa_len: usize,
+    version: Version,
+) -> (&'h [u8], &'h [u8], &'h [u8], &'h [u8]) {
+    let kem_len = match version {
+        Version::Classical => 0,
+        Version::Hybrid => KEM_KEY_LEN,
+    };
+    let (header, rest) = hello.split_at(HELLO_HEADER_LEN);
+    let (rsa, rest) = rest.split_at(rsa_len);
+    let (kem_key, sealed_proof) = rest.split_at(kem_len);
+    assert_eq!(header, hex_field(hs, "hello_header"), "{name}");
+    assert_eq!(rsa, hex_field(hs, "hello_rsa_ciphertext"), "{name}");
+    if version == Version::Hybrid {
+        assert_eq!(kem_key, hex_field(hs, "hello_kem_key"), "{name}");
+    }
+    assert_eq!(sealed_proof, hex_field(hs, "hello_sealed_proof"), "{name}");
+    assert_eq!(&header[..4], &[b'X', b'L', version as u8, 1], "{name}");
+    assert_eq!(u16::from_be_bytes([header[4], header[5]]) as usize, rsa_len, "{name}");
+    assert_eq!(
+        u16::from_be_bytes([header[6], header[7]]) as usize,
+        sealed_proof.len(),
+        "{name}"
+    );
+    let lens = parse_hello_header(header.try_into().unwrap(), port, rsa_len).unwrap();
+    assert_eq!(lens.version, version, "{name}");
+    assert_eq!(
+        (lens.rsa_len, lens.kem_len, lens.proof_len),
+        (rsa_len, kem_len, sealed_proof.len()),
+        "{name}"
+    );
+    (header, rsa, kem_key, sealed_proof)
 }

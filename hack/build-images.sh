@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # hack/build-images.sh: build the operator and sidecar images from the Containerfile.
 #
-# Usage: hack/build-images.sh [TAG]            (default TAG: the chart's appVersion)
-#        hack/build-images.sh --archive DIR [TAG]
+# Usage: hack/build-images.sh [--fips] [TAG]            (default TAG: the chart's appVersion)
+#        hack/build-images.sh [--fips] --archive DIR [TAG]
+#
+# --fips builds the binaries with `--features fips` (the AWS-LC FIPS 140-3 module; needs Go,
+# Perl and CMake) and appends "-fips" to the default tag: the tags the chart's `fips: true`
+# uses. They refuse to start under `--require-fips` only if the module is not in FIPS mode.
 #
 # --archive needs no container engine and no registry: it packages the same release
 # binaries the way the Containerfile's default targets do (the binary, the C runtime it
@@ -23,7 +27,11 @@ cd "$(dirname "$0")/.."
 
 die() { printf 'build-images: %s\n' "$*" >&2; exit 1; }
 
-ARCHIVE_DIR='' ARCHIVE_OF=()
+ARCHIVE_DIR='' ARCHIVE_OF=() FIPS=''
+if [[ ${1:-} == --fips ]]; then
+  FIPS=-fips
+  shift
+fi
 if [[ ${1:-} == --archive-of ]]; then
   # --archive-of ROOT IMAGE OUT ENTRYPOINT_JSON: one archive of a prepared root (hack/node.sh).
   [[ $# -eq 5 ]] || die "--archive-of ROOT IMAGE OUT ENTRYPOINT_JSON"
@@ -38,6 +46,11 @@ fi
 
 TAG=${1:-$(sed -n 's/^appVersion:[[:space:]]*"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$/\1/p' charts/xlattice-operator/Chart.yaml)}
 [[ -n $TAG ]] || die "no tag given and no appVersion in charts/xlattice-operator/Chart.yaml"
+[[ -n ${1:-} ]] || TAG=$TAG$FIPS
+# The same feature set for every binary of one build, so the release dependencies compile once
+# per variant (cargo keeps both variants side by side in target/release/deps).
+FEATURES=()
+[[ -z $FIPS ]] || FEATURES=(--features "xlattice-operator/fips,xlattice-sidecar/fips,xlattice-cli/fips")
 [[ $TAG =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "'$TAG' is not a valid image tag"
 REGISTRY=${REGISTRY:-ghcr.io/xlattice}
 OPERATOR_IMAGE=$REGISTRY/xlattice-operator:$TAG
@@ -100,8 +113,8 @@ build_archives() { # DIR
   command -v ldd >/dev/null || die "ldd is required for --archive"
   # kubectl-xlattice goes in no image: it is built in the same invocation (one feature set,
   # so the release dependencies compile once) for hack/node-test.sh and the demo's host.
-  echo "==> cargo build --release --locked -p xlattice-operator -p xlattice-sidecar -p xlattice-cli --bins --example member_app"
-  cargo build --release --locked --quiet -p xlattice-operator -p xlattice-sidecar -p xlattice-cli --bins --example member_app
+  echo "==> cargo build --release --locked ${FEATURES[*]} -p xlattice-operator -p xlattice-sidecar -p xlattice-cli --bins --example member_app"
+  cargo build --release --locked --quiet "${FEATURES[@]}" -p xlattice-operator -p xlattice-sidecar -p xlattice-cli --bins --example member_app
   mkdir -p "$dir"
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' RETURN
@@ -158,9 +171,11 @@ fi
 # The images package exactly this build (see the Containerfile); set
 # STATIC=1 to build static musl binaries inside the container instead.
 if [[ -z ${STATIC:-} ]]; then
-  echo "==> cargo build --release --locked -p xlattice-operator -p xlattice-sidecar"
-  cargo build --release --locked -p xlattice-operator -p xlattice-sidecar
+  echo "==> cargo build --release --locked ${FEATURES[*]} -p xlattice-operator -p xlattice-sidecar"
+  cargo build --release --locked "${FEATURES[@]}" -p xlattice-operator -p xlattice-sidecar
 fi
+# The Containerfile's STATIC build takes the same features (its builder has Go for --fips).
+[[ -z $FIPS ]] || args+=(--build-arg "CARGO_FEATURES=xlattice-operator/fips,xlattice-sidecar/fips")
 suffix=${STATIC:+-static}
 echo "==> $ENGINE build --target operator$suffix -t $OPERATOR_IMAGE"
 "$ENGINE" build "${args[@]}" --target "operator$suffix" -t "$OPERATOR_IMAGE" .

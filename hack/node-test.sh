@@ -24,6 +24,9 @@
 #   - post-quantum: sidecars injected with postQuantum Disabled (version 1 only, as old ones)
 #     and a new member with the default talk both ways (classical, counted); rolled, they
 #     talk hybrid; under Required a version 1 client is refused
+#   - fips (XLATTICE_NODE_FIPS=1, after `hack/node.sh images --fips`): the chart's fips=true
+#     runs the operator and the sidecars it injects on the FIPS module (each says so), members
+#     talk, and a non-FIPS sidecar told to require FIPS exits before it serves
 #   - the operator pod killed: its Deployment brings it back, no identity changes
 #   - reinstalled from the plain manifests (kubectl apply -f deploy/): the identities carry
 #     over, and a StatefulSet pod that comes back gets the NodeID it had
@@ -35,6 +38,8 @@ cd "$(dirname "$0")/.."
 NS=xl-node-test
 ROLL_NS=xl-node-roll
 PQ_NS=xl-node-pq
+FIPS_NS=xl-node-fips
+APP_VERSION=$(sed -n 's/^appVersion:[[:space:]]*"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$/\1/p' charts/xlattice-operator/Chart.yaml)
 OP_NS=xlattice-system
 XL=${XLATTICE_BIN:-target/release/xlattice}
 TMP=$(mktemp -d /tmp/xlattice-node-test.XXXXXX)
@@ -64,7 +69,7 @@ PLAIN_APPLIED=
 cleanup() {
   # Namespaces first, while the operator runs: their clusters carry its finalizer, and a
   # namespace whose cluster outlives the operator stays Terminating.
-  kubectl delete namespace "$NS" "$ROLL_NS" "$PQ_NS" --timeout=60s >/dev/null 2>&1 || true
+  kubectl delete namespace "$NS" "$ROLL_NS" "$PQ_NS" "$FIPS_NS" --timeout=60s >/dev/null 2>&1 || true
   helm uninstall xlattice -n "$OP_NS" >/dev/null 2>&1 || true
   if [[ -n $PLAIN_APPLIED ]]; then kubectl delete -f deploy/xlattice-operator.yaml --wait=false >/dev/null 2>&1 || true; fi
   rm -rf "$TMP"
@@ -571,6 +576,70 @@ else
   check "Required: a version 1 client is refused, counted as classical_refused" test "$refused" -ge 1
 fi
 kubectl delete namespace "$PQ_NS" --wait=false >/dev/null
+
+# ---------------------------------------------------------------------------------------
+# The FIPS images (hack/node.sh images --fips, which hack/test.sh runs): the chart's
+# fips=true, a cluster's members on them, and the refusal of a non-FIPS binary.
+if [[ ${XLATTICE_NODE_FIPS:-} == 1 ]]; then
+  step "fips: the operator and the sidecars it injects on the AWS-LC FIPS module"
+  # After a rollout, once the old pod is gone: the one left is the new one.
+  one_operator_pod() { [[ $(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator -o name | wc -l) == 1 ]]; }
+  fips_metric() { # URL-PATH: the build_info line of a /metrics behind the API server's proxy
+    kubectl get --raw "$1" | grep '_build_info{' || true
+  }
+  if helm upgrade xlattice charts/xlattice-operator -n "$OP_NS" --reuse-values --set fips=true \
+    --wait --timeout 120s >/dev/null; then
+    eventually 60 one_operator_pod || true
+    fips_op=$(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator -o 'jsonpath={.items[0].metadata.name}')
+    check "fips=true: the operator runs the -fips image with --require-fips, and says FIPS mode is on" \
+      bash -c "[[ \$(kubectl -n $OP_NS get pod $fips_op -o 'jsonpath={.spec.containers[0].image} {.spec.containers[0].args}') == *-fips\ *--require-fips* ]] &&
+        kubectl -n $OP_NS logs $fips_op | grep -q 'FIPS mode: on'"
+    check "... its /metrics: xlattice_operator_build_info{crypto=\"AWS-LC FIPS ...\",fips=\"true\"}" \
+      bash -c "grep -q 'crypto=\"AWS-LC FIPS [^\"]*\",fips=\"true\"' <<<'$(fips_metric "/api/v1/namespaces/$OP_NS/pods/$fips_op:8080/proxy/metrics")'"
+  else
+    bad "helm upgrade --set fips=true"
+    kubectl -n "$OP_NS" describe pods | tail -30 >&2
+  fi
+  kubectl create namespace "$FIPS_NS" >/dev/null
+  sed -e 's/^  replicas: 3$/  replicas: 2/' deploy/examples/statefulset-cluster.yaml | kubectl apply -n "$FIPS_NS" -f - >/dev/null
+  if kubectl -n "$FIPS_NS" rollout status statefulset/store --timeout=180s >/dev/null; then
+    sidecar_spec=$(kubectl -n "$FIPS_NS" get pod store-0 -o 'jsonpath={.spec.initContainers[?(@.name=="xlattice-sidecar")].image} {.spec.initContainers[?(@.name=="xlattice-sidecar")].env}')
+    check "the members are injected with the -fips sidecar image and XLATTICE_REQUIRE_FIPS=true" \
+      bash -c "[[ '$sidecar_spec' == *-fips\ * && '$sidecar_spec' == *'\"name\":\"XLATTICE_REQUIRE_FIPS\",\"value\":\"true\"'* ]]"
+    check "... each sidecar: xlattice version says FIPS mode on, /metrics build_info fips=\"true\"" \
+      bash -c "kubectl -n $FIPS_NS exec store-1 -c xlattice-sidecar -- xlattice version | grep -q 'AWS-LC FIPS .*FIPS mode: on' &&
+        grep -q 'fips=\"true\"' <<<'$(fips_metric "/api/v1/namespaces/$FIPS_NS/pods/store-0:15090/proxy/metrics")'"
+    fips_hello() {
+      kubectl -n "$FIPS_NS" exec store-0 -c app -- member_app hello store-1 "fips" 2>/dev/null |
+        grep -q "hello from store-1 on the cluster port"
+    }
+    check "members on the FIPS module talk on the cluster port (hybrid handshake, TLS 1.3 record sealing)" eventually 30 fips_hello
+  else
+    bad "the FIPS cluster's StatefulSet not Ready"
+    kubectl -n "$FIPS_NS" describe pods | tail -30 >&2
+  fi
+  # A sidecar image built without the feature, told to require FIPS: it must not serve.
+  kubectl -n "$FIPS_NS" run not-fips --restart=Never --image="ghcr.io/xlattice/xlattice-sidecar:$APP_VERSION" \
+    --env=XLATTICE_REQUIRE_FIPS=true -- run --cluster-port 7000 --client-port 8000 \
+    --cluster-upstream 127.0.0.1:7001 --client-upstream 127.0.0.1:8001 >/dev/null
+  not_fips_failed() { [[ $(kubectl -n "$FIPS_NS" get pod not-fips -o 'jsonpath={.status.phase}') == Failed ]]; }
+  if eventually 60 not_fips_failed; then
+    check "a non-FIPS sidecar under XLATTICE_REQUIRE_FIPS exits before it serves, saying why" \
+      bash -c "kubectl -n $FIPS_NS logs not-fips 2>&1 | grep -q 'FIPS mode was required but is not in force'"
+  else
+    bad "a non-FIPS sidecar under XLATTICE_REQUIRE_FIPS did not exit: $(kubectl -n "$FIPS_NS" get pod not-fips -o 'jsonpath={.status.phase}')"
+  fi
+  kubectl delete namespace "$FIPS_NS" --timeout=120s >/dev/null
+  if helm upgrade xlattice charts/xlattice-operator -n "$OP_NS" --reuse-values --set fips=false --wait --timeout 120s >/dev/null; then
+    ok "fips=false again: the operator back on the default image"
+  else
+    bad "helm upgrade --set fips=false"
+  fi
+  eventually 60 one_operator_pod || true
+  op_pod=$(kubectl -n "$OP_NS" get pods -l app.kubernetes.io/name=xlattice-operator -o 'jsonpath={.items[0].metadata.name}')
+else
+  step "fips: not run (XLATTICE_NODE_FIPS=1 and hack/node.sh images --fips run it; hack/test.sh does)"
+fi
 
 # ---------------------------------------------------------------------------------------
 step "the operator pod killed: its Deployment brings it back, no identity changes"

@@ -9,6 +9,7 @@
 #   hack/node.sh up           tear down leftovers, start everything, wait for Node Ready
 #   hack/node.sh images       build the project's images (build-images.sh --archive) and
 #                             import them into the node's containerd
+#   hack/node.sh images --fips  the same with the FIPS build, tagged <appVersion>-fips
 #   hack/node.sh status       exit 0 iff every process runs and the node is Ready
 #   hack/node.sh env          exports: eval "$(hack/node.sh env)"
 #   hack/node.sh down         stop and remove everything, also after a crash: processes,
@@ -352,12 +353,13 @@ cmd_up() {
   cmd_env
 }
 
-cmd_images() {
+cmd_images() { # [--fips]
   need_root images
   [[ -S $NODE_DIR/containerd/containerd.sock ]] || die "no node running; run: $0 up"
-  "$HACK_DIR/build-images.sh" --archive "$NODE_DIR/images" >&2
-  local tar
-  for tar in "$NODE_DIR"/images/*.tar; do import_archive "$tar"; done
+  local fips=() dir=$NODE_DIR/images tar
+  if [[ ${1:-} == --fips ]]; then fips=(--fips) dir=$NODE_DIR/images-fips; fi
+  "$HACK_DIR/build-images.sh" "${fips[@]}" --archive "$dir" >&2
+  for tar in "$dir"/*.tar; do import_archive "$tar"; done
   ctr --address "$NODE_DIR/containerd/containerd.sock" -n k8s.io images ls -q | grep -v '^sha256:' >&2
 }
 
@@ -470,7 +472,7 @@ node_main() {
   case $cmd in
     install) cmd_install ;;
     up) cmd_up ;;
-    images) cmd_images ;;
+    images) cmd_images "$@" ;;
     down) cmd_down ;;
     status) cmd_status ;;
     env) cmd_env ;;

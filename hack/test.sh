@@ -2,9 +2,10 @@
 # hack/test.sh: the test command. Everything CI runs, in the order it runs it:
 #   set-up (cached), lint (rustfmt, clippy, shellcheck of hack/), build, supply-chain audit, a real control plane on
 #   loopback, every Rust test (unit, real sockets, real API server), fuzzing of every
-#   decoder (hack/fuzz.sh, 20 s per target), chart checks, then
-#   a real node (hack/node.sh: kubelet, containerd, kube-router) with the project's images
-#   and the end-to-end tests on it (hack/node-test.sh).
+#   decoder (hack/fuzz.sh, 20 s per target), chart checks, every Rust test again on the
+#   AWS-LC FIPS module (--features fips), then a real node (hack/node.sh: kubelet,
+#   containerd, kube-router) with the project's images, FIPS ones too, and the end-to-end
+#   tests on it (hack/node-test.sh).
 # Ends with one line "N passed, M failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,9 @@ LOG=$(mktemp -d)/test.log
 CHART_LOG=${LOG%.log}-chart.log
 NODE_LOG=${LOG%.log}-node.log
 FUZZ_LOG=${LOG%.log}-fuzz.log
+FIPS_LOG=${LOG%.log}-fips.log
 : >"$FUZZ_LOG"
+: >"$FIPS_LOG"
 : >"$CHART_LOG"
 : >"$NODE_LOG"
 step() { printf '\n==> %s\n' "$*"; }
@@ -71,11 +74,23 @@ if [ -x hack/chart-test.sh ]; then
   fi
 fi
 
+step "cargo test again on the AWS-LC FIPS module (--features fips: protocol, sidecar, operator, cli)"
+# The same tests, the same API server: the record layer, the handshake, the webhook's TLS and
+# the kube client all on the FIPS module (tests/fips.rs checks its service indicator). The
+# FIPS variants sit beside the others in target/ (cargo keys artifacts by feature set).
+cargo clippy --workspace --all-targets --features xlattice-cli/fips --quiet -- -D warnings
+set +e
+cargo test --workspace --all-targets --features xlattice-cli/fips 2>&1 | tee "$FIPS_LOG"
+[[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+set -e
+
 step "real node: kubelet, containerd, bridge network, kube-proxy, kube-router (hack/node.sh)"
 NODE_UP=1
-if hack/node.sh up && hack/node.sh images; then
+# The FIPS images first: the default build last leaves target/release's binaries (which
+# node-test runs on the host) the default ones.
+if hack/node.sh up && hack/node.sh images --fips && hack/node.sh images; then
   step "end-to-end on the real node (hack/node-test.sh)"
-  if ! (eval "$(hack/node.sh env)" && hack/node-test.sh) 2>&1 | tee "$NODE_LOG"; then
+  if ! (eval "$(hack/node.sh env)" && XLATTICE_NODE_FIPS=1 hack/node-test.sh) 2>&1 | tee "$NODE_LOG"; then
     echo "node tests failed"
     status=1
   fi
@@ -86,8 +101,8 @@ else
 fi
 hack/node.sh down || status=1
 
-passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$LOG" | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed;' "$LOG" | awk '{s+=$1} END {print s+0}')
+passed=$(cat "$LOG" "$FIPS_LOG" | grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' | awk '{s+=$4} END {print s+0}')
+failed=$(cat "$LOG" "$FIPS_LOG" | grep -Eo '[0-9]+ failed;' | awk '{s+=$1} END {print s+0}')
 chart_ok=$(grep -c '^  ok ' "$CHART_LOG" || true)
 chart_failed=$(grep -c '^  FAIL ' "$CHART_LOG" || true)
 node_ok=$(grep -c '^  ok ' "$NODE_LOG" || true)

@@ -104,6 +104,11 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Refuse to start unless the AWS-LC FIPS module is in FIPS mode and the TLS provider
+    /// (webhook, API server client) is FIPS (an image built with `--features fips`); the
+    /// sidecars it injects then refuse to start outside FIPS mode too.
+    #[arg(long, env = "XLATTICE_REQUIRE_FIPS")]
+    require_fips: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -151,7 +156,15 @@ async fn print_directory(args: &xlattice_operator::directory::PrintArgs) -> Resu
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     init_tracing(args.log_json);
+    xlattice_protocol::crypto::require_fips(args.require_fips)?;
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // kube's ClientConfig::builder() and the webhook both use this provider: with rustls/fips
+    // it offers only approved suites and groups, and .fips() says so.
+    let tls_fips = rustls::crypto::CryptoProvider::get_default().is_some_and(|p| p.fips());
+    if args.require_fips && !tls_fips {
+        return Err("FIPS mode was required but the TLS provider is not FIPS".into());
+    }
+    info!(crypto = %xlattice_protocol::crypto::describe(), tls_fips, "starting");
     let client = Client::try_default().await?;
     let scope = Scope::from_flags(&args.watch_namespaces);
     info!(?scope, "serving");
@@ -201,6 +214,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             image: args.sidecar_image.clone(),
             pull_policy: args.sidecar_pull_policy.clone(),
             resources,
+            require_fips: args.require_fips,
         };
         // The webhook configuration may be installed after the operator starts (or be
         // reset by a chart upgrade): keep its caBundle right.

@@ -105,6 +105,19 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("xlattice_operator");
+        let build_info = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        build_info
+            .get_or_create(&vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("crypto", xlattice_protocol::crypto::module()),
+                ("fips", xlattice_protocol::crypto::fips_in_force().to_string()),
+            ])
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1: the operator's version, its cryptographic module, and whether it runs in FIPS mode",
+            build_info,
+        );
         let reconciles = Counter::default();
         let failures = Family::<ReasonLabel, Counter>::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);

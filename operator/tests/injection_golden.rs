@@ -52,6 +52,7 @@ fn injection_matches_the_golden_files() {
         image: "ghcr.io/xlattice/xlattice-sidecar:golden".into(),
         pull_policy: None,
         resources: default_resources(),
+        require_fips: false,
     };
     let update = std::env::var_os("XLATTICE_UPDATE_GOLDEN").is_some();
     let cases = fixtures();

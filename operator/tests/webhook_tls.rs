@@ -75,6 +75,7 @@ async fn the_webhook_certificate_is_renewed_and_served_without_a_gap_in_trust() 
         image: "xlattice-sidecar:test".into(),
         pull_policy: None,
         resources: Default::default(),
+        require_fips: false,
     };
     tokio::spawn(server::serve(
         addr,

@@ -12,6 +12,7 @@
 
 pub mod buffer_size;
 pub mod client;
+pub mod crypto;
 pub mod directory;
 pub mod handshake;
 pub mod identity;

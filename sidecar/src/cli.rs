@@ -25,6 +25,8 @@ pub enum Command {
     /// A TCP listener or dialer, for `kubectl xlattice check --probe-network-policy`.
     #[command(subcommand)]
     Probe(crate::probe::ProbeCommand),
+    /// Print the version and the cryptographic module (FIPS or not) this binary runs.
+    Version,
 }
 
 #[derive(clap::Args)]

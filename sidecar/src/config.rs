@@ -100,6 +100,10 @@ pub struct SidecarConfig {
     /// On SIGTERM, how long open sessions may take to finish.
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub drain_timeout: Duration,
+    /// Refuse to start unless the AWS-LC FIPS module is in FIPS mode (an image built with
+    /// `--features fips`).
+    #[arg(long, env = "XLATTICE_REQUIRE_FIPS")]
+    pub require_fips: bool,
 }
 
 const DEFAULT_BUFFER_BUDGET_MIB: usize = 64;

@@ -50,6 +50,8 @@ pub struct Runtime {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    #[error(transparent)]
+    Fips(#[from] xlattice_protocol::crypto::FipsNotInForce),
     #[error("cannot start the client port's runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -102,6 +104,9 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, RunError> {
 
 /// Runs until `stop` is cancelled, then drains open sessions for up to the drain timeout.
 pub async fn run(config: SidecarConfig, stop: CancellationToken) -> Result<(), RunError> {
+    // Before anything listens: a pod that asked for FIPS never serves without it.
+    xlattice_protocol::crypto::require_fips(config.require_fips)?;
+    tracing::info!(crypto = %xlattice_protocol::crypto::describe(), "starting");
     let sources = Sources {
         identity_dir: config.identity_dir.clone(),
         directory: config.directory.clone(),

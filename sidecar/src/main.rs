@@ -74,6 +74,14 @@ fn main() -> ExitCode {
             Command::Connect(args) => connect(args).await,
             Command::Keygen(args) => keygen(args),
             Command::Probe(command) => xlattice_sidecar::probe::run(command).await,
+            Command::Version => {
+                println!(
+                    "xlattice {}\n{}",
+                    env!("CARGO_PKG_VERSION"),
+                    xlattice_protocol::crypto::describe()
+                );
+                Ok(())
+            }
         }
     });
     match outcome {

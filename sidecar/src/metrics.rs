@@ -103,6 +103,19 @@ impl Default for Metrics {
         let directory_behind_seconds = Gauge::default();
         let directory_loaded_timestamp = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let mut registry = Registry::with_prefix("xlattice_sidecar");
+        let build_info = Family::<Vec<(&'static str, String)>, Gauge>::default();
+        build_info
+            .get_or_create(&vec![
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("crypto", xlattice_protocol::crypto::module()),
+                ("fips", xlattice_protocol::crypto::fips_in_force().to_string()),
+            ])
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1: the sidecar's version, its cryptographic module, and whether it runs in FIPS mode",
+            build_info,
+        );
         registry.register(
             "handshakes",
             "Handshakes by port, result (ok, error, relayed: passed on to the member it was for) and reason",

@@ -27,6 +27,7 @@ fn the_sidecar_parses_what_the_webhook_injects() {
         image: "xlattice-sidecar:test".into(),
         pull_policy: None,
         resources: default_resources(),
+        require_fips: false,
     };
     for spec in [
         serde_json::json!({"selector": {"matchLabels": {"app": "s"}}, "clusterPort": 7000, "clientPort": 8000}),
@@ -107,4 +108,39 @@ fn the_sidecar_parses_what_the_webhook_injects() {
     }
     // The parser itself is sound (clap's own consistency checks).
     Cli::command().debug_assert();
+}
+
+/// An operator run with `--require-fips` injects sidecars that refuse to start outside FIPS
+/// mode: the variable it sets is the one the sidecar's parser reads, with a value it takes as
+/// true (the only test in this file to touch the process environment).
+#[test]
+fn a_fips_operator_injects_sidecars_that_require_fips() {
+    let cluster = cluster(
+        serde_json::json!({"selector": {"matchLabels": {"app": "s"}}, "clusterPort": 7000, "clientPort": 8000}),
+    );
+    let parse = |container: &k8s_openapi::api::core::v1::Container| {
+        let mut env = container.env.clone().unwrap_or_default();
+        env.retain(|e| e.value.is_some());
+        for e in &env {
+            std::env::set_var(&e.name, e.value.as_deref().unwrap());
+        }
+        let args = container.args.clone().unwrap();
+        let parsed = Cli::try_parse_from(std::iter::once("xlattice".to_string()).chain(args));
+        for e in &env {
+            std::env::remove_var(&e.name);
+        }
+        let Command::Run(config) = parsed.unwrap().command else {
+            panic!("not the run command")
+        };
+        config.require_fips
+    };
+    for require_fips in [false, true] {
+        let injection = Injection {
+            image: "xlattice-sidecar:test-fips".into(),
+            pull_policy: None,
+            resources: default_resources(),
+            require_fips,
+        };
+        assert_eq!(parse(&sidecar(&cluster, &injection)), require_fips);
+    }
 }

@@ -48,11 +48,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
-{{/* repository:tag[@digest] of an image block; tag defaults to the appVersion. */}}
+{{/* repository:tag[@digest] of an image block; tag defaults to the appVersion, "-fips" appended when .Values.fips. */}}
 {{- define "xlattice-operator.image" -}}
 {{- $image := index . 0 -}}
 {{- $root := index . 1 -}}
-{{- $ref := printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) -}}
+{{- $tag := $image.tag -}}
+{{- if not $tag -}}
+{{- $tag = printf "%s%s" $root.Chart.AppVersion (ternary "-fips" "" (eq $root.Values.fips true)) -}}
+{{- end -}}
+{{- $ref := printf "%s:%s" $image.repository $tag -}}
 {{- if $image.digest -}}
 {{- $ref = printf "%s@%s" $ref $image.digest -}}
 {{- end -}}

@@ -34,19 +34,26 @@ pub const DIRECTORY_DIR: &str = "/var/run/xlattice/directory";
 /// which version the operator meant it to serve (`--expected-directory-version`).
 pub const DIRECTORY_VERSION_FILE: &str = "directory-version";
 pub const CONNECT_LISTEN: &str = "127.0.0.1:15001";
+/// Read by the sidecar's `--require-fips` (`xlattice_sidecar::config::SidecarConfig`).
+pub const REQUIRE_FIPS_ENV: &str = "XLATTICE_REQUIRE_FIPS";
 const IDENTITY_VOLUME: &str = "xlattice-identity";
 const DIRECTORY_VOLUME: &str = "xlattice-directory";
 /// The API server keeps this much of generateName before the random suffix.
 const MAX_GENERATE_NAME: usize = 58;
 
-/// What the operator's flags decide about every injected sidecar (image, resources); the
-/// rest follows from the cluster's spec (`sidecar_args`). Not to be confused with the
+/// What the operator's flags decide about every injected sidecar (image, resources, FIPS);
+/// the rest follows from the cluster's spec (`sidecar_args`). Not to be confused with the
 /// sidecar's own `xlattice_sidecar::config::SidecarConfig`, which parses what this injects.
 #[derive(Clone, Debug)]
 pub struct Injection {
     pub image: String,
     pub pull_policy: Option<String>,
     pub resources: ResourceRequirements,
+    /// The operator runs with `--require-fips`: every sidecar it injects refuses to start
+    /// outside FIPS mode too (`XLATTICE_REQUIRE_FIPS`), so a pod never runs a non-FIPS
+    /// sidecar image by mistake. An env var, not an argument: it follows from the operator's
+    /// flags, not the cluster's spec, so it does not make running sidecars outdated.
+    pub require_fips: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -288,21 +295,30 @@ pub fn sidecar(cluster: &XLatticeCluster, config: &Injection) -> Container {
         image_pull_policy: config.pull_policy.clone(),
         args: Some(args),
         restart_policy: Some("Always".into()),
-        env: Some(vec![
-            // The sidecar sizes its buffer budget from its memory limit (`sidecar.resources`).
-            EnvVar {
-                name: "XLATTICE_MEMORY_LIMIT_MIB".into(),
-                value_from: Some(EnvVarSource {
-                    resource_field_ref: Some(ResourceFieldSelector {
-                        container_name: None,
-                        resource: "limits.memory".into(),
-                        divisor: Some(Quantity("1Mi".into())),
+        env: Some(
+            vec![
+                // The sidecar sizes its buffer budget from its memory limit (`sidecar.resources`).
+                EnvVar {
+                    name: "XLATTICE_MEMORY_LIMIT_MIB".into(),
+                    value_from: Some(EnvVarSource {
+                        resource_field_ref: Some(ResourceFieldSelector {
+                            container_name: None,
+                            resource: "limits.memory".into(),
+                            divisor: Some(Quantity("1Mi".into())),
+                        }),
+                        ..Default::default()
                     }),
                     ..Default::default()
-                }),
+                },
+            ]
+            .into_iter()
+            .chain(config.require_fips.then(|| EnvVar {
+                name: REQUIRE_FIPS_ENV.into(),
+                value: Some("true".into()),
                 ..Default::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         ports: Some(vec![
             port("xl-cluster", cluster_port),
             port("xl-client", client_port),
@@ -386,6 +402,7 @@ mod tests {
             image: "xlattice:dev".into(),
             pull_policy: None,
             resources: default_resources(),
+            require_fips: false,
         }
     }
 

@@ -611,9 +611,11 @@ if [[ ${XLATTICE_NODE_FIPS:-} == 1 ]]; then
         grep -q 'fips=\"true\"' <<<'$(fips_metric "/api/v1/namespaces/$FIPS_NS/pods/store-0:15090/proxy/metrics")'"
     fips_hello() {
       kubectl -n "$FIPS_NS" exec store-0 -c app -- member_app hello store-1 "fips" 2>/dev/null |
-        grep -q "hello from store-1 on the cluster port"
+        grep -q "hello from store-1 on the cluster port" &&
+        kubectl get --raw "/api/v1/namespaces/$FIPS_NS/pods/store-1:15090/proxy/metrics" |
+        grep -q '^xlattice_sidecar_session_versions_total{port="cluster",version="hybrid"} [1-9]'
     }
-    check "members on the FIPS module talk on the cluster port (hybrid handshake, TLS 1.3 record sealing)" eventually 30 fips_hello
+    check "members on the FIPS module talk on the cluster port, hybrid (store-1's sidecar counts it)" eventually 30 fips_hello
   else
     bad "the FIPS cluster's StatefulSet not Ready"
     kubectl -n "$FIPS_NS" describe pods | tail -30 >&2

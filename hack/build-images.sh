@@ -25,7 +25,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-die() { printf 'build-images: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ARCHIVE_DIR='' ARCHIVE_OF=() FIPS=''
 if [[ ${1:-} == --fips ]]; then

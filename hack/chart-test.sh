@@ -38,10 +38,8 @@ WEBHOOK=xlattice-sidecar-injector
 CRD=xlatticeclusters.xlattice.io
 
 failures=0
-step() { printf '\n--- %s\n' "$*"; }
-ok() { printf '  ok   %s\n' "$*"; }
-bad() { printf '  FAIL %s\n' "$*" >&2; failures=$((failures + 1)); }
-die() { printf 'chart-test: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 command -v helm >/dev/null 2>&1 || die "helm is not on PATH; run: eval \"\$(hack/control-plane.sh env)\""
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
@@ -902,9 +900,8 @@ EOF
     step "no operator binary at $OPERATOR_BIN (cargo build, or set XLATTICE_OPERATOR_BIN): skipping injection through the chart's webhook"
   else
     step "injection through the chart's webhook by $OPERATOR_BIN"
-    free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
     WPORT=$(free_port)
-    MPORT=$(free_port)
+    MPORT=$(USED_PORTS=$WPORT free_port)
     WURL=https://127.0.0.1:$WPORT/mutate-pods
     helm upgrade "$LIVE_RELEASE" "$CHART" -n "$LIVE_NS" --reuse-values --set replicas=1 --set webhook.url="$WURL" \
       --timeout 2m >"$TMP/upgrade.out" 2>&1 || { cat "$TMP/upgrade.out" >&2; bad "helm upgrade --set webhook.url=$WURL failed"; }
@@ -918,17 +915,7 @@ for a in c["args"]:
         a = "--webhook-addr=127.0.0.1:" + sys.argv[2]
     print(a)
 ' "$MPORT" "$WPORT")
-    server=$(kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.server}')
-    ca=$(kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
-    token=$(kubectl -n "$LIVE_NS" create token xlattice-operator --duration=1h)
-    cat >"$TMP/operator.kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters: [{name: test, cluster: {server: "$server", certificate-authority-data: "$ca"}}]
-users: [{name: operator, user: {token: "$token"}}]
-contexts: [{name: test, context: {cluster: test, user: operator}}]
-current-context: test
-EOF
+    sa_kubeconfig "$LIVE_NS" xlattice-operator "$TMP/operator.kubeconfig"
     KUBECONFIG=$TMP/operator.kubeconfig POD_NAMESPACE=$LIVE_NS POD_NAME=chart-test-operator RUST_LOG=info \
       "$OPERATOR_BIN" "${op_args[@]}" >"$TMP/operator.log" 2>&1 &
     OPERATOR_PID=$!

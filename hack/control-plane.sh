@@ -70,9 +70,8 @@ BIN_DIR=$CACHE/bin-$K8S_VERSION
 STATE_MARKER=.xlattice-control-plane
 
 LOG_TAG=${LOG_TAG:-control-plane}
-log() { printf '[%s] %s\n' "$LOG_TAG" "$*" >&2; }
-die() { printf '[%s] error: %s\n' "$LOG_TAG" "$*" >&2; exit 1; }
-need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is required but not on PATH"; }
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Go settings shared by regen and install: never auto-download a toolchain,
 # ignore any go.work above us, static binaries.
@@ -413,22 +412,6 @@ pid_is() { # PIDFILE NAME
   [[ $(head -z -n1 "/proc/$pid/cmdline" 2>/dev/null | tr -d '\0') == */"$2" ]] || return 1
   # A zombie is not running.
   [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-free_port() {
-  local p i
-  for i in $(seq 1 200); do
-    # Below the kernel's ephemeral range (32768-60999), which outgoing connections use.
-    p=$((20000 + RANDOM % 12000))
-    if ! port_in_use "$p" && [[ " ${USED_PORTS:-} " != *" $p "* ]]; then
-      echo "$p"
-      return 0
-    fi
-    : "$i"
-  done
-  die "no free port found"
 }
 
 gen_certs() { # PKI_DIR

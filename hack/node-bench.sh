@@ -26,7 +26,8 @@ SECTIONS=${XL_BENCH_SECTIONS:-startup datapath revocation}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 IMAGE=ghcr.io/xlattice/xlattice-member-app:0.1.0
 now_ms() { date +%s%3N; }
-die() { printf 'node-bench: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 kubectl get node "${XLATTICE_NODE_IP:?run: eval \"\$(hack/node.sh env)\"}" >/dev/null || die "no node"
 
 if ! helm status xlattice -n xlattice-system >/dev/null 2>&1; then

@@ -44,25 +44,8 @@ OP_NS=xlattice-system
 XL=${XLATTICE_BIN:-target/release/xlattice}
 TMP=$(mktemp -d /tmp/xlattice-node-test.XXXXXX)
 
-failures=0
-step() { printf '\n--- %s\n' "$*"; }
-ok() { printf '  ok   %s\n' "$*"; }
-bad() { printf '  FAIL %s\n' "$*" >&2; failures=$((failures + 1)); }
-die() { printf 'node-test: %s\n' "$*" >&2; exit 1; }
-check() { # DESCRIPTION COMMAND...: ok if the command succeeds
-  local what=$1
-  shift
-  if "$@"; then ok "$what"; else bad "$what"; fi
-}
-# Retries COMMAND every 0.5 s for up to SECS seconds.
-eventually() { # SECS COMMAND...
-  local deadline=$((SECONDS + $1))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.5
-  done
-}
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 now_ms() { date +%s%3N; }
 
 PLAIN_APPLIED=

@@ -26,9 +26,10 @@ CHART=charts/xlattice-operator
 OUT=deploy/xlattice-operator.yaml
 CRDS_OUT=deploy/xlattice-crds.yaml
 
-die() { printf 'render-deploy: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 command -v helm >/dev/null 2>&1 || die "helm is not on PATH; run: eval \"\$(hack/control-plane.sh env)\""
-command -v python3 >/dev/null 2>&1 || die "python3 is required"
+need python3
 
 render_crds() {
   cat <<EOF

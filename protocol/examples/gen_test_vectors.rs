@@ -196,10 +196,12 @@ fn records(keys: &handshake::SessionKeys) -> Value {
         (
             "client_to_server",
             &keys.client_to_server,
+            // A key update, then a data record under the next key (its seq back at 0). The
+            // direction ends there: the close record is shown server to client.
             vec![
                 (ContentType::Data, b"GET /status HTTP/1.1\r\n\r\n".to_vec()),
-                (ContentType::Data, long.clone()),
-                (ContentType::Close, Vec::new()),
+                (ContentType::KeyUpdate, Vec::new()),
+                (ContentType::Data, long),
             ],
         ),
         (
@@ -217,7 +219,9 @@ fn records(keys: &handshake::SessionKeys) -> Value {
     ];
     for (direction, key, items) in plan {
         let mut sealer = RecordSealer::new(key);
-        for (seq, (kind, payload)) in items.into_iter().enumerate() {
+        // The sequence number under the direction's current key: 0 again after a key update.
+        let mut seq = 0u64;
+        for (kind, payload) in items {
             let mut wire = Vec::new();
             sealer.seal(kind, &payload, &mut wire).unwrap();
             out.push(json!({
@@ -227,6 +231,7 @@ fn records(keys: &handshake::SessionKeys) -> Value {
                 "payload": h(&payload),
                 "record": h(&wire),
             }));
+            seq = if kind == ContentType::KeyUpdate { 0 } else { seq + 1 };
         }
     }
     Value::Array(out)

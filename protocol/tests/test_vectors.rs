@@ -227,7 +227,16 @@ fn keys_node_ids_and_directory_are_consistent() {
         assert_eq!(member.record.node_id, id.node_id);
         assert_eq!(&member.sk, id.sk_public());
         assert_eq!(&member.ck, id.ck_public());
+        // The routing preamble's ck hint: the first 8 bytes of SHA-256 over the DER of the
+        // directory's PEM as given, equal to the one the member computes from its own key.
+        assert_eq!(&member.ck.hint()[..], &sha256(&[member.ck.spki_der()])[..8], "{name}");
+        assert_eq!(member.ck.hint(), id.ck_public().hint(), "{name}");
     }
+    // docs/protocol.md gives the preamble for the vectors' server.
+    assert_eq!(
+        hex::encode(handshake::route_preamble(&w.directory.by_name("server").unwrap().ck)),
+        "584c010388ff4c438932cc41"
+    );
 }
 
 #[test]
@@ -619,6 +628,10 @@ fn check_handshake_v2(w: &World, hs: &Value) {
 fn check_records(hs: &Value, keys: &handshake::SessionKeys) {
     let records = hs["records"].as_array().unwrap();
     assert!(records.len() >= 4, "records in both directions");
+    let kinds: Vec<&str> = records.iter().map(|r| str_field(r, "type")).collect();
+    for kind in ["data", "close", "key_update"] {
+        assert!(kinds.contains(&kind), "the records include a {kind} record");
+    }
     for direction in ["client_to_server", "server_to_client"] {
         let key = if direction == "client_to_server" {
             &keys.client_to_server
@@ -627,16 +640,20 @@ fn check_records(hs: &Value, keys: &handshake::SessionKeys) {
         };
         let mut sealer = RecordSealer::new(key);
         let mut opener = RecordOpener::new(key);
-        let mut seen_close = false;
+        // This direction's current key and sequence number, kept by hand as documented.
+        let mut current = key.to_vec();
+        let mut seq = 0u64;
+        let mut after_update = false;
         for (i, r) in records.iter().filter(|r| r["direction"] == direction).enumerate() {
             assert_eq!(
                 r["seq"].as_u64(),
-                Some(i as u64),
-                "{direction} records are in sequence order"
+                Some(seq),
+                "{direction} record {i}: seq counts from 0 under each key"
             );
             let kind = match str_field(r, "type") {
                 "data" => ContentType::Data,
                 "close" => ContentType::Close,
+                "key_update" => ContentType::KeyUpdate,
                 other => panic!("unknown record type {other}"),
             };
             let payload = hex_field(r, "payload");
@@ -645,7 +662,7 @@ fn check_records(hs: &Value, keys: &handshake::SessionKeys) {
             sealer.seal(kind, &payload, &mut sealed).unwrap();
             assert_eq!(
                 sealed, record,
-                "{direction} seq {i}: RecordSealer reproduces the record"
+                "{direction} record {i}: RecordSealer reproduces the record"
             );
 
             // Open it with the library and by hand (nonce = 0^4 | seq BE, AAD = length bytes).
@@ -655,20 +672,47 @@ fn check_records(hs: &Value, keys: &handshake::SessionKeys) {
             assert_eq!(len, payload.len() + 1 + 16);
             let mut body = record[RECORD_HEADER_LEN..].to_vec();
             let (got_kind, got) = opener.open(header, &mut body).unwrap();
-            assert_eq!((got_kind, got), (kind, &payload[..]), "{direction} seq {i}");
+            assert_eq!((got_kind, got), (kind, &payload[..]), "{direction} record {i}");
             let mut nonce = [0u8; 12];
-            nonce[4..].copy_from_slice(&(i as u64).to_be_bytes());
+            nonce[4..].copy_from_slice(&seq.to_be_bytes());
             let inner = gcm_open(
-                &key[..],
+                &current,
                 Nonce::assume_unique_for_key(nonce),
                 &header,
                 &record[RECORD_HEADER_LEN..],
             );
             assert_eq!(inner, [&payload[..], &[kind as u8]].concat());
-            seen_close |= kind == ContentType::Close;
+            if after_update {
+                assert!(
+                    gcm_open_fails(&key[..], &nonce, &header, &record[RECORD_HEADER_LEN..]),
+                    "{direction} record {i}: after a key update the first key no longer opens"
+                );
+            }
+            if kind == ContentType::KeyUpdate {
+                assert!(payload.is_empty(), "a key update carries no payload");
+                // next = HKDF-Expand-SHA256(PRK = current, "xlattice/1 key update", 32), which
+                // for one block is HMAC-SHA256(current, info | 01).
+                current = hmac::sign(
+                    &hmac::Key::new(hmac::HMAC_SHA256, &current),
+                    b"xlattice/1 key update\x01",
+                )
+                .as_ref()
+                .to_vec();
+                seq = 0;
+                after_update = true;
+            } else {
+                seq += 1;
+            }
         }
-        assert!(seen_close, "{direction} ends with a close record");
     }
+}
+
+/// Whether AES-256-GCM under `key` refuses `sealed`.
+fn gcm_open_fails(key: &[u8], nonce: &[u8; 12], aad: &[u8], sealed: &[u8]) -> bool {
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap());
+    let mut buf = sealed.to_vec();
+    key.open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buf)
+        .is_err()
 }
 
 #[test]

@@ -139,6 +139,15 @@ pub fn worker_threads() -> Option<usize> {
     std::env::var("XLATTICE_WORKER_THREADS").ok()?.parse().ok()
 }
 
+/// The nice value of the client port's threads (lib.rs, `client_runtime`):
+/// XLATTICE_CLIENT_NICE (0 to 19), else 10. Lower priority than the members' threads (0).
+pub fn client_nice() -> i32 {
+    std::env::var("XLATTICE_CLIENT_NICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(10, |n: i32| n.clamp(0, 19))
+}
+
 /// Parses `250ms`, `5s`, `10m`, `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());

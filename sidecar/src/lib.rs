@@ -63,11 +63,16 @@ pub enum RunError {
 
 /// The client port runs on a runtime of its own: a flood of outsiders fills that runtime's
 /// run queue, never the one where members' handshakes and sessions and the application's
-/// outbound sessions wait. The kernel shares the CPU between the two runtimes' threads and
-/// wakes the mostly idle members' threads first (sidecar/benches/attacks.rs measures it).
+/// outbound sessions wait. Its threads also run at a lower priority (`client_nice`), so
+/// when both runtimes want the CPU the kernel runs the members' threads first
+/// (sidecar/benches/attacks.rs measures it).
 fn client_runtime() -> Result<ClientRuntime, RunError> {
+    let nice = config::client_nice();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.thread_name("xlattice-client").enable_all();
+    builder
+        .thread_name("xlattice-client")
+        .on_thread_start(move || lower_priority(nice))
+        .enable_all();
     if let Some(n) = config::worker_threads() {
         builder.worker_threads(n);
     }
@@ -75,6 +80,15 @@ fn client_runtime() -> Result<ClientRuntime, RunError> {
         .build()
         .map(|rt| ClientRuntime(Some(rt)))
         .map_err(RunError::Runtime)
+}
+
+/// Sets the calling thread's nice value. On Linux the nice value is per thread, raising it
+/// needs no privilege, and CFS weighs only threads of the same cgroup against each other:
+/// the sidecar's client threads yield to its members' threads, not to the application's.
+/// A failure (another OS) leaves the thread at normal priority.
+fn lower_priority(nice: i32) {
+    // SAFETY: setpriority reads no memory; who = 0 is the calling thread on Linux.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
 }
 
 /// Shuts its runtime down without waiting when dropped, which `run` (inside the main

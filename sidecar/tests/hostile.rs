@@ -168,6 +168,32 @@ async fn a_full_client_pool_leaves_members_and_the_app_their_own() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(line_exchange(&mut again, "again").await, "m0/client: again");
+
+    // The client port's threads run at nice 10, every other thread at 0: when both want the
+    // CPU, the kernel runs the members' first.
+    let pid = m0.process.as_ref().unwrap().id();
+    let threads = thread_priorities(pid);
+    let (client, other): (Vec<_>, Vec<_>) = threads.iter().partition(|(name, _)| name == "xlattice-client");
+    assert!(!client.is_empty(), "no client-port thread in {threads:?}");
+    assert!(client.iter().all(|(_, nice)| *nice == 10), "{threads:?}");
+    assert!(other.iter().all(|(_, nice)| *nice == 0), "{threads:?}");
+}
+
+/// (name, nice value) of every thread of `pid`, from /proc.
+fn thread_priorities(pid: u32) -> Vec<(String, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .map(|task| {
+            let dir = task.unwrap().path();
+            let name = std::fs::read_to_string(dir.join("comm")).unwrap().trim().to_string();
+            // The 19th field of stat is the nice value; fields count after the ")" that
+            // ends the thread's name (which may hold spaces).
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            let nice = after_name.split(' ').nth(16).unwrap().parse().unwrap();
+            (name, nice)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

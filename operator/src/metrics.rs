@@ -107,11 +107,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("xlattice_operator");
         let build_info = Family::<Vec<(&'static str, String)>, Gauge>::default();
         build_info
-            .get_or_create(&vec![
-                ("version", env!("CARGO_PKG_VERSION").to_string()),
-                ("crypto", xlattice_protocol::crypto::module()),
-                ("fips", xlattice_protocol::crypto::fips_in_force().to_string()),
-            ])
+            .get_or_create(&xlattice_protocol::crypto::build_info_labels(env!("CARGO_PKG_VERSION")))
             .set(1);
         registry.register(
             "build_info",

@@ -28,6 +28,16 @@ pub fn describe() -> String {
     )
 }
 
+/// The labels of the binaries' `*_build_info` gauge (always 1): `version` (the caller's
+/// crate version), `crypto` (`module()`) and `fips` (`fips_in_force()`).
+pub fn build_info_labels(version: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("version", version.to_string()),
+        ("crypto", module()),
+        ("fips", fips_in_force().to_string()),
+    ]
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("FIPS mode was required but is not in force ({0}); use an image built with `--features fips`")]
 pub struct FipsNotInForce(String);

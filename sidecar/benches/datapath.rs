@@ -1,6 +1,6 @@
 //! Data-path benchmarks of a real sidecar process, each against a baseline measured
 //! in the same run:
-//!   throughput   client library -> sidecar -> app  vs  direct TCP to the app, and vs a
+//!   throughput   client library -> sidecar -> app, and back (download), vs direct TCP to the app and vs a
 //!                plaintext TCP relay (client -> relay -> app): the extra hop any sidecar adds
 //!   latency      64-byte echo round trips (p50/p99) through the sidecar vs direct
 //!   memory       sidecar RSS idle and with N idle sessions open
@@ -23,7 +23,7 @@ use xlattice_protocol::{client, Identity, MemberDirectory, MemberRecord, NodeIdB
 
 mod common;
 
-use common::{env_or, free_port, rss_kib, sidecar_command, Ports, HOST};
+use common::{env_or, free_port, rss_kib, sidecar_command, Ports, Usage, HOST};
 
 const DIRECT: usize = 0;
 const VIA_SIDECAR: usize = 1;
@@ -165,7 +165,19 @@ mod tempdir {
 }
 
 impl Drop for Sidecar {
+    /// Stops the sidecar as Kubernetes would (SIGTERM), so a wrapper given as
+    /// XL_BENCH_SIDECAR_BIN (valgrind, strace) sees it exit and writes its report; killed
+    /// if it has not gone after a few seconds.
     fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid, which we have not yet waited for.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -285,19 +297,47 @@ async fn echo_latencies<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, count:
     out
 }
 
+/// The other direction: the app sends, the client library reads; direct, via the sidecar
+/// and via the plaintext relay, in rotated order. The relay's CPU per GiB here against
+/// upload's says what the direction costs any relay, before any cryptography.
+async fn download_rounds(source_port: u16, rounds: usize, mib: usize, gib: f64) {
+    let (sidecar, relay) = (start_sidecar(source_port).await, start_relay(source_port));
+    let pids = [std::process::id(), sidecar.child.id(), relay.child.id()];
+    let (mut mibs, mut middle) = ([Vec::new(), Vec::new(), Vec::new()], [Usage::default(); 3]);
+    let (mut via_ratios, mut relay_ratios) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let mut speed = [0f64; 3];
+        for k in 0..3 {
+            let path = (round + k) % 3;
+            let before = Usage::of(pids[path]);
+            speed[path] = match path {
+                DIRECT => download(TcpStream::connect((HOST, source_port)).await.unwrap(), mib << 20).await,
+                VIA_SIDECAR => download(open(&sidecar).await, mib << 20).await,
+                _ => download(TcpStream::connect((HOST, relay.port)).await.unwrap(), mib << 20).await,
+            };
+            Usage::of(pids[path]).add_since(&before, &mut middle[path]);
+            mibs[path].push(speed[path]);
+        }
+        via_ratios.push(speed[VIA_SIDECAR] / speed[DIRECT]);
+        relay_ratios.push(speed[VIA_SIDECAR] / speed[VIA_RELAY]);
+    }
+    let [direct, via, plain] = mibs.map(|mut m| median(&mut m));
+    println!("download    direct {direct:.0} MiB/s, via sidecar {via:.0} MiB/s, via relay {plain:.0} MiB/s");
+    for (name, ratios) in [("via/direct", &mut via_ratios), ("via/relay ", &mut relay_ratios)] {
+        let mid = median(ratios);
+        println!(
+            "download    ratio {name}  {mid:.2} (median of {rounds} rounds' own ratios; lowest {:.2}, highest {:.2})",
+            ratios[0],
+            ratios[rounds - 1]
+        );
+    }
+    println!("download    sidecar alone {}", middle[VIA_SIDECAR].per_gib(gib));
+    println!("download    relay alone   {}", middle[VIA_RELAY].per_gib(gib));
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-/// User plus system CPU time of a process so far, from /proc (clock ticks of 10 ms).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -333,31 +373,30 @@ fn main() {
         // Per path: MiB/s of each round, CPU seconds in all, and each round's ratio to direct.
         let mut mibs = [Vec::new(), Vec::new(), Vec::new()];
         let mut cpu = [0f64; 3];
-        // CPU of the middle process alone (sidecar or relay): what it costs per GiB.
-        let mut middle_cpu = [0f64; 3];
+        // What the middle process alone (sidecar or relay) used: what it costs per GiB.
+        let mut middle = [Usage::default(); 3];
         let (mut via_ratios, mut relay_ratios) = (Vec::new(), Vec::new());
         let pids = [std::process::id(), sidecar.child.id(), relay.child.id()];
-        let cpu_now = || pids.map(cpu_seconds);
+        let usage_now = || pids.map(Usage::of);
         for round in 0..rounds {
             let mut speed = [0f64; 3];
             // Rotate the order so no path always runs first.
             for k in 0..3 {
                 let path = (round + k) % 3;
-                let before = cpu_now();
+                let before = usage_now();
                 speed[path] = match path {
                     DIRECT => upload(TcpStream::connect((HOST, sink_port)).await.unwrap(), mib << 20).await,
                     VIA_SIDECAR => upload(open(&sidecar).await, mib << 20).await,
                     _ => upload(TcpStream::connect((HOST, relay.port)).await.unwrap(), mib << 20).await,
                 };
-                let after = cpu_now();
+                let after = usage_now();
                 // This process always; the sidecar or the relay when they carried the bytes.
-                let helper = match path {
-                    DIRECT => 0.0,
-                    VIA_SIDECAR => after[1] - before[1],
-                    _ => after[2] - before[2],
-                };
-                middle_cpu[path] += helper;
-                cpu[path] += after[0] - before[0] + helper;
+                if path != DIRECT {
+                    let before_cpu = middle[path].cpu();
+                    after[path].add_since(&before[path], &mut middle[path]);
+                    cpu[path] += middle[path].cpu() - before_cpu;
+                }
+                cpu[path] += after[0].cpu() - before[0].cpu();
                 mibs[path].push(speed[path]);
             }
             via_ratios.push(speed[VIA_SIDECAR] / speed[DIRECT]);
@@ -370,14 +409,15 @@ fn main() {
             "throughput  direct TCP        {direct:>9.0} MiB/s   cpu {:>5.0} ms/GiB",
             ms_per_gib[DIRECT]
         );
-        let middle_ms = middle_cpu.map(|c| c / gib * 1e3);
         println!(
-            "throughput  plaintext relay   {plain:>9.0} MiB/s   cpu {:>5.0} ms/GiB (relay alone {:.0})",
-            ms_per_gib[VIA_RELAY], middle_ms[VIA_RELAY]
+            "throughput  plaintext relay   {plain:>9.0} MiB/s   cpu {:>5.0} ms/GiB (relay alone {})",
+            ms_per_gib[VIA_RELAY],
+            middle[VIA_RELAY].per_gib(gib)
         );
         println!(
-            "throughput  via sidecar       {via:>9.0} MiB/s   cpu {:>5.0} ms/GiB (sidecar alone {:.0})",
-            ms_per_gib[VIA_SIDECAR], middle_ms[VIA_SIDECAR]
+            "throughput  via sidecar       {via:>9.0} MiB/s   cpu {:>5.0} ms/GiB (sidecar alone {})",
+            ms_per_gib[VIA_SIDECAR],
+            middle[VIA_SIDECAR].per_gib(gib)
         );
         for (name, ratios) in [("via/direct", &mut via_ratios), ("via/relay ", &mut relay_ratios)] {
             let mid = median(ratios);
@@ -390,36 +430,7 @@ fn main() {
         drop(relay);
         drop(sidecar);
 
-        // The other direction: the app sends, the client library reads.
-        let sidecar = start_sidecar(source_port).await;
-        let mut ratios = Vec::new();
-        let (mut direct, mut via) = (Vec::new(), Vec::new());
-        let mut download_sidecar_cpu = 0f64;
-        for round in 0..rounds {
-            let mut speed = [0f64; 2];
-            for k in 0..2 {
-                let path = (round + k) % 2;
-                speed[path] = if path == DIRECT {
-                    download(TcpStream::connect((HOST, source_port)).await.unwrap(), mib << 20).await
-                } else {
-                    let before = cpu_seconds(sidecar.child.id());
-                    let speed = download(open(&sidecar).await, mib << 20).await;
-                    download_sidecar_cpu += cpu_seconds(sidecar.child.id()) - before;
-                    speed
-                };
-            }
-            direct.push(speed[DIRECT]);
-            via.push(speed[VIA_SIDECAR]);
-            ratios.push(speed[VIA_SIDECAR] / speed[DIRECT]);
-        }
-        let (direct, via, ratio) = (median(&mut direct), median(&mut via), median(&mut ratios));
-        println!(
-            "download    direct {direct:>5.0} MiB/s, via sidecar {via:>5.0} MiB/s (sidecar alone {:.0} ms/GiB)   ratio {ratio:.2} (median of {rounds}; lowest {:.2}, highest {:.2})",
-            download_sidecar_cpu / gib * 1e3,
-            ratios[0],
-            ratios[rounds - 1]
-        );
-        drop(sidecar);
+        download_rounds(source_port, rounds, mib, gib).await;
 
         let sidecar = start_sidecar(echo_port).await;
         let tcp = TcpStream::connect((HOST, echo_port)).await.unwrap();

@@ -3,8 +3,8 @@
 //! Unlike tokio::io::copy_bidirectional, each direction holds its buffer only while
 //! data is in flight: a quiet session keeps no buffers, which is what lets a sidecar
 //! hold thousands of idle sessions in little memory. Between a session and plaintext
-//! (`proxy_session`), what leaves the session needs no buffer here at all: it is written
-//! from where it was decrypted.
+//! (`proxy_session`), neither direction needs a buffer here at all: what leaves the session
+//! is written from where it was decrypted, and what enters it is sealed where it was read.
 
 use std::{
     future::{poll_fn, Future},
@@ -213,6 +213,63 @@ impl FromSession {
     }
 }
 
+/// The plaintext-to-session direction: the plaintext side's bytes are read into the
+/// session's write buffer and sealed there, so this direction, like `FromSession`, holds
+/// one buffer, not one here and one of sealed records. With two 1 MiB buffers, both freed
+/// whenever the application paused, glibc handed the pages back to the kernel (past its
+/// trim threshold) and the next burst faulted them in again: 8,000-28,000 faults per GiB,
+/// and half again the CPU per GiB of the other direction.
+#[derive(Default)]
+struct IntoSession {
+    unflushed: bool,
+    eof: bool,
+    done: bool,
+    moved: u64,
+}
+
+impl IntoSession {
+    fn poll<P, S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut from: Pin<&mut P>,
+        to: &mut SecureStream<S>,
+        active: &mut bool,
+    ) -> Poll<Result<(), Failed>>
+    where
+        P: AsyncRead + ?Sized,
+        S: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(to.poll_send_sealed(cx)).map_err(Failed::Write)?;
+            if self.eof {
+                ready!(Pin::new(&mut *to).poll_shutdown(cx)).map_err(Failed::Write)?;
+                self.done = true;
+                continue;
+            }
+            let Poll::Ready(read) = to.poll_read_to_seal(cx, from.as_mut()) else {
+                // Going quiet (the session gave its buffer back): push out what it holds.
+                if self.unflushed {
+                    ready!(Pin::new(&mut *to).poll_flush(cx)).map_err(Failed::Write)?;
+                    self.unflushed = false;
+                }
+                return Poll::Pending;
+            };
+            *active = true;
+            match read.map_err(Failed::Read)? {
+                0 => self.eof = true,
+                n => {
+                    to.seal_read(n).map_err(Failed::Write)?;
+                    self.moved += n as u64;
+                    self.unflushed = true;
+                }
+            }
+        }
+    }
+}
+
 /// One of the two streams given to `proxy` (a, b) or `proxy_session` (session, plain).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -291,13 +348,13 @@ where
     if let Some(budget) = budget {
         session.set_buffer_budget(budget.clone());
     }
-    let (mut out_of_session, mut into_session) = (FromSession::default(), OneWay::new(budget));
+    let (mut out_of_session, mut into_session) = (FromSession::default(), IntoSession::default());
     let result = drive(idle, |cx, active| {
         let forward = out_of_session
             .poll(cx, session, Pin::new(&mut *plain), active)
             .map_err(|f| f.on(Side::A, Side::B))?;
         let backward = into_session
-            .poll(cx, Pin::new(&mut *plain), Pin::new(&mut *session), active)
+            .poll(cx, Pin::new(&mut *plain), session, active)
             .map_err(|f| f.on(Side::B, Side::A))?;
         Poll::Ready(Ok(forward.is_ready() && backward.is_ready()))
     })

@@ -90,6 +90,17 @@ func freeAddr(t *testing.T) string {
 // startEcho runs a plaintext upstream that writes prefix, then echoes, then
 // half-closes when its client does.
 func startEcho(t *testing.T, prefix string) string {
+	return serveLoopback(t, func(c net.Conn) {
+		defer c.Close()
+		c.Write([]byte(prefix))
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
+}
+
+// serveLoopback listens on a free loopback port until the test ends, handing each
+// connection to handle on its own goroutine; it returns the address.
+func serveLoopback(t *testing.T, handle func(net.Conn)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -101,12 +112,7 @@ func startEcho(t *testing.T, prefix string) string {
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.Write([]byte(prefix))
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
+			go handle(c)
 		}
 	}()
 	return ln.Addr().String()

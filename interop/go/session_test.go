@@ -119,21 +119,7 @@ func TestDowngradeDetected(t *testing.T) {
 // dropV2Proxy forwards connections to target but resets those whose first header
 // says version 2, as an attacker forcing a fallback would.
 func dropV2Proxy(t *testing.T, target string) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go forwardUnlessV2(c, target)
-		}
-	}()
-	return ln.Addr().String()
+	return serveLoopback(t, func(c net.Conn) { forwardUnlessV2(c, target) })
 }
 
 func forwardUnlessV2(c net.Conn, target string) {

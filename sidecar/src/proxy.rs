@@ -215,10 +215,9 @@ impl FromSession {
 
 /// The plaintext-to-session direction: the plaintext side's bytes are read into the
 /// session's write buffer and sealed there, so this direction, like `FromSession`, holds
-/// one buffer, not one here and one of sealed records. With two 1 MiB buffers, both freed
+/// one buffer, not one here and one of sealed records. With two large buffers, both freed
 /// whenever the application paused, glibc handed the pages back to the kernel (past its
-/// trim threshold) and the next burst faulted them in again: 8,000-28,000 faults per GiB,
-/// and half again the CPU per GiB of the other direction.
+/// trim threshold) and every burst faulted them in again (the figures: README, Performance).
 #[derive(Default)]
 struct IntoSession {
     unflushed: bool,

@@ -1,16 +1,16 @@
 //! `xlattice-operator`: `run` wires the webhook, the metrics, leader election and the
 //! controller; `crd` and `directory` are one-shot commands.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use clap::Parser;
 use kube::{
     runtime::events::{Recorder, Reporter},
     Client,
 };
 use tracing::{error, info, warn};
 use xlattice_operator::{
+    cli::{Cli, Command, RunArgs},
     controller, crd_yaml,
     leader::LeaseLock,
     metrics::{self, Metrics},
@@ -18,98 +18,6 @@ use xlattice_operator::{
     scope::Scope,
     webhook::{certs, inject::Injection, server},
 };
-
-#[derive(Parser)]
-#[command(
-    name = "xlattice-operator",
-    version,
-    about = "XLattice cluster operator and sidecar injection webhook"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print the XLatticeCluster CustomResourceDefinition as YAML.
-    Crd,
-    /// Run the controller (when leading) and the webhook.
-    Run(Box<RunArgs>),
-    /// Print a cluster's member directory, all shards merged, for clients outside the
-    /// cluster: `xlattice connect --directory FILE` reads it. Uses the kubeconfig.
-    Directory(xlattice_operator::directory::PrintArgs),
-}
-
-#[derive(Args)]
-struct RunArgs {
-    /// Namespace the operator runs in: its Lease and webhook TLS Secret live there.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "xlattice-system")]
-    namespace: String,
-    /// Identity of this replica in the leader Lease.
-    #[arg(long, env = "POD_NAME")]
-    pod_name: Option<String>,
-    /// Serve only these namespaces (repeat, or comma-separate); none: every namespace. With
-    /// a list, the chart binds the operator's ClusterRole in these namespaces only.
-    #[arg(long = "watch-namespace", env = "XLATTICE_WATCH_NAMESPACES", value_delimiter = ',')]
-    watch_namespaces: Vec<String>,
-    /// Metrics (/metrics) and probes (/livez, /readyz).
-    #[arg(long, env = "XLATTICE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
-    metrics_addr: SocketAddr,
-    /// HTTPS listen address of the sidecar injection webhook.
-    #[arg(long, env = "XLATTICE_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
-    webhook_addr: SocketAddr,
-    /// Do not serve the webhook (controller only).
-    #[arg(long)]
-    no_webhook: bool,
-    /// Service fronting the webhook: its DNS names go into the certificate.
-    #[arg(long, default_value = "xlattice-operator")]
-    webhook_service: String,
-    /// Further certificate SANs (DNS names or IPs).
-    #[arg(long = "webhook-san", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
-    webhook_sans: Vec<String>,
-    /// Life of the webhook's serving certificate, renewed after two thirds of it; its CA
-    /// lives ten times as long.
-    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
-    webhook_cert_days: u32,
-    #[arg(long, env = "XLATTICE_SIDECAR_IMAGE", default_value = concat!("ghcr.io/xlattice/xlattice-sidecar:", env!("CARGO_PKG_VERSION")))]
-    sidecar_image: String,
-    #[arg(long, env = "XLATTICE_SIDECAR_PULL_POLICY")]
-    sidecar_pull_policy: Option<String>,
-    #[arg(long, default_value = "10m")]
-    sidecar_cpu_request: String,
-    #[arg(long, default_value = "32Mi")]
-    sidecar_memory_request: String,
-    #[arg(long, default_value = "128Mi")]
-    sidecar_memory_limit: String,
-    /// Elect a leader through a Lease (turn off only when exactly one replica runs).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    leader_elect: bool,
-    #[arg(long, default_value = "xlattice-operator")]
-    lease_name: String,
-    #[arg(long, default_value_t = 15)]
-    lease_seconds: u64,
-    /// Stamp each directory change on the member pods, so the kubelet brings it to their
-    /// sidecars at once instead of within its sync period (1 min by default). Turning it off
-    /// saves one pod patch per member and change.
-    #[arg(long, env = "XLATTICE_REFRESH_MEMBER_PODS", default_value_t = true, action = clap::ArgAction::Set)]
-    refresh_member_pods: bool,
-    /// Honour spec.restartWorkloads (needs get and patch on Deployments and StatefulSets:
-    /// the chart binds them only with restartWorkloads.enabled, and passes false without).
-    #[arg(long, env = "XLATTICE_RESTART_WORKLOADS", default_value_t = true, action = clap::ArgAction::Set)]
-    restart_workloads: bool,
-    /// Parallel RSA key generations (default: the number of CPUs).
-    #[arg(long)]
-    keygen_threads: Option<usize>,
-    /// Log as JSON lines.
-    #[arg(long)]
-    log_json: bool,
-    /// Refuse to start unless the AWS-LC FIPS module is in FIPS mode and the TLS provider
-    /// (webhook, API server client) is FIPS (an image built with `--features fips`); the
-    /// sidecars it injects then refuse to start outside FIPS mode too.
-    #[arg(long, env = "XLATTICE_REQUIRE_FIPS")]
-    require_fips: bool,
-}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -197,23 +105,10 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             lifetimes,
             tls_tx,
         ));
-        let resources = k8s_openapi::api::core::v1::ResourceRequirements {
-            requests: Some(
-                [
-                    ("cpu", &args.sidecar_cpu_request),
-                    ("memory", &args.sidecar_memory_request),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), Quantity(v.clone())))
-                .collect(),
-            ),
-            limits: Some([("memory".to_string(), Quantity(args.sidecar_memory_limit.clone()))].into()),
-            ..Default::default()
-        };
         let config = Injection {
             image: args.sidecar_image.clone(),
             pull_policy: args.sidecar_pull_policy.clone(),
-            resources,
+            resources: args.sidecar_resources(),
             require_fips: args.require_fips,
         };
         // The webhook configuration may be installed after the operator starts (or be

@@ -2,6 +2,9 @@
 //! in the same run:
 //!   throughput   client library -> sidecar -> app, and back (download), vs direct TCP to the app and vs a
 //!                plaintext TCP relay (client -> relay -> app): the extra hop any sidecar adds
+//!   member path  app A -> sidecar A (HTTP CONNECT) -> sidecar B's cluster port -> app B, and
+//!                back, vs direct app A -> app B TCP and vs two plaintext relays chained (app
+//!                -> relay -> relay -> app): the path members use to talk to each other
 //!   latency      64-byte echo round trips (p50/p99) through the sidecar vs direct
 //!   memory       sidecar RSS idle and with N idle sessions open
 //!
@@ -11,6 +14,7 @@
 //!      XL_BENCH_SIDECAR_BIN (another sidecar binary, to compare builds)
 
 use std::{
+    future::Future,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -41,55 +45,62 @@ async fn start_app() -> (u16, u16, u16) {
         echo.local_addr().unwrap().port(),
         source.local_addr().unwrap().port(),
     );
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = source.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut count = [0u8; 8];
-                if tcp.read_exact(&mut count).await.is_err() {
-                    return;
-                }
-                let chunk = vec![0xa5u8; 256 * 1024];
-                let mut left = u64::from_be_bytes(count) as usize;
-                while left > 0 {
-                    let n = left.min(chunk.len());
-                    if tcp.write_all(&chunk[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-                let _ = tcp.shutdown().await;
-            });
-        }
-    });
-    tokio::spawn(async move {
-        loop {
-            let (mut tcp, _) = sink.accept().await.unwrap();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 256 * 1024];
-                let mut total = 0u64;
-                loop {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => total += n as u64,
-                    }
-                }
-                let _ = tcp.write_all(&total.to_be_bytes()).await;
-                let _ = tcp.shutdown().await;
-            });
-        }
-    });
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = echo.accept().await.unwrap();
-            tcp.set_nodelay(true).unwrap();
-            tokio::spawn(async move {
-                let (mut r, mut w) = tcp.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
+    serve_each(source, serve_source);
+    serve_each(sink, serve_sink);
+    serve_each(echo, serve_echo);
     ports
+}
+
+/// Accepts on `listener` for good, each connection served by `serve` in a task of its own.
+fn serve_each<F, Fut>(listener: TcpListener, serve: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(serve(tcp));
+        }
+    });
+}
+
+/// Sends as many bytes as the 8-byte count it is sent first asks for, then ends.
+async fn serve_source(mut tcp: TcpStream) {
+    let mut count = [0u8; 8];
+    if tcp.read_exact(&mut count).await.is_err() {
+        return;
+    }
+    let chunk = vec![0xa5u8; 256 * 1024];
+    let mut left = u64::from_be_bytes(count) as usize;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        if tcp.write_all(&chunk[..n]).await.is_err() {
+            return;
+        }
+        left -= n;
+    }
+    let _ = tcp.shutdown().await;
+}
+
+/// Counts the bytes it is sent up to EOF and answers the count.
+async fn serve_sink(mut tcp: TcpStream) {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n as u64,
+        }
+    }
+    let _ = tcp.write_all(&total.to_be_bytes()).await;
+    let _ = tcp.shutdown().await;
+}
+
+async fn serve_echo(tcp: TcpStream) {
+    tcp.set_nodelay(true).unwrap();
+    let (mut r, mut w) = tcp.into_split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
 }
 
 /// A plaintext TCP relay in its own process (this binary again, see `main`), shaped like
@@ -152,6 +163,7 @@ fn run_relay(upstream: u16) {
 struct Sidecar {
     child: Child,
     directory: xlattice_protocol::DirectoryIndex,
+    ports: Ports,
     _dir: tempdir::TempDir,
 }
 
@@ -191,27 +203,40 @@ impl Sidecar {
 
 /// One sidecar whose client port leads to `upstream` on the app.
 async fn start_sidecar(upstream: u16) -> Sidecar {
-    let dir = std::env::temp_dir().join(format!("xl-bench-{}-{upstream}", std::process::id()));
-    let identity = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
-    identity.save_dir(&dir.join("identity")).unwrap();
-    let (cluster_port, client_port, connect, admin) = (free_port(), free_port(), free_port(), free_port());
-    let record = MemberRecord {
-        client_endpoint: Some(format!("{HOST}:{client_port}")),
-        cluster_endpoint: Some(format!("{HOST}:{cluster_port}")),
-        ..MemberRecord::for_identity("bench-0", &identity)
-    };
+    let (identity, ports, record) = new_member("bench-0", upstream);
     let directory = MemberDirectory {
         cluster: "bench/c".into(),
         members: vec![record],
     };
-    std::fs::write(dir.join("directory.yaml"), directory.to_yaml()).unwrap();
+    spawn_sidecar(&identity, ports, &directory).await
+}
+
+/// A new member `name`: its identity, its sidecar's ports (both upstreams `upstream`) and
+/// the record the directory lists it by.
+fn new_member(name: &str, upstream: u16) -> (Identity, Ports, MemberRecord) {
+    let identity = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
     let ports = Ports {
-        cluster: cluster_port,
-        client: client_port,
-        connect,
-        admin,
+        cluster: free_port(),
+        client: free_port(),
+        connect: free_port(),
+        admin: free_port(),
         upstream,
     };
+    let record = MemberRecord {
+        client_endpoint: Some(format!("{HOST}:{}", ports.client)),
+        cluster_endpoint: Some(format!("{HOST}:{}", ports.cluster)),
+        ..MemberRecord::for_identity(name, &identity)
+    };
+    (identity, ports, record)
+}
+
+/// `xlattice run` as the member with `identity` on `ports`, knowing the members of
+/// `directory`; returns once its client port answers.
+async fn spawn_sidecar(identity: &Identity, ports: Ports, directory: &MemberDirectory) -> Sidecar {
+    // Named by its cluster port: two sidecars may run at once, each with its own files.
+    let dir = std::env::temp_dir().join(format!("xl-bench-{}-{}", std::process::id(), ports.cluster));
+    identity.save_dir(&dir.join("identity")).unwrap();
+    std::fs::write(dir.join("directory.yaml"), directory.to_yaml()).unwrap();
     let child = sidecar_command(&dir, &ports)
         .args(["--max-client-connections", "100000", "--max-client-handshakes", "64"])
         .env("XLATTICE_LOG", "warn")
@@ -223,7 +248,7 @@ async fn start_sidecar(upstream: u16) -> Sidecar {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect((HOST, client_port)).await.is_err() {
+    while TcpStream::connect((HOST, ports.client)).await.is_err() {
         assert!(Instant::now() < deadline, "sidecar did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -231,6 +256,7 @@ async fn start_sidecar(upstream: u16) -> Sidecar {
     Sidecar {
         child,
         directory: directory.index().unwrap(),
+        ports,
         _dir: tempdir::TempDir(dir),
     }
 }
@@ -335,6 +361,206 @@ async fn download_rounds(source_port: u16, rounds: usize, mib: usize, gib: f64) 
     println!("download    relay alone   {}", middle[VIA_RELAY].per_gib(gib));
 }
 
+// The member-to-member path's two directions: app A sends to app B (UP), and app B sends
+// back to app A over the same path (DOWN). The byte app A sends first tells app B which: a
+// member's cluster upstream is one port, so its app cannot be told by port.
+const UP: usize = 0;
+const DOWN: usize = 1;
+const MODES: [u8; 2] = [b'u', b'd'];
+/// App A's peer in the directory.
+const MEMBER_B: &str = "bench-1";
+
+/// App B: one port, a sink or a source by the first byte of each connection.
+async fn start_member_app() -> u16 {
+    let listener = TcpListener::bind((HOST, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    serve_each(listener, |mut tcp: TcpStream| async move {
+        let mut mode = [0u8];
+        if tcp.read_exact(&mut mode).await.is_err() {
+            return;
+        }
+        if mode[0] == MODES[UP] {
+            serve_sink(tcp).await
+        } else {
+            serve_source(tcp).await
+        }
+    });
+    port
+}
+
+/// Everything the member path runs through. DIRECT, VIA_SIDECAR and VIA_RELAY name its
+/// paths too: app A -> app B, app A -> sidecar A -> sidecar B -> app B, and app A ->
+/// relay -> relay -> app B. Both apps are this process, as both ends are in the other benches.
+struct Members {
+    app: u16,
+    a: Sidecar,
+    b: Sidecar,
+    relays: [Relay; 2],
+}
+
+/// Processes whose CPU the member path counts, by their index in `Members::pids`.
+const APPS: usize = 0;
+const SIDECAR_A: usize = 1;
+const SIDECAR_B: usize = 2;
+const RELAY_1: usize = 3;
+const RELAY_2: usize = 4;
+
+impl Members {
+    /// Two members in one directory, so each sidecar accepts the other on its cluster
+    /// port; both upstreams lead to app B. The relays are chained in front of app B.
+    async fn start() -> Self {
+        let app = start_member_app().await;
+        let (a, a_ports, a_record) = new_member("bench-0", app);
+        let (b, b_ports, b_record) = new_member(MEMBER_B, app);
+        let directory = MemberDirectory {
+            cluster: "bench/c".into(),
+            members: vec![a_record, b_record],
+        };
+        let (a, b) = (
+            spawn_sidecar(&a, a_ports, &directory).await,
+            spawn_sidecar(&b, b_ports, &directory).await,
+        );
+        let second = start_relay(app);
+        let first = start_relay(second.port);
+        Members {
+            app,
+            a,
+            b,
+            relays: [first, second],
+        }
+    }
+
+    fn pids(&self) -> [u32; 5] {
+        let [first, second] = &self.relays;
+        [
+            std::process::id(),
+            self.a.child.id(),
+            self.b.child.id(),
+            first.child.id(),
+            second.child.id(),
+        ]
+    }
+
+    /// One transfer of `mib` MiB in `direction` over `path`; returns MiB/s. The CONNECT and
+    /// its handshake come before the clock starts, as `open` does for the other benches.
+    async fn transfer(&self, direction: usize, path: usize, mib: usize) -> f64 {
+        let mut stream = match path {
+            DIRECT => TcpStream::connect((HOST, self.app)).await.unwrap(),
+            VIA_SIDECAR => connect_via(&self.a, MEMBER_B).await,
+            _ => TcpStream::connect((HOST, self.relays[0].port)).await.unwrap(),
+        };
+        stream.write_all(&[MODES[direction]]).await.unwrap();
+        match direction {
+            UP => upload(stream, mib << 20).await,
+            _ => download(stream, mib << 20).await,
+        }
+    }
+}
+
+/// What an application does to reach another member: CONNECT on its own sidecar's
+/// outbound listener, naming the member and the cluster port (its own sidecar's number for
+/// it; the sidecar dials the member's cluster endpoint from the directory).
+async fn connect_via(sidecar: &Sidecar, member: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect((HOST, sidecar.ports.connect)).await.unwrap();
+    let request = format!(
+        "CONNECT {member}:{} HTTP/1.1\r\nHost: {member}\r\n\r\n",
+        sidecar.ports.cluster
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // Byte by byte up to the blank line, so that not one byte of the stream is read here.
+    let (mut head, mut byte) = (Vec::new(), [0u8]);
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tcp.read(&mut byte).await.unwrap();
+        assert_eq!(
+            n,
+            1,
+            "CONNECT: sidecar closed after {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200 "),
+        "CONNECT refused: {:?}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// What the member path measured: MiB/s by direction, path and round, and what every
+/// process used by direction and path.
+#[derive(Default)]
+struct MemberFigures {
+    mibs: [[Vec<f64>; 3]; 2],
+    usage: [[[Usage; 5]; 3]; 2],
+}
+
+/// The member path in rounds, each one transfer per direction and path; the directions
+/// alternate which goes first and the paths rotate within each, so that nothing always
+/// runs first on a machine whose speed drifts more than the effect measured.
+async fn member_rounds(rounds: usize, mib: usize) -> MemberFigures {
+    let members = Members::start().await;
+    let pids = members.pids();
+    let mut figures = MemberFigures::default();
+    for round in 0..rounds {
+        for direction in [round % 2, 1 - round % 2] {
+            for k in 0..3 {
+                let path = (round + k) % 3;
+                let before = pids.map(Usage::of);
+                let speed = members.transfer(direction, path, mib).await;
+                let after = pids.map(Usage::of);
+                for (p, used) in figures.usage[direction][path].iter_mut().enumerate() {
+                    after[p].add_since(&before[p], used);
+                }
+                figures.mibs[direction][path].push(speed);
+            }
+        }
+    }
+    figures
+}
+
+/// Every round's ratios, their medians against the issue's goals, and CPU per GiB of
+/// every process that carried the bytes, for one direction.
+fn report_member(figures: &MemberFigures, direction: usize, gib: f64) {
+    let label = ["member A->B", "member B->A"][direction];
+    let [direct, via, relays] = &figures.mibs[direction];
+    let (mut to_direct, mut to_relays) = (Vec::new(), Vec::new());
+    for round in 0..direct.len() {
+        let (d, v, r) = (direct[round], via[round], relays[round]);
+        println!(
+            "{label} round {}: direct {d:.0} MiB/s, two sidecars {v:.0}, two relays {r:.0}; \
+             sidecars/direct {:.2}, sidecars/relays {:.2}",
+            round + 1,
+            v / d,
+            v / r
+        );
+        to_direct.push(v / d);
+        to_relays.push(v / r);
+    }
+    let [d, v, r] = figures.mibs[direction].clone().map(|mut m| median(&mut m));
+    println!("{label} median: direct {d:.0} MiB/s, two sidecars {v:.0}, two relays {r:.0}");
+    for (name, ratios, goal) in [
+        ("sidecars/direct", &mut to_direct, 0.5),
+        ("sidecars/relays", &mut to_relays, 0.85),
+    ] {
+        let mid = median(ratios);
+        println!(
+            "{label} ratio {name} {mid:.2} (median of {} rounds; lowest {:.2}, highest {:.2}; goal >= {goal})",
+            ratios.len(),
+            ratios[0],
+            ratios[ratios.len() - 1]
+        );
+    }
+    let usage = &figures.usage[direction];
+    println!("{label} sidecar A     {}", usage[VIA_SIDECAR][SIDECAR_A].per_gib(gib));
+    println!("{label} sidecar B     {}", usage[VIA_SIDECAR][SIDECAR_B].per_gib(gib));
+    println!("{label} relay 1       {}", usage[VIA_RELAY][RELAY_1].per_gib(gib));
+    println!("{label} relay 2       {}", usage[VIA_RELAY][RELAY_2].per_gib(gib));
+    for (name, path) in [("direct", DIRECT), ("sidecars", VIA_SIDECAR), ("relays", VIA_RELAY)] {
+        println!("{label} apps, {name:<8} {}", usage[path][APPS].per_gib(gib));
+    }
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -431,6 +657,12 @@ fn main() {
         drop(sidecar);
 
         download_rounds(source_port, rounds, mib, gib).await;
+
+        // The path members use to talk to each other, both ways, against the same two
+        // hops without cryptography: the member path crosses loopback three times.
+        let figures = member_rounds(rounds, mib).await;
+        report_member(&figures, UP, gib);
+        report_member(&figures, DOWN, gib);
 
         let sidecar = start_sidecar(echo_port).await;
         let tcp = TcpStream::connect((HOST, echo_port)).await.unwrap();

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admission::{next_connection, reset, Listener},
-    Runtime,
+    runtime::Runtime,
 };
 
 /// Serves until `stop`. Admin connections are not drained: a probe or scrape in flight

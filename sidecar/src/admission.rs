@@ -21,7 +21,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::PortLabel, Runtime, SidecarConfig};
+use crate::{config::SidecarConfig, metrics::PortLabel, runtime::Runtime};
 
 /// The sidecar's listeners, which are also the `port` label of its metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::{config::parse_duration, SidecarConfig};
+use crate::config::{parse_duration, SidecarConfig};
 
 #[derive(Parser)]
 #[command(name = "xlattice", version, about = "XLattice cluster sidecar and client")]

@@ -22,8 +22,8 @@ use crate::{
     metrics::HandshakeLabels,
     proxy::{proxy, proxy_session},
     relay,
+    runtime::Runtime,
     state::Loaded,
-    Runtime,
 };
 
 /// Accepts on one port until `stop`; each connection runs in its own task.

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::Runtime;
+use crate::runtime::Runtime;
 
 const EVERY: Duration = Duration::from_secs(5);
 /// A fall worth a trim: a quarter of the peak, and at least this many connections or bytes.

@@ -15,7 +15,7 @@ use crate::{
     admission::{accept_loop, reset, Listener},
     metrics::HandshakeLabels,
     proxy::proxy_session,
-    Runtime,
+    runtime::Runtime,
 };
 
 const MAX_HEAD: usize = 8 * 1024;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use xlattice_protocol::handshake::ROUTE_LEN;
 
-use crate::{state::Loaded, Runtime};
+use crate::{runtime::Runtime, state::Loaded};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {

@@ -3,7 +3,7 @@
 //! through unopened: the addressed member runs the handshake, so end-to-end security
 //! is the client's and that member's alone; this sidecar only learns whom it was for.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 use xlattice_protocol::handshake::ROUTE_LEN;
@@ -66,7 +66,51 @@ pub async fn open(
         .await
         .map_err(|_| unreachable(std::io::ErrorKind::TimedOut.into()))?
         .map_err(unreachable)?;
+    // The literal check above misses our address written another way (a name, an
+    // IPv4-mapped IPv6 address, another address of this host): where the connection landed
+    // tells, before a byte is relayed.
+    let own = (rt.config.listen_host, rt.config.client_port);
+    if target.peer_addr().is_ok_and(|landed| is_own(landed, own)) {
+        return Err(RelayError::Loop(name.clone()));
+    }
     target.set_nodelay(true).ok();
     target.write_all(&preamble).await.map_err(unreachable)?;
     Ok(target)
+}
+
+/// Whether `addr` is the listener `(host, port)` of this sidecar. Listening on every
+/// address, any address of this host is ours: binding a socket to it succeeds only then.
+fn is_own(addr: SocketAddr, (host, port): (IpAddr, u16)) -> bool {
+    let (ip, host) = (addr.ip().to_canonical(), host.to_canonical());
+    addr.port() == port
+        && if host.is_unspecified() {
+            std::net::UdpSocket::bind((ip, 0)).is_ok()
+        } else {
+            ip == host
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_landing_on_our_own_listener_is_seen_whatever_the_form_of_the_address() {
+        let any = IpAddr::from([0, 0, 0, 0]);
+        let here: IpAddr = "127.0.0.10".parse().unwrap();
+        for (addr, own, is) in [
+            ("127.0.0.10:7001", (here, 7001), true),
+            ("[::ffff:127.0.0.10]:7001", (here, 7001), true),
+            ("127.0.0.11:7001", (here, 7001), false),
+            ("127.0.0.10:7002", (here, 7001), false),
+            // Listening on every address: a local address is ours, another host's is not
+            // (192.0.2.0/24 is reserved for documentation; binding to it sends nothing).
+            ("127.0.0.1:7001", (any, 7001), true),
+            ("[::ffff:127.0.0.1]:7001", (any, 7001), true),
+            ("192.0.2.7:7001", (any, 7001), false),
+            ("127.0.0.1:7002", (any, 7001), false),
+        ] {
+            assert_eq!(is_own(addr.parse().unwrap(), own), is, "{addr} against {own:?}");
+        }
+    }
 }

@@ -215,6 +215,37 @@ async fn clients_members_and_outsiders() {
         assert_refused(&mut tcp, "a relay to itself").await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // The same address written another way (IPv4-mapped IPv6, as a name resolving here
+    // would be): m0 sees where the relay landed and refuses, instead of relaying to itself
+    // again and again.
+    let looped = metric(&c.members[0].host, RELAY_LOOP).await;
+    let mirror = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
+    let shard = MemberDirectory {
+        cluster: "test/sidecars".into(),
+        members: vec![MemberRecord {
+            client_endpoint: Some(format!("[::ffff:{}]:{CLIENT_PORT}", c.members[0].host)),
+            ..MemberRecord::for_identity("mirror", &mirror)
+        }],
+    };
+    std::fs::write(c.dir.join("directory").join("shard-mirror.yaml"), shard.to_yaml()).unwrap();
+    let preamble = handshake::route_preamble(mirror.ck_public());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&c.members[0].host, RELAY_LOOP).await == looped {
+        assert!(
+            Instant::now() < deadline,
+            "m0 never refused the loop through another form of its address"
+        );
+        let mut tcp = TcpStream::connect(format!("{}:{CLIENT_PORT}", c.members[0].host))
+            .await
+            .unwrap();
+        tcp.write_all(&preamble).await.unwrap();
+        assert_refused(&mut tcp, "a relay to itself at a mapped address").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Refused once, at the first hop: not relayed round and round.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(metric(&c.members[0].host, RELAY_LOOP).await, looped + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

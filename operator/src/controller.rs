@@ -69,8 +69,13 @@ async fn run_in(ctx: Arc<Context>, namespace: Option<String>) {
     let clusters = scope::clusters(&client, ns);
     let controller = Controller::new_with(clusters.clone(), watcher::Config::default(), crd::api_resource());
     let store: Store<DynamicObject> = controller.store();
+    // Serving every namespace, the operator may read identity Secrets only where it bound
+    // itself the role (src/access.rs): they arrive from a watch per such namespace.
+    let controller = match (ns, ctx.access.binds_itself()) {
+        (None, true) => controller.owns_stream(ctx.access.subscribe()),
+        _ => controller.owns(scope::api::<Secret>(&client, ns), owned.clone()),
+    };
     controller
-        .owns(scope::api::<Secret>(&client, ns), owned.clone())
         .owns(scope::api::<ConfigMap>(&client, ns), owned.clone())
         .owns(scope::api::<NetworkPolicy>(&client, ns), owned.clone())
         .owns(scope::api::<Service>(&client, ns), owned.clone())

@@ -11,11 +11,15 @@ use k8s_openapi::{
         networking::v1::{
             NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
         },
+        rbac::v1::{RoleBinding, RoleRef, Subject},
     },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        apis::meta::v1::{ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
     ByteString,
 };
-use kube::{Resource, ResourceExt};
+use kube::{api::DynamicObject, Resource, ResourceExt};
 use xlattice_protocol::{Identity, MemberDirectory, MemberRecord};
 
 use crate::{crd::XLatticeCluster, names::*};
@@ -41,6 +45,35 @@ fn owned_meta(cluster: &XLatticeCluster, name: String) -> ObjectMeta {
         labels: Some(owned_labels(cluster)),
         owner_references: cluster.controller_owner_ref(&()).map(|o| vec![o]),
         ..Default::default()
+    }
+}
+
+/// The binding of the identities role to the operator (`subject`) in `cluster`'s namespace,
+/// owned by every cluster there (not as their controller: it has many owners), so that the
+/// garbage collector deletes it with the last of them.
+pub fn identities_binding(cluster: &DynamicObject, subject: &Subject) -> RoleBinding {
+    let (ns, name) = (subject.namespace.as_deref().unwrap_or_default(), subject.name.as_str());
+    let owner = OwnerReference {
+        api_version: XLatticeCluster::api_version(&()).into(),
+        kind: XLatticeCluster::kind(&()).into(),
+        name: cluster.name_any(),
+        uid: cluster.uid().unwrap_or_default(),
+        ..Default::default()
+    };
+    RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(identities_binding_name(ns, name)),
+            namespace: cluster.namespace(),
+            labels: Some([(MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string())].into()),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: IDENTITIES_ROLE.into(),
+        },
+        subjects: Some(vec![subject.clone()]),
     }
 }
 

@@ -32,6 +32,9 @@ pub enum Error {
 
     #[error("lost the leader Lease to {0}")]
     LostLease(String),
+
+    #[error("the identities role is bound in namespace {0} but not in force after 10 s")]
+    NotGranted(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -58,6 +61,7 @@ impl Error {
             Self::Directory(_) => "directory",
             Self::Tls(_) => "tls",
             Self::LostLease(_) => "lease",
+            Self::NotGranted(_) => "not_granted",
         }
     }
 }
@@ -65,6 +69,11 @@ impl Error {
 /// The API server answered 404: the object is gone (for a delete, what was wanted).
 pub fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(s) if s.code == 404)
+}
+
+/// The API server answered 403: RBAC or an admission policy refused.
+pub fn is_forbidden(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(s) if s.code == 403)
 }
 
 /// The API server answered 409: the object changed since it was read (retried, not reported).

@@ -3,6 +3,7 @@
 //! a NetworkPolicy, publishes the client port with a Service, and injects the sidecar that
 //! speaks the XLattice handshake. The operator itself never touches a socket of the cluster.
 
+pub mod access;
 pub mod cli;
 pub mod controller;
 pub mod crd;

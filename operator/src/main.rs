@@ -10,6 +10,7 @@ use kube::{
 };
 use tracing::{error, info, warn};
 use xlattice_operator::{
+    access::IdentityAccess,
     cli::{Cli, Command, RunArgs},
     controller, crd_yaml,
     leader::LeaseLock,
@@ -155,6 +156,9 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         metrics.clone(),
         args.keygen_threads.unwrap_or(cpus),
     );
+    if matches!(scope, Scope::All) {
+        ctx.access = IdentityAccess::discover(&client).await?;
+    }
     ctx.refresh_member_pods = args.refresh_member_pods;
     ctx.restart_workloads = args.restart_workloads;
     let ctx = Arc::new(ctx);

@@ -103,6 +103,15 @@ pub fn members_service_name(cluster: &str) -> String {
     format!("{cluster}-members")
 }
 
+/// The role that grants identity Secrets (charts/xlattice-operator/rbac/roles.yaml).
+pub const IDENTITIES_ROLE: &str = "xlattice-operator-identities";
+
+/// The RoleBinding by which the operator's ServiceAccount `namespace/name` holds
+/// `IDENTITIES_ROLE` in a namespace with clusters; the admission policy allows no other name.
+pub fn identities_binding_name(namespace: &str, name: &str) -> String {
+    format!("xlattice-identities.{namespace}.{name}")
+}
+
 /// Short stable digest of `text` (hex, `HASH_CHARS` long), for values that must change when
 /// `text` does.
 pub fn short_hash(text: &str) -> String {

@@ -142,6 +142,9 @@ async fn the_operators_token_writes_only_what_the_operator_owns() {
     let services: Api<Service> = Api::namespaced(op.clone(), ns);
     let cms: Api<ConfigMap> = Api::namespaced(op.clone(), ns);
 
+    // --- Secrets: none at all until a cluster lives in the namespace
+    identities_only_where_a_cluster_lives(&h, &op).await;
+
     // --- Secrets: only identity Secrets it labels as its own
     let identity = Secret {
         metadata: meta("xlattice-id-probe", &[MANAGED]),
@@ -532,5 +535,130 @@ async fn without_restart_workloads_the_token_cannot_touch_a_workload() {
     assert!(
         note.contains("web-0") && note.contains("restartWorkloads.enabled=false"),
         "{note}"
+    );
+}
+
+/// Serving every namespace, the token holds no Secret permission of its own: it may bind
+/// the identities role to itself, under its one name, only in a namespace that holds an
+/// XLatticeCluster (the admission policy), and then reads that namespace's Secrets only.
+/// The binding is made here as the operator makes it (`desired::identities_binding`, by
+/// server-side apply), with the operator's token; the refused ones are dry runs.
+async fn identities_only_where_a_cluster_lives(h: &Harness, op: &Client) {
+    use k8s_openapi::api::rbac::v1::{RoleBinding, Subject};
+    use kube::api::DynamicObject;
+    let ns = &h.ns;
+    let secrets: Api<Secret> = Api::namespaced(op.clone(), ns);
+    let kube_system: Api<Secret> = Api::namespaced(op.clone(), "kube-system");
+    refused(
+        "list Secrets where no cluster lives",
+        secrets.list(&Default::default()).await,
+    );
+    refused(
+        "list kube-system's Secrets",
+        kube_system.list(&Default::default()).await,
+    );
+    refused(
+        "list every Secret",
+        Api::<Secret>::all(op.clone()).list(&Default::default()).await,
+    );
+
+    let me = Subject {
+        kind: "ServiceAccount".into(),
+        name: "xlattice-operator".into(),
+        namespace: Some(h.op_ns.clone()),
+        api_group: None,
+    };
+    let clusters = Api::<DynamicObject>::namespaced_with(h.admin.clone(), ns, &xlattice_operator::crd::api_resource());
+    let spec = json!({"apiVersion": "xlattice.io/v1alpha1", "kind": "XLatticeCluster", "metadata": {"name": "p"},
+        "spec": {"selector": {"matchLabels": {"app": "p"}}, "clusterPort": 7000, "clientPort": 8000}});
+    let cluster = clusters
+        .create(&PostParams::default(), &serde_json::from_value(spec).unwrap())
+        .await
+        .unwrap();
+    let binding = xlattice_operator::desired::identities_binding(&cluster, &me);
+    assert_eq!(
+        binding.metadata.name.as_deref(),
+        Some(format!("xlattice-identities.{}.xlattice-operator", h.op_ns).as_str())
+    );
+    let bind = |at: &str, edit: &dyn Fn(&mut RoleBinding), dry_run: bool| {
+        let mut binding = binding.clone();
+        binding.metadata.namespace = Some(at.to_string());
+        edit(&mut binding);
+        let api: Api<RoleBinding> = Api::namespaced(op.clone(), at);
+        let params = PatchParams {
+            dry_run,
+            ..PatchParams::apply("xlattice-operator/p").force()
+        };
+        async move {
+            api.patch(
+                &binding.metadata.name.clone().unwrap(),
+                &params,
+                &Patch::Apply(&binding),
+            )
+            .await
+        }
+    };
+    let keep = |_: &mut RoleBinding| {};
+    // The policies are enforced a moment after they are stored.
+    wait_for(
+        "the admission policy refuses another name",
+        Duration::from_secs(30),
+        || async {
+            bind(ns, &|b| b.metadata.name = Some("innocent".into()), true)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    // Where no cluster lives: refused, kube-system included.
+    for elsewhere in ["kube-system", h.op_ns.as_str()] {
+        let message = refused(
+            &format!("bind the identities role in {elsewhere}"),
+            bind(elsewhere, &keep, true).await,
+        );
+        assert!(message.contains("no params found"), "{message}");
+    }
+    let unlabelled = |b: &mut RoleBinding| b.metadata.labels = None;
+    let message = refused(
+        "bind it in kube-system without its label",
+        bind("kube-system", &unlabelled, true).await,
+    );
+    assert!(message.contains("managed-by=xlattice-operator"), "{message}");
+    refused(
+        "bind it where the cluster lives without its label",
+        bind(ns, &unlabelled, true).await,
+    );
+    let other_role = |b: &mut RoleBinding| {
+        b.metadata.name = Some("xlattice-identities-view".into());
+        b.role_ref.name = "view".into();
+    };
+    refused("bind another role to itself", bind(ns, &other_role, true).await);
+    let friend = Subject {
+        name: "default".into(),
+        ..me.clone()
+    };
+    let shared = move |b: &mut RoleBinding| b.subjects.as_mut().unwrap().push(friend.clone());
+    refused(
+        "share the identities role with another account",
+        bind(ns, &shared, true).await,
+    );
+
+    // Where the cluster lives: its own binding passes, and then its Secrets are readable.
+    wait_for(
+        "the identities binding where the cluster lives",
+        Duration::from_secs(30),
+        || async { bind(ns, &keep, false).await.ok().map(|_| ()) },
+    )
+    .await;
+    wait_for(
+        "Secrets readable where the cluster lives",
+        Duration::from_secs(30),
+        || async { secrets.list(&Default::default()).await.ok().map(|_| ()) },
+    )
+    .await;
+    refused(
+        "list kube-system's Secrets once bound elsewhere",
+        kube_system.list(&Default::default()).await,
     );
 }

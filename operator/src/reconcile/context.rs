@@ -18,6 +18,7 @@ use tracing::warn;
 use xlattice_protocol::{Identity, MemberRecord};
 
 use crate::{
+    access::IdentityAccess,
     crd::{self, XLatticeCluster, XLatticeClusterStatus},
     error::{Error, Result},
     membership::OrphanClock,
@@ -70,6 +71,9 @@ pub struct Context {
     /// Honour spec.restartWorkloads; off when the installation does not grant the operator
     /// the workload permissions (chart value restartWorkloads.enabled=false).
     pub restart_workloads: bool,
+    /// Where identity Secrets may be touched (the operator binds that role itself when it
+    /// serves every namespace).
+    pub access: IdentityAccess,
 }
 
 /// `namespace/name`: how logs, clocks and failure counts name a cluster.
@@ -125,6 +129,7 @@ impl Context {
             failures: Default::default(),
             refresh_member_pods: true,
             restart_workloads: true,
+            access: IdentityAccess::granted(),
         }
     }
 

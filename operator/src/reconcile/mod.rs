@@ -42,7 +42,7 @@ use context::{key, Subject};
 
 use crate::{
     crd::{self, Undecodable, XLatticeCluster, XLatticeClusterStatus},
-    error::{backoff, deleted_or_gone, is_not_found, Error, Result},
+    error::{backoff, deleted_or_gone, is_forbidden, is_not_found, Error, Result},
     membership,
     metrics::ClusterGauges,
     names::*,
@@ -90,7 +90,7 @@ pub async fn reconcile(cluster: Arc<DynamicObject>, ctx: Arc<Context>) -> Result
     let result = finalizer(&api, FINALIZER, cluster.clone(), |event| async {
         match event {
             Finalizer::Apply(object) => match crd::decode(&object) {
-                Ok(cluster) => apply(&cluster, &ctx).await,
+                Ok(cluster) => apply(&object, &cluster, &ctx).await,
                 Err(undecodable) => report_undecodable(&object, undecodable, &ctx).await,
             },
             Finalizer::Cleanup(object) => cleanup(&object, &ctx).await,
@@ -123,7 +123,7 @@ pub fn error_policy(cluster: Arc<DynamicObject>, error: &Error, ctx: Arc<Context
     Action::requeue(wait)
 }
 
-async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
+async fn apply(object: &DynamicObject, cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
     let mut facts = Facts {
         generation: cluster.metadata.generation,
         ..Default::default()
@@ -143,6 +143,7 @@ async fn apply(cluster: &XLatticeCluster, ctx: &Context) -> Result<Action> {
         .list(&ListParams::default().labels(&usable.selector.to_string()))
         .await?
         .items;
+    ctx.access.ensure(&ctx.client, object).await?;
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets = secrets_api
         .list(&ListParams::default().labels(&owned_by(&cluster.name_any())))
@@ -421,18 +422,44 @@ async fn cleanup(cluster: &DynamicObject, ctx: &Context) -> Result<Action> {
     let (ns, name) = (cluster.namespace().unwrap_or_default(), cluster.name_any());
     let client = &ctx.client;
     let owned = ListParams::default().labels(&owned_by(&name));
-    delete_owned(&Api::<Secret>::namespaced(client.clone(), &ns), &owned, ctx).await?;
+    identities_cleanup(cluster, ctx, &owned).await?;
     delete_owned(&Api::<ConfigMap>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     delete_owned(&Api::<NetworkPolicy>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     delete_owned(&Api::<Service>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     delete_owned(&Api::<EndpointSlice>::namespaced(client.clone(), &ns), &owned, ctx).await?;
     ctx.orphans.lock().expect("lock poisoned").remove(&key(cluster));
+    let clusters = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &crd::api_resource());
+    let others_left = clusters
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .any(|c| c.uid() != cluster.uid());
+    ctx.access.release(cluster, others_left);
     ctx.metrics.forget_cluster(&ns, &name);
     info!(cluster = %key(cluster), "cleaned up");
     let note = "deleted identities, directory, NetworkPolicy and Services".to_string();
     let reference = Subject::of_object(cluster).reference;
     ctx.event_on(&reference, EventType::Normal, "CleanedUp", note).await;
     Ok(Action::await_change())
+}
+
+/// Deletes the cluster's identity Secrets. Without the right to (the binding could not be
+/// made, as in a namespace being deleted), they are left to the garbage collector (they are
+/// owned by the cluster) rather than keeping the cluster, and its namespace, from going.
+async fn identities_cleanup(cluster: &DynamicObject, ctx: &Context, owned: &ListParams) -> Result<()> {
+    let api = Api::<Secret>::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let deleted = match ctx.access.ensure(&ctx.client, cluster).await {
+        Ok(()) => delete_owned(&api, owned, ctx).await,
+        Err(error) => Err(error),
+    };
+    match deleted {
+        Err(Error::Kube(e)) if is_forbidden(&e) => {
+            warn!(cluster = %key(cluster), error = %e, "cannot delete the identity Secrets: left to the garbage collector");
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Deletes what carries our labels, so a same-named object of someone else's survives.

@@ -225,7 +225,15 @@ pub async fn operator_kubeconfig_for(
     let mut role: Role = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
     let webhook_role: ClusterRole = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
     let restart_role: ClusterRole = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
-    for role in [&cluster_role, &webhook_role, &restart_role] {
+    let identities_role: ClusterRole = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
+    let bind_role: ClusterRole = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
+    for role in [
+        &cluster_role,
+        &webhook_role,
+        &restart_role,
+        &identities_role,
+        &bind_role,
+    ] {
         apply(&Api::<ClusterRole>::all(admin.clone()), role).await;
     }
     role.metadata.namespace = Some(op_ns.into());
@@ -274,7 +282,13 @@ pub async fn operator_kubeconfig_for(
         &cluster_binding(format!("xlattice-operator-webhook-{run}"), "xlattice-operator-webhook"),
     )
     .await;
+    // Identity Secrets as the chart grants them: in the watched namespace, or the right to
+    // bind them where clusters are (the operator does it, src/access.rs).
     let mut roles = vec!["xlattice-operator"];
+    roles.push(match grant.watch {
+        Some(_) => "xlattice-operator-identities",
+        None => "xlattice-operator-bind-identities",
+    });
     if grant.restart_workloads {
         roles.push("xlattice-operator-restart-workloads");
     }
@@ -333,6 +347,7 @@ pub async fn install_admission_policy(admin: &Client, op_ns: &str, run: &str) {
     use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
     let text = std::fs::read_to_string(repo_file("charts/xlattice-operator/rbac/admission-policy.yaml"))
         .unwrap()
+        .replace("__IDENTITIES_NAME__", &format!("xlattice-operator-identities-{run}"))
         .replace("__NAME__", &format!("xlattice-operator-writes-{run}"))
         .replace("__OPERATOR_NAMESPACE__", op_ns)
         .replace(
@@ -343,8 +358,16 @@ pub async fn install_admission_policy(admin: &Client, op_ns: &str, run: &str) {
     let policy: ValidatingAdmissionPolicy = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
     let binding: ValidatingAdmissionPolicyBinding = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(admin.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(admin.clone());
     apply(&policies, &policy).await;
-    apply(&Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone()), &binding).await;
+    apply(&bindings, &binding).await;
+    // The identities binding's two policies (which binding, and where), each with its binding.
+    for _ in 0..2 {
+        let policy: ValidatingAdmissionPolicy = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
+        let binding: ValidatingAdmissionPolicyBinding = serde::Deserialize::deserialize(docs.next().unwrap()).unwrap();
+        apply(&policies, &policy).await;
+        apply(&bindings, &binding).await;
+    }
     // Type errors show in the policy's status, written by kube-controller-manager, which
     // this control plane does not run: hack/node-test.sh checks them on the real node.
 }

@@ -96,13 +96,15 @@ check "the operator leads through its Lease (in-cluster config, its own ServiceA
   eventually 30 bash -c "[[ \$(kubectl -n $OP_NS get lease xlattice-operator -o 'jsonpath={.spec.holderIdentity}') == $op_pod ]]"
 # kube-controller-manager type-checks the admission policy's expressions against the
 # schemas of every kind it matches; a warning would mean an expression that cannot work.
-policy_checked() { [[ -n $(kubectl get validatingadmissionpolicy xlattice-operator-writes -o 'jsonpath={.status.typeChecking}') ]]; }
-if eventually 60 policy_checked; then
-  warnings=$(kubectl get validatingadmissionpolicy xlattice-operator-writes -o 'jsonpath={.status.typeChecking.expressionWarnings}')
-  check "the chart's admission policy type-checks without a warning${warnings:+: $warnings}" test -z "$warnings"
-else
-  bad "the admission policy was never type-checked"
-fi
+policy_checked() { [[ -n $(kubectl get validatingadmissionpolicy "$1" -o 'jsonpath={.status.typeChecking}') ]]; }
+for policy in xlattice-operator-writes xlattice-operator-identities xlattice-operator-identities-where-clusters; do
+  if eventually 60 policy_checked "$policy"; then
+    warnings=$(kubectl get validatingadmissionpolicy "$policy" -o 'jsonpath={.status.typeChecking.expressionWarnings}')
+    check "the chart's admission policy $policy type-checks without a warning${warnings:+: $warnings}" test -z "$warnings"
+  else
+    bad "the admission policy $policy was never type-checked"
+  fi
+done
 
 # ---------------------------------------------------------------------------------------
 step "the StatefulSet example: injected by the webhook (through its Service), pods start"
@@ -132,6 +134,35 @@ if [[ -n $ready_ts && -n $app_ts && $(date -d "$app_ts" +%s%N) -gt $(date -d "$r
 else
   bad "the app started before its sidecar was ready (sidecar '$ready_ts', app '$app_ts')"
 fi
+
+# ---------------------------------------------------------------------------------------
+step "Secrets only where a cluster lives: the operator's own binding, gone with the last cluster"
+# The operator's ClusterRole grants no Secret: it binds its identities role in a namespace
+# when a cluster appears there, the binding owned by the cluster, and the garbage collector
+# (kube-controller-manager, which the bare control plane of the other tests lacks) removes
+# it with the cluster.
+op_sa=system:serviceaccount:$OP_NS:xlattice-operator
+binding=xlattice-identities.$OP_NS.xlattice-operator
+can_list_secrets() { kubectl auth can-i --as="$op_sa" list secrets -n "$1" 2>/dev/null; }
+check "the operator's token cannot list kube-system's Secrets" test "$(can_list_secrets kube-system)" == no
+check "nor those of a namespace without a cluster" test "$(can_list_secrets default)" == no
+check "in the example's namespace it bound itself the identities role ($binding)" \
+  bash -c "kubectl -n $NS get rolebinding $binding >/dev/null && [[ \$(kubectl auth can-i --as=$op_sa list secrets -n $NS) == yes ]]"
+GC_NS=$NS-gc
+kubectl create namespace "$GC_NS" >/dev/null
+kubectl apply -n "$GC_NS" -f - >/dev/null <<'CLUSTER'
+apiVersion: xlattice.io/v1alpha1
+kind: XLatticeCluster
+metadata: {name: lone}
+spec: {selector: {matchLabels: {app: lone}}, clusterPort: 7000, clientPort: 8000}
+CLUSTER
+bound() { kubectl -n "$GC_NS" get rolebinding "$binding" >/dev/null 2>&1; }
+check "a new cluster's namespace gets the binding, owned by the cluster" eventually 60 bound
+kubectl -n "$GC_NS" delete xlatticecluster lone --timeout=60s >/dev/null
+unbound() { ! bound; }
+check "deleting the namespace's last cluster takes the binding away (garbage collector)" eventually 60 unbound
+check "and with it the token's Secrets there" test "$(can_list_secrets "$GC_NS")" == no
+kubectl delete namespace "$GC_NS" --wait=false >/dev/null
 
 # ---------------------------------------------------------------------------------------
 step "identities through the projected Secret and directory shards"

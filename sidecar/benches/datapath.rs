@@ -330,18 +330,24 @@ async fn download_rounds(source_port: u16, rounds: usize, mib: usize, gib: f64) 
     let (sidecar, relay) = (start_sidecar(source_port).await, start_relay(source_port));
     let pids = [std::process::id(), sidecar.child.id(), relay.child.id()];
     let (mut mibs, mut middle) = ([Vec::new(), Vec::new(), Vec::new()], [Usage::default(); 3]);
+    let mut sched = [[Sched::default(); 3]; 3];
     let (mut via_ratios, mut relay_ratios) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let mut speed = [0f64; 3];
         for k in 0..3 {
             let path = (round + k) % 3;
             let before = Usage::of(pids[path]);
+            let sched_before = pids.map(Sched::of);
             speed[path] = match path {
                 DIRECT => download(TcpStream::connect((HOST, source_port)).await.unwrap(), mib << 20).await,
                 VIA_SIDECAR => download(open(&sidecar).await, mib << 20).await,
                 _ => download(TcpStream::connect((HOST, relay.port)).await.unwrap(), mib << 20).await,
             };
             Usage::of(pids[path]).add_since(&before, &mut middle[path]);
+            let sched_after = pids.map(Sched::of);
+            for (p, used) in sched[path].iter_mut().enumerate() {
+                sched_after[p].add_since(&sched_before[p], used);
+            }
             mibs[path].push(speed[path]);
         }
         via_ratios.push(speed[VIA_SIDECAR] / speed[DIRECT]);
@@ -359,6 +365,14 @@ async fn download_rounds(source_port: u16, rounds: usize, mib: usize, gib: f64) 
     }
     println!("download    sidecar alone {}", middle[VIA_SIDECAR].per_gib(gib));
     println!("download    relay alone   {}", middle[VIA_RELAY].per_gib(gib));
+    println!(
+        "download    sidecar sched {}",
+        sched[VIA_SIDECAR][VIA_SIDECAR].per_gib(gib)
+    );
+    println!(
+        "download    client+app, via sidecar, sched {}",
+        sched[VIA_SIDECAR][DIRECT].per_gib(gib)
+    );
 }
 
 // The member-to-member path's two directions: app A sends to app B (UP), and app B sends
@@ -493,6 +507,7 @@ async fn connect_via(sidecar: &Sidecar, member: &str) -> TcpStream {
 struct MemberFigures {
     mibs: [[Vec<f64>; 3]; 2],
     usage: [[[Usage; 5]; 3]; 2],
+    sched: [[[Sched; 5]; 3]; 2],
 }
 
 /// The member path in rounds, each one transfer per direction and path; the directions
@@ -507,10 +522,15 @@ async fn member_rounds(rounds: usize, mib: usize) -> MemberFigures {
             for k in 0..3 {
                 let path = (round + k) % 3;
                 let before = pids.map(Usage::of);
+                let sched_before = pids.map(Sched::of);
                 let speed = members.transfer(direction, path, mib).await;
                 let after = pids.map(Usage::of);
+                let sched_after = pids.map(Sched::of);
                 for (p, used) in figures.usage[direction][path].iter_mut().enumerate() {
                     after[p].add_since(&before[p], used);
+                }
+                for (p, used) in figures.sched[direction][path].iter_mut().enumerate() {
+                    sched_after[p].add_since(&sched_before[p], used);
                 }
                 figures.mibs[direction][path].push(speed);
             }
@@ -559,6 +579,69 @@ fn report_member(figures: &MemberFigures, direction: usize, gib: f64) {
     for (name, path) in [("direct", DIRECT), ("sidecars", VIA_SIDECAR), ("relays", VIA_RELAY)] {
         println!("{label} apps, {name:<8} {}", usage[path][APPS].per_gib(gib));
     }
+    let sched = &figures.sched[direction][VIA_SIDECAR];
+    for (name, p) in [("sidecar A", SIDECAR_A), ("sidecar B", SIDECAR_B), ("apps     ", APPS)] {
+        println!("{label} sched {name} {}", sched[p].per_gib(gib));
+    }
+}
+
+/// What the scheduler says of every thread of a process so far (/proc/<pid>/task/*/schedstat
+/// and status): CPU time to the nanosecond, time spent runnable but waiting for a CPU, and
+/// switches split into voluntary (it slept: waiting for I/O) and involuntary (preempted).
+/// Whether a slower path waits on its peers or on the CPU is in the split.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sched {
+    run_ns: u64,
+    wait_ns: u64,
+    voluntary: u64,
+    involuntary: u64,
+}
+
+// === impl Sched ===
+
+impl Sched {
+    fn of(pid: u32) -> Self {
+        let mut total = Self::default();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return total;
+        };
+        for task in tasks.filter_map(Result::ok) {
+            if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+                let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+                total.run_ns += fields.next().unwrap_or(0);
+                total.wait_ns += fields.next().unwrap_or(0);
+            }
+            if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+                for line in status.lines() {
+                    let value = || line.split_whitespace().nth(1)?.parse::<u64>().ok();
+                    if line.starts_with("voluntary_ctxt_switches:") {
+                        total.voluntary += value().unwrap_or(0);
+                    } else if line.starts_with("nonvoluntary_ctxt_switches:") {
+                        total.involuntary += value().unwrap_or(0);
+                    }
+                }
+            }
+        }
+        total
+    }
+
+    /// What was used between `before` and `self`, added to `total`.
+    fn add_since(&self, before: &Self, total: &mut Self) {
+        total.run_ns += self.run_ns.saturating_sub(before.run_ns);
+        total.wait_ns += self.wait_ns.saturating_sub(before.wait_ns);
+        total.voluntary += self.voluntary.saturating_sub(before.voluntary);
+        total.involuntary += self.involuntary.saturating_sub(before.involuntary);
+    }
+
+    fn per_gib(&self, gib: f64) -> String {
+        format!(
+            "cpu {:.0} ms/GiB exact, run-queue wait {:.0} ms/GiB; {:.0} voluntary, {:.0} involuntary switches per GiB",
+            self.run_ns as f64 / 1e6 / gib,
+            self.wait_ns as f64 / 1e6 / gib,
+            self.voluntary as f64 / gib,
+            self.involuntary as f64 / gib
+        )
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -604,18 +687,24 @@ fn main() {
         let (mut via_ratios, mut relay_ratios) = (Vec::new(), Vec::new());
         let pids = [std::process::id(), sidecar.child.id(), relay.child.id()];
         let usage_now = || pids.map(Usage::of);
+        let mut sched = [[Sched::default(); 3]; 3];
         for round in 0..rounds {
             let mut speed = [0f64; 3];
             // Rotate the order so no path always runs first.
             for k in 0..3 {
                 let path = (round + k) % 3;
                 let before = usage_now();
+                let sched_before = pids.map(Sched::of);
                 speed[path] = match path {
                     DIRECT => upload(TcpStream::connect((HOST, sink_port)).await.unwrap(), mib << 20).await,
                     VIA_SIDECAR => upload(open(&sidecar).await, mib << 20).await,
                     _ => upload(TcpStream::connect((HOST, relay.port)).await.unwrap(), mib << 20).await,
                 };
                 let after = usage_now();
+                let sched_after = pids.map(Sched::of);
+                for (p, used) in sched[path].iter_mut().enumerate() {
+                    sched_after[p].add_since(&sched_before[p], used);
+                }
                 // This process always; the sidecar or the relay when they carried the bytes.
                 if path != DIRECT {
                     let before_cpu = middle[path].cpu();
@@ -653,6 +742,8 @@ fn main() {
                 ratios[rounds - 1]
             );
         }
+        println!("throughput  sidecar sched {}", sched[VIA_SIDECAR][VIA_SIDECAR].per_gib(gib));
+        println!("throughput  client+app, via sidecar, sched {}", sched[VIA_SIDECAR][DIRECT].per_gib(gib));
         drop(relay);
         drop(sidecar);
 

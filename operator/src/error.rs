@@ -71,6 +71,14 @@ pub fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(s) if s.code == 404)
 }
 
+/// What the API server said, without the status's debug dump: for a status or Event.
+pub fn said(error: &Error) -> String {
+    match error {
+        Error::Kube(kube::Error::Api(status)) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// The API server answered 403: RBAC or an admission policy refused.
 pub fn is_forbidden(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(s) if s.code == 403)

@@ -662,3 +662,85 @@ async fn identities_only_where_a_cluster_lives(h: &Harness, op: &Client) {
         kube_system.list(&Default::default()).await,
     );
 }
+
+/// A RoleBinding of the operator's name already in the namespace, binding another role (a
+/// hand-made one, or left by a mistake): the operator cannot bind itself the identities
+/// role there (a binding's role cannot change), says so on that cluster's status and in a
+/// Warning Event, and serves another namespace's cluster meanwhile.
+#[tokio::test]
+async fn a_binding_in_the_way_is_reported_on_its_cluster_only() {
+    use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+    let Some((h, _operator)) = Harness::start("inway").await else {
+        return;
+    };
+    let name = format!("xlattice-identities.{}.xlattice-operator", h.op_ns);
+    let squatter = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: "view".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "default".into(),
+            namespace: Some(h.ns.clone()),
+            api_group: None,
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(h.admin.clone(), &h.ns)
+        .create(&PostParams::default(), &squatter)
+        .await
+        .unwrap();
+    let other_ns = format!("xl-inway-other-{}", h.run);
+    create_namespace(&h.admin, &other_ns).await;
+    let spec = |name: &str| {
+        serde_json::from_value::<xlattice_operator::XLatticeCluster>(json!({"apiVersion": "xlattice.io/v1alpha1",
+            "kind": "XLatticeCluster", "metadata": {"name": name},
+            "spec": {"selector": {"matchLabels": {"app": name}}, "clusterPort": 7000, "clientPort": 8000}}))
+        .unwrap()
+    };
+    let blocked: Api<xlattice_operator::XLatticeCluster> = Api::namespaced(h.admin.clone(), &h.ns);
+    let fine: Api<xlattice_operator::XLatticeCluster> = Api::namespaced(h.admin.clone(), &other_ns);
+    apply(&blocked, &spec("blocked")).await;
+    apply(&fine, &spec("fine")).await;
+    let condition = |api: Api<xlattice_operator::XLatticeCluster>, name: &'static str, type_: &'static str| async move {
+        let status = api.get(name).await.ok()?.status?;
+        let c = status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == type_ && c.status == "True")?;
+        Some(format!("{}: {}", c.reason, c.message))
+    };
+    let degraded = wait_for("the blocked cluster is Degraded", Duration::from_secs(60), || {
+        condition(blocked.clone(), "blocked", "Degraded")
+    })
+    .await;
+    assert!(
+        degraded.starts_with("MintingFailed: cannot bind the identities role"),
+        "{degraded}"
+    );
+    assert!(degraded.contains(&name), "the message names the binding: {degraded}");
+    wait_for(
+        "the other namespace's cluster is Ready",
+        Duration::from_secs(60),
+        || condition(fine.clone(), "fine", "Ready"),
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(h.admin.clone(), &h.ns);
+    wait_for(
+        "a MintingFailed Warning Event on the blocked cluster",
+        Duration::from_secs(30),
+        || async {
+            let list = events.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("MintingFailed") && e.type_.as_deref() == Some("Warning"))
+                .then_some(())
+        },
+    )
+    .await;
+}

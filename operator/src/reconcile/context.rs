@@ -38,6 +38,20 @@ pub struct MemberNote {
     pub note: String,
 }
 
+/// `text` cut to at most `limit` bytes, at a character boundary, with "…" when cut.
+pub fn truncated(mut text: String, limit: usize) -> String {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
+}
+
 /// `summary: a, b, c` with as many names as fit in `limit` bytes, then `and N more`.
 pub fn naming(summary: &str, names: &[&str], limit: usize) -> String {
     let mut out = format!("{summary}: ");
@@ -152,7 +166,8 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            // The API server refuses the whole Event for a longer note.
+            note: Some(truncated(note, NOTE_BYTES)),
             action: reason.into(),
             secondary: related,
         };
@@ -220,7 +235,16 @@ impl Context {
 
 #[cfg(test)]
 mod tests {
-    use super::naming;
+    use super::{naming, truncated};
+
+    #[test]
+    fn a_note_is_cut_to_what_the_api_server_takes() {
+        assert_eq!(truncated("short".into(), 1024), "short");
+        let long = "é".repeat(600); // 1200 bytes, two per character
+        let cut = truncated(long, 1024);
+        assert!(cut.len() <= 1024 && cut.ends_with('…'), "{}", cut.len());
+        assert!(cut.starts_with("éé"));
+    }
 
     #[test]
     fn a_summary_names_what_fits() {

@@ -42,7 +42,7 @@ use context::{key, Subject};
 
 use crate::{
     crd::{self, Undecodable, XLatticeCluster, XLatticeClusterStatus},
-    error::{backoff, deleted_or_gone, is_forbidden, is_not_found, Error, Result},
+    error::{backoff, deleted_or_gone, is_forbidden, is_not_found, said, Error, Result},
     membership,
     metrics::ClusterGauges,
     names::*,
@@ -143,7 +143,17 @@ async fn apply(object: &DynamicObject, cluster: &XLatticeCluster, ctx: &Context)
         .list(&ListParams::default().labels(&usable.selector.to_string()))
         .await?
         .items;
-    ctx.access.ensure(&ctx.client, object).await?;
+    if let Err(error) = ctx.access.ensure(&ctx.client, object).await {
+        // Nothing can be minted or published without it: said on the status, retried.
+        let message = format!("cannot bind the identities role in namespace {ns}: {}", said(&error));
+        let facts = Facts {
+            generation: cluster.metadata.generation,
+            degraded: Some(Degraded::new(DegradedReason::MintingFailed, message)),
+            ..Facts::observed(cluster.status.as_ref())
+        };
+        write_status(&Subject::of(cluster), ctx, &facts).await?;
+        return Err(error);
+    }
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secrets = secrets_api
         .list(&ListParams::default().labels(&owned_by(&cluster.name_any())))

@@ -195,57 +195,49 @@ async fn clients_members_and_outsiders() {
 
     // A stale directory that puts another key at m0's own address: m0 refuses to relay
     // the session to itself rather than going round in a circle.
-    let ghost = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
-    let shard = MemberDirectory {
-        cluster: "test/sidecars".into(),
-        members: vec![MemberRecord {
-            client_endpoint: Some(format!("{}:{CLIENT_PORT}", c.members[0].host)),
-            ..MemberRecord::for_identity("ghost", &ghost)
-        }],
-    };
-    std::fs::write(c.dir.join("directory").join("shard-ghost.yaml"), shard.to_yaml()).unwrap();
-    let preamble = handshake::route_preamble(ghost.ck_public());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&c.members[0].host, RELAY_LOOP).await == 0 {
-        assert!(Instant::now() < deadline, "m0 never refused the loop");
-        let mut tcp = TcpStream::connect(format!("{}:{CLIENT_PORT}", c.members[0].host))
-            .await
-            .unwrap();
-        tcp.write_all(&preamble).await.unwrap();
-        assert_refused(&mut tcp, "a relay to itself").await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
+    let host = c.members[0].host.clone();
+    refuses_loop(&c, "ghost", &format!("{host}:{CLIENT_PORT}")).await;
     // The same address written another way (IPv4-mapped IPv6, as a name resolving here
     // would be): m0 sees where the relay landed and refuses, instead of relaying to itself
     // again and again.
-    let looped = metric(&c.members[0].host, RELAY_LOOP).await;
-    let mirror = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
-    let shard = MemberDirectory {
-        cluster: "test/sidecars".into(),
-        members: vec![MemberRecord {
-            client_endpoint: Some(format!("[::ffff:{}]:{CLIENT_PORT}", c.members[0].host)),
-            ..MemberRecord::for_identity("mirror", &mirror)
-        }],
-    };
-    std::fs::write(c.dir.join("directory").join("shard-mirror.yaml"), shard.to_yaml()).unwrap();
-    let preamble = handshake::route_preamble(mirror.ck_public());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&c.members[0].host, RELAY_LOOP).await == looped {
-        assert!(
-            Instant::now() < deadline,
-            "m0 never refused the loop through another form of its address"
-        );
-        let mut tcp = TcpStream::connect(format!("{}:{CLIENT_PORT}", c.members[0].host))
-            .await
-            .unwrap();
-        tcp.write_all(&preamble).await.unwrap();
-        assert_refused(&mut tcp, "a relay to itself at a mapped address").await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let looped = metric(&host, RELAY_LOOP).await;
+    refuses_loop(&c, "mirror", &format!("[::ffff:{host}]:{CLIENT_PORT}")).await;
     // Refused once, at the first hop: not relayed round and round.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(metric(&c.members[0].host, RELAY_LOOP).await, looped + 1);
+}
+
+/// Publishes a member `name` (a fresh key) whose client endpoint is `endpoint`, which leads
+/// back to m0, and sends m0 sessions for it until m0 counts a refused relay loop; each is
+/// refused with nothing sent.
+async fn refuses_loop(c: &Cluster, name: &str, endpoint: &str) {
+    let host = &c.members[0].host;
+    let before = metric(host, RELAY_LOOP).await;
+    let key = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
+    let shard = MemberDirectory {
+        cluster: "test/sidecars".into(),
+        members: vec![MemberRecord {
+            client_endpoint: Some(endpoint.to_string()),
+            ..MemberRecord::for_identity(name, &key)
+        }],
+    };
+    std::fs::write(
+        c.dir.join("directory").join(format!("shard-{name}.yaml")),
+        shard.to_yaml(),
+    )
+    .unwrap();
+    let preamble = handshake::route_preamble(key.ck_public());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(host, RELAY_LOOP).await == before {
+        assert!(
+            Instant::now() < deadline,
+            "m0 never refused the loop through {endpoint}"
+        );
+        let mut tcp = TcpStream::connect(format!("{host}:{CLIENT_PORT}")).await.unwrap();
+        tcp.write_all(&preamble).await.unwrap();
+        assert_refused(&mut tcp, &format!("a relay to itself through {endpoint}")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@ use k8s_openapi::{
         admissionregistration::v1::MutatingWebhookConfiguration,
         apps::v1::{Deployment, StatefulSet},
         batch::v1::Job,
-        core::v1::{ConfigMap, Container, PodSpec, ResourceRequirements, Service, ServiceAccount},
+        core::v1::{ConfigMap, Container, PodSpec, ResourceRequirements, SeccompProfile, Service, ServiceAccount},
         policy::v1::PodDisruptionBudget,
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
@@ -392,16 +392,7 @@ fn check_pod(operator: &Operator, want: &Want) {
     );
 
     let pod = operator.pod.security_context.clone().unwrap_or_default();
-    assert_eq!(
-        (pod.run_as_non_root, pod.run_as_user),
-        (Some(true), Some(65532)),
-        "pod runs as non-root 65532"
-    );
-    assert_eq!(
-        pod.seccomp_profile.map(|p| p.type_).as_deref(),
-        Some("RuntimeDefault"),
-        "pod seccompProfile"
-    );
+    unprivileged("pod", pod.run_as_non_root, pod.run_as_user, pod.seccomp_profile);
     assert_eq!(operator.pod.containers.len(), 1, "containers in the operator pod");
 
     let c = &operator.container;
@@ -413,16 +404,7 @@ fn check_pod(operator: &Operator, want: &Want) {
         Some(vec!["ALL".to_string()]),
         "capabilities.drop"
     );
-    assert_eq!(
-        (sc.run_as_non_root, sc.run_as_user),
-        (Some(true), Some(65532)),
-        "container runs as non-root 65532"
-    );
-    assert_eq!(
-        sc.seccomp_profile.map(|p| p.type_).as_deref(),
-        Some("RuntimeDefault"),
-        "container seccompProfile"
-    );
+    unprivileged("container", sc.run_as_non_root, sc.run_as_user, sc.seccomp_profile);
     assert_eq!(c.image.as_deref(), Some(want.operator_image.as_str()), "operator image");
     assert_eq!(
         c.image_pull_policy.as_deref(),
@@ -445,6 +427,18 @@ fn check_pod(operator: &Operator, want: &Want) {
     if let Some(resources) = &want.operator_resources {
         assert_eq!(c.resources.as_ref(), Some(resources), "operator resources");
     }
+}
+
+/// The pod's and the container's security context alike: non-root uid 65532, the runtime's
+/// default seccomp profile.
+fn unprivileged(what: &str, non_root: Option<bool>, user: Option<i64>, seccomp: Option<SeccompProfile>) {
+    assert_eq!(
+        (non_root, user),
+        (Some(true), Some(65532)),
+        "{what} runs as non-root 65532"
+    );
+    let seccomp = seccomp.map(|p| p.type_);
+    assert_eq!(seccomp.as_deref(), Some("RuntimeDefault"), "{what} seccompProfile");
 }
 
 fn check_arguments(operator: &Operator, want: &Want) {

@@ -356,12 +356,7 @@ async fn download_rounds(source_port: u16, rounds: usize, mib: usize, gib: f64) 
     let [direct, via, plain] = mibs.map(|mut m| median(&mut m));
     println!("download    direct {direct:.0} MiB/s, via sidecar {via:.0} MiB/s, via relay {plain:.0} MiB/s");
     for (name, ratios) in [("via/direct", &mut via_ratios), ("via/relay ", &mut relay_ratios)] {
-        let mid = median(ratios);
-        println!(
-            "download    ratio {name}  {mid:.2} (median of {rounds} rounds' own ratios; lowest {:.2}, highest {:.2})",
-            ratios[0],
-            ratios[rounds - 1]
-        );
+        println!("download    {}", ratio_line(name, ratios));
     }
     println!("download    sidecar alone {}", middle[VIA_SIDECAR].per_gib(gib));
     println!("download    relay alone   {}", middle[VIA_RELAY].per_gib(gib));
@@ -563,13 +558,7 @@ fn report_member(figures: &MemberFigures, direction: usize, gib: f64) {
         ("sidecars/direct", &mut to_direct, 0.5),
         ("sidecars/relays", &mut to_relays, 0.85),
     ] {
-        let mid = median(ratios);
-        println!(
-            "{label} ratio {name} {mid:.2} (median of {} rounds; lowest {:.2}, highest {:.2}; goal >= {goal})",
-            ratios.len(),
-            ratios[0],
-            ratios[ratios.len() - 1]
-        );
+        println!("{label} {}; goal >= {goal}", ratio_line(name, ratios));
     }
     let usage = &figures.usage[direction];
     println!("{label} sidecar A     {}", usage[VIA_SIDECAR][SIDECAR_A].per_gib(gib));
@@ -647,6 +636,17 @@ impl Sched {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// One ratio as every section reports it: the median of the rounds' own ratios, and the
+/// spread (the machine swings more between runs than within one).
+fn ratio_line(name: &str, ratios: &mut [f64]) -> String {
+    let mid = median(ratios);
+    let (lowest, highest) = (ratios[0], ratios[ratios.len() - 1]);
+    format!(
+        "ratio {name}  {mid:.2} (median of {} rounds' own ratios; lowest {lowest:.2}, highest {highest:.2})",
+        ratios.len()
+    )
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -735,15 +735,16 @@ fn main() {
             middle[VIA_SIDECAR].per_gib(gib)
         );
         for (name, ratios) in [("via/direct", &mut via_ratios), ("via/relay ", &mut relay_ratios)] {
-            let mid = median(ratios);
-            println!(
-                "throughput  ratio {name}  {mid:.2} (median of {rounds} rounds' own ratios; lowest {:.2}, highest {:.2})",
-                ratios[0],
-                ratios[rounds - 1]
-            );
+            println!("throughput  {}", ratio_line(name, ratios));
         }
-        println!("throughput  sidecar sched {}", sched[VIA_SIDECAR][VIA_SIDECAR].per_gib(gib));
-        println!("throughput  client+app, via sidecar, sched {}", sched[VIA_SIDECAR][DIRECT].per_gib(gib));
+        println!(
+            "throughput  sidecar sched {}",
+            sched[VIA_SIDECAR][VIA_SIDECAR].per_gib(gib)
+        );
+        println!(
+            "throughput  client+app, via sidecar, sched {}",
+            sched[VIA_SIDECAR][DIRECT].per_gib(gib)
+        );
         drop(relay);
         drop(sidecar);
 

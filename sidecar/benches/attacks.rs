@@ -10,10 +10,21 @@
 //!   hellos       8 loops of complete client handshakes, back to back (RSA work)
 //!   partial      1,000 sessions each stalled inside a 16 KiB record
 //!
+//! Where each party runs (`XL_BENCH_PIN`, default 1): the sidecar, the member and the app
+//! share CPU 0, and the attacker has CPU 1 to itself, as if it were another machine. An
+//! attacker in production spends its own CPU, not the victim's; on this 2-core machine an
+//! unpinned attacker at the members' priority takes CPU from the member's own client code as
+//! well as from the sidecar, which measures the machine, not the sidecar's admission. With
+//! `XL_BENCH_PIN=0` every party floats over both cores, as before. Each attack phase also
+//! prints its rate (connections or hellos the attacker started per second), so a placement
+//! that weakened the attack would show.
+//!
 //! Run: cargo bench -p xlattice-sidecar --bench attacks
-//! Env: XL_BENCH_ROUNDS (3), XL_BENCH_HANDSHAKES (200 per phase), XL_BENCH_SIDECAR_BIN
+//! Env: XL_BENCH_ROUNDS (3), XL_BENCH_HANDSHAKES (200 per phase), XL_BENCH_PIN (1),
+//!      XL_BENCH_SIDECAR_BIN
 
 use std::{
+    os::unix::process::CommandExt,
     process::{Child, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -55,8 +66,9 @@ impl Drop for Sidecar {
 
 impl Sidecar {
     /// A sidecar with the injected defaults and the webhook's 128 MiB memory limit, in
-    /// front of an echo app; `member` is another member of its directory.
-    fn start(app: u16) -> Self {
+    /// front of an echo app; `member` is another member of its directory. `cpu` binds it,
+    /// every thread included, to one CPU.
+    fn start(app: u16, cpu: Option<usize>) -> Self {
         let dir = std::env::temp_dir().join(format!("xl-attacks-{}", std::process::id()));
         let server = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
         let member = Identity::generate(NodeIdBits::B256, RsaBits::B2048).unwrap();
@@ -81,12 +93,17 @@ impl Sidecar {
             admin: free_port(),
             upstream: app,
         };
-        let child = sidecar_command(&dir, &ports)
+        let mut command = sidecar_command(&dir, &ports);
+        command
             .args(["--memory-limit-mib", "128"])
             .env("XLATTICE_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::null());
+        if let Some(cpu) = cpu {
+            // SAFETY: between fork and exec the closure only makes one system call and
+            // allocates nothing.
+            unsafe { command.pre_exec(move || set_affinity(cpu)) };
+        }
+        let child = command.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect((HOST, cluster)).is_err() {
             assert!(Instant::now() < deadline, "sidecar did not start");
@@ -129,29 +146,72 @@ async fn echo_app(listener: TcpListener) {
     }
 }
 
-/// Runs `attack` on its own thread and runtime (one worker) until `stop`.
-fn launch(attack: &'static str, sidecar: &Sidecar, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// What an attack's tasks share: when to stop, and how many connections they have opened.
+#[derive(Default)]
+struct Attacker {
+    stop: AtomicBool,
+    opened: AtomicU64,
+}
+
+// === impl Attacker ===
+
+impl Attacker {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// A connection to the client port, counted; `None` (after a short pause) when refused.
+    async fn connect(&self, port: u16) -> Option<TcpStream> {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        match TcpStream::connect((HOST, port)).await {
+            Ok(tcp) => Some(tcp),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                None
+            }
+        }
+    }
+
+    async fn until_stopped(&self) {
+        while !self.stopped() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs `attack` on its own thread and runtime (one worker, on the attacker's CPU when
+/// pinned) until told to stop.
+fn launch(
+    attack: &'static str,
+    sidecar: &Sidecar,
+    attacker: Arc<Attacker>,
+    cpu: Option<usize>,
+) -> std::thread::JoinHandle<()> {
     let (client, ck) = (sidecar.client, sidecar.ck().clone());
     std::thread::spawn(move || {
+        if let Some(cpu) = cpu {
+            pin_thread(cpu);
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async move {
+            let a = &attacker;
             let tasks: Vec<_> = match attack {
-                "silent" => (0..2000).map(|_| tokio::spawn(silent(client, stop.clone()))).collect(),
+                "silent" => (0..2000).map(|_| tokio::spawn(silent(client, a.clone()))).collect(),
                 "slow" => (0..300)
-                    .map(|_| tokio::spawn(slow(client, ck.clone(), stop.clone())))
+                    .map(|_| tokio::spawn(slow(client, ck.clone(), a.clone())))
                     .collect(),
                 "pool" => (0..1100)
-                    .map(|_| tokio::spawn(idle_session(client, ck.clone(), stop.clone(), false)))
+                    .map(|_| tokio::spawn(idle_session(client, ck.clone(), a.clone(), false)))
                     .collect(),
                 "hellos" => (0..8)
-                    .map(|_| tokio::spawn(hellos(client, ck.clone(), stop.clone())))
+                    .map(|_| tokio::spawn(hellos(client, ck.clone(), a.clone())))
                     .collect(),
                 "partial" => (0..1000)
-                    .map(|_| tokio::spawn(idle_session(client, ck.clone(), stop.clone(), true)))
+                    .map(|_| tokio::spawn(idle_session(client, ck.clone(), a.clone(), true)))
                     .collect(),
                 _ => Vec::new(),
             };
@@ -162,38 +222,26 @@ fn launch(attack: &'static str, sidecar: &Sidecar, stop: Arc<AtomicBool>) -> std
     })
 }
 
-async fn until(stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Connects and sends nothing; reconnects as soon as the sidecar lets go.
-async fn silent(port: u16, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(mut tcp) = TcpStream::connect((HOST, port)).await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
+async fn silent(port: u16, a: Arc<Attacker>) {
+    while !a.stopped() {
+        let Some(mut tcp) = a.connect(port).await else { continue };
         let mut byte = [0u8; 1];
         tokio::select! {
             _ = tcp.read(&mut byte) => {}
-            _ = until(&stop) => return,
+            _ = a.until_stopped() => return,
         }
     }
 }
 
 /// A real hello, sent one byte every 100 ms.
-async fn slow(port: u16, ck: xlattice_protocol::PublicKey, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
+async fn slow(port: u16, ck: xlattice_protocol::PublicKey, a: Arc<Attacker>) {
+    while !a.stopped() {
         let (hello, _) =
             handshake::client_hello(&ck, PortKind::Client, None, handshake::ClientSecrets::random()).unwrap();
-        let Ok(mut tcp) = TcpStream::connect((HOST, port)).await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
+        let Some(mut tcp) = a.connect(port).await else { continue };
         for byte in hello {
-            if stop.load(Ordering::Relaxed) || tcp.write_all(&[byte]).await.is_err() {
+            if a.stopped() || tcp.write_all(&[byte]).await.is_err() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -203,12 +251,9 @@ async fn slow(port: u16, ck: xlattice_protocol::PublicKey, stop: Arc<AtomicBool>
 
 /// Opens an anonymous session and keeps it; with `partial`, first sends the header of a
 /// 16 KiB record and one byte of it, then stalls. Reopens when the sidecar closes it.
-async fn idle_session(port: u16, ck: xlattice_protocol::PublicKey, stop: Arc<AtomicBool>, partial: bool) {
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(tcp) = TcpStream::connect((HOST, port)).await else {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            continue;
-        };
+async fn idle_session(port: u16, ck: xlattice_protocol::PublicKey, a: Arc<Attacker>, partial: bool) {
+    while !a.stopped() {
+        let Some(tcp) = a.connect(port).await else { continue };
         let Ok(mut session) = connect(tcp, &ck, PortKind::Client, None).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -222,17 +267,38 @@ async fn idle_session(port: u16, ck: xlattice_protocol::PublicKey, stop: Arc<Ato
         let mut buf = [0u8; 64];
         tokio::select! {
             _ = session.read(&mut buf) => {}
-            _ = until(&stop) => return,
+            _ = a.until_stopped() => return,
         }
     }
 }
 
 /// Complete client handshakes, back to back.
-async fn hellos(port: u16, ck: xlattice_protocol::PublicKey, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        if let Ok(tcp) = TcpStream::connect((HOST, port)).await {
+async fn hellos(port: u16, ck: xlattice_protocol::PublicKey, a: Arc<Attacker>) {
+    while !a.stopped() {
+        if let Some(tcp) = a.connect(port).await {
             let _ = tokio::time::timeout(Duration::from_secs(5), connect(tcp, &ck, PortKind::Client, None)).await;
         }
+    }
+}
+
+/// Binds the calling thread (and the threads it starts later) to one CPU.
+fn pin_thread(cpu: usize) {
+    set_affinity(cpu).unwrap_or_else(|e| panic!("cannot pin to CPU {cpu}: {e}"));
+}
+
+/// Pins the calling thread (pid 0) to `cpu`; no allocation, so it is safe after fork.
+fn set_affinity(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity read and
+    // write only that set, and pid 0 is the calling thread.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -275,23 +341,27 @@ struct Phase {
     p50: Duration,
     p99: Duration,
     success: f64,
+    /// Connections the attacker opened per second.
+    rate: f64,
     rss_before: u64,
     rss_peak: u64,
     rss_after: u64,
 }
 
-fn run_phase(sidecar: &Sidecar, attack: Option<&'static str>, count: usize) -> Phase {
+fn run_phase(sidecar: &Sidecar, attack: Option<&'static str>, count: usize, attacker_cpu: Option<usize>) -> Phase {
     let rss_before = sidecar.rss_kib();
-    let stop = Arc::new(AtomicBool::new(false));
-    let attacker = attack.map(|a| launch(a, sidecar, stop.clone()));
-    if attacker.is_some() {
+    let attacker = Arc::new(Attacker::default());
+    let started = Instant::now();
+    let thread = attack.map(|a| launch(a, sidecar, attacker.clone(), attacker_cpu));
+    if thread.is_some() {
         std::thread::sleep(Duration::from_secs(2)); // let the attack build up
     }
     let peak = AtomicU64::new(rss_before);
     let (mut ok, failed) = member_handshakes(sidecar, count, &peak);
-    stop.store(true, Ordering::Relaxed);
-    if let Some(attacker) = attacker {
-        attacker.join().unwrap();
+    attacker.stop.store(true, Ordering::Relaxed);
+    let rate = attacker.opened.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    if let Some(thread) = thread {
+        thread.join().unwrap();
     }
     // The sidecar lets go of what the attack held: sessions close, and its memory trim
     // (every 5 s) returns the pages.
@@ -301,6 +371,7 @@ fn run_phase(sidecar: &Sidecar, attack: Option<&'static str>, count: usize) -> P
         p50: pct(&ok, 0.5),
         p99: pct(&ok, 0.99),
         success: ok.len() as f64 / (ok.len() + failed) as f64,
+        rate,
         rss_before,
         rss_peak: peak.load(Ordering::Relaxed),
         rss_after: sidecar.rss_kib(),
@@ -318,6 +389,13 @@ fn ms(d: Duration) -> String {
 fn main() {
     let rounds = env_or("XL_BENCH_ROUNDS", 3);
     let count = env_or("XL_BENCH_HANDSHAKES", 200);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = env_or("XL_BENCH_PIN", 1) == 1 && cpus >= 2;
+    if pinned {
+        // This thread runs the member; the app's and the sidecar's threads inherit CPU 0.
+        pin_thread(0);
+    }
+    let (victim_cpu, attacker_cpu) = if pinned { (Some(0), Some(1)) } else { (None, None) };
     let app = std::net::TcpListener::bind((HOST, 0)).unwrap();
     let app_port = app.local_addr().unwrap().port();
     app.set_nonblocking(true).unwrap();
@@ -327,41 +405,48 @@ fn main() {
         .build()
         .unwrap();
     app_rt.spawn(async move { echo_app(TcpListener::from_std(app).unwrap()).await });
-    let sidecar = Sidecar::start(app_port);
+    let sidecar = Sidecar::start(app_port, victim_cpu);
 
     println!(
-        "member handshakes on the cluster port while the client port is attacked; {count} per phase, {rounds} rounds"
+        "member handshakes on the cluster port while the client port is attacked; {count} per phase, {rounds} rounds, \
+         each attack against a quiet phase just before it; {}",
+        if pinned {
+            "sidecar, member and app on CPU 0, attacker on CPU 1 (XL_BENCH_PIN=0: unpinned)"
+        } else {
+            "unpinned: every party on every CPU"
+        }
     );
     println!(
-        "{:<8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
-        "attack", "round", "p50 ms", "p99 ms", "p99/quiet", "success", "RSS MiB", "peak MiB", "after MiB"
+        "{:<8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "attack", "round", "p50 ms", "p99 ms", "p99/quiet", "success", "conns/s", "RSS MiB", "peak MiB", "after MiB"
     );
+    let show = |name: &str, round: usize, p: &Phase, ratio: f64| {
+        println!(
+            "{:<8} {:>5} {:>9} {:>9} {:>9.2} {:>8.1}% {:>10.0} {:>10.1} {:>10.1} {:>10.1}",
+            name,
+            round,
+            ms(p.p50),
+            ms(p.p99),
+            ratio,
+            p.success * 100.0,
+            p.rate,
+            p.rss_before as f64 / 1024.0,
+            p.rss_peak as f64 / 1024.0,
+            p.rss_after as f64 / 1024.0
+        )
+    };
     let mut ratios: Vec<(&str, Vec<f64>)> = ATTACKS.iter().map(|a| (*a, Vec::new())).collect();
     let mut worst_success: f64 = 1.0;
     let mut worst_peak = 0u64;
     for round in 0..rounds {
-        let quiet = run_phase(&sidecar, None, count);
-        let show = |name: &str, p: &Phase, ratio: f64| {
-            println!(
-                "{:<8} {:>5} {:>9} {:>9} {:>9.2} {:>8.1}% {:>10.1} {:>10.1} {:>10.1}",
-                name,
-                round,
-                ms(p.p50),
-                ms(p.p99),
-                ratio,
-                p.success * 100.0,
-                p.rss_before as f64 / 1024.0,
-                p.rss_peak as f64 / 1024.0,
-                p.rss_after as f64 / 1024.0
-            )
-        };
-        show("quiet", &quiet, 1.0);
         // Rotate the order each round so no attack always follows the same one.
         for i in 0..ATTACKS.len() {
             let attack = ATTACKS[(i + round) % ATTACKS.len()];
-            let phase = run_phase(&sidecar, Some(attack), count);
+            let quiet = run_phase(&sidecar, None, count, None);
+            show("quiet", round, &quiet, 1.0);
+            let phase = run_phase(&sidecar, Some(attack), count, attacker_cpu);
             let ratio = phase.p99.as_secs_f64() / quiet.p99.as_secs_f64();
-            show(attack, &phase, ratio);
+            show(attack, round, &phase, ratio);
             ratios.iter_mut().find(|(a, _)| *a == attack).unwrap().1.push(ratio);
             worst_success = worst_success.min(phase.success);
             worst_peak = worst_peak.max(phase.rss_peak);

@@ -147,6 +147,10 @@ impl Refusals {
         }
     }
 
+    pub fn listener(&self) -> Listener {
+        self.listener
+    }
+
     /// Counts one refused handshake under `reason` and logs it when the interval allows.
     pub fn refuse(&self, metrics: &Metrics, reason: &'static str, detail: &dyn std::fmt::Display) {
         let labels = HandshakeLabels {

@@ -6,18 +6,29 @@
 //! takes a handshake slot only once its whole hello has arrived (`inbound`), so silent and
 //! slow connections hold a connection until the handshake deadline, never a slot; a full
 //! connection pool refuses at once instead of queueing.
+//!
+//! Refusing costs an accept, sometimes a task, and a reset: a reconnect flood refused
+//! at the network's pace would spend a core on that alone. So a listener that has refused
+//! `REFUSALS_PER_TICK` connections within one `TICK` accepts nothing more until the tick
+//! ends (`Throttle`); the flood then waits in the kernel's accept queue, and past its end
+//! in SYN retries, at the attacker's cost. It delays the other clients of that listener
+//! too (they queue behind the flood), never another listener's.
 
 use std::{
     collections::HashMap,
     future::Future,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit},
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +55,21 @@ pub struct Gate {
     /// The most connections open at once since `take_high_water` last read it: a flood
     /// that comes and goes between two looks is still seen (`memory`).
     high_water: std::sync::atomic::AtomicUsize,
+    /// Connections this listener has refused, ever (`Throttle` reads it).
+    refused: AtomicU64,
+}
+
+/// At most this many refusals per `TICK` and listener (1,000/s) before it pauses.
+pub const REFUSALS_PER_TICK: u64 = 10;
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Decides when a listener pauses accepting: after `REFUSALS_PER_TICK` refusals within
+/// one tick, until that tick ends. A burst does not carry over (each tick starts afresh),
+/// so a thousand deadlines at once delay accepting by one tick, not a second.
+#[derive(Debug)]
+struct Throttle {
+    tick_ends: Instant,
+    refused_before: u64,
 }
 
 /// Connections from one source address still sending their hello, at most `limit` at once:
@@ -101,7 +127,13 @@ impl Gate {
             max_connections,
             handshakes: Semaphore::new(max_handshakes),
             high_water: Default::default(),
+            refused: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a refusal toward the listener's `Throttle`.
+    pub fn note_refusal(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Connections open now.
@@ -126,6 +158,31 @@ impl Gate {
     /// A handshake slot: the right to spend CPU on one hello that has arrived whole.
     pub async fn handshake_slot(&self) -> SemaphorePermit<'_> {
         self.handshakes.acquire().await.expect("semaphore never closed")
+    }
+}
+
+// === impl Throttle ===
+
+impl Throttle {
+    fn new(now: Instant, refused: u64) -> Self {
+        Self {
+            tick_ends: now + TICK,
+            refused_before: refused,
+        }
+    }
+
+    /// Until when to stop accepting, given the time and the listener's refusals so far.
+    fn pause(&mut self, now: Instant, refused: u64) -> Option<Instant> {
+        if now >= self.tick_ends {
+            *self = Self::new(now, refused);
+            return None;
+        }
+        (refused - self.refused_before >= REFUSALS_PER_TICK).then_some(self.tick_ends)
+    }
+
+    /// After a pause: a new tick starts now (so the pause is counted once per tick).
+    fn resume(&mut self, now: Instant, refused: u64) {
+        *self = Self::new(now, refused);
     }
 }
 
@@ -213,7 +270,8 @@ impl Gates {
 
 /// Accepts on `listener` until `stop`, admitting each connection through its gate and
 /// running `handle` for it as a task the runtime tracks (so a drain waits for it). A
-/// connection the gate refuses is reset and counted in `refused_connections`.
+/// connection the gate refuses is reset and counted in `refused_connections`; past
+/// `REFUSALS_PER_TICK` refusals (here or in `handle`) accepting pauses (`Throttle`).
 pub async fn accept_loop<H, F>(
     socket: TcpListener,
     listener: Listener,
@@ -225,8 +283,25 @@ pub async fn accept_loop<H, F>(
     F: Future<Output = ()> + Send + 'static,
 {
     let gate = rt.gates.of(listener);
-    while let Some((tcp, remote)) = next_connection(&socket, &stop, listener).await {
+    let mut throttle = Throttle::new(Instant::now(), 0);
+    loop {
+        if let Some(until) = throttle.pause(Instant::now(), gate.refused.load(Ordering::Relaxed)) {
+            rt.shared
+                .metrics
+                .accept_pauses
+                .get_or_create(&listener.metric_label())
+                .inc();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(until) => {}
+            }
+            throttle.resume(Instant::now(), gate.refused.load(Ordering::Relaxed));
+        }
+        let Some((tcp, remote)) = next_connection(&socket, &stop, listener).await else {
+            return;
+        };
         let Some(permit) = gate.admit() else {
+            gate.note_refusal();
             rt.shared
                 .metrics
                 .refused_connections
@@ -291,6 +366,39 @@ mod tests {
             "no entry outlives its connections"
         );
         assert!(PerSource::new(0).enter(a).is_some(), "0 is off");
+    }
+
+    #[test]
+    fn refusals_past_the_budget_pause_accepting_until_the_tick_ends() {
+        let start = Instant::now();
+        let mut throttle = Throttle::new(start, 100);
+        let later = start + TICK / 2;
+        assert_eq!(
+            throttle.pause(later, 100 + REFUSALS_PER_TICK - 1),
+            None,
+            "within the budget"
+        );
+        assert_eq!(
+            throttle.pause(later, 100 + REFUSALS_PER_TICK),
+            Some(start + TICK),
+            "at the budget"
+        );
+        let next = start + TICK;
+        assert_eq!(
+            throttle.pause(next, 100 + 5 * REFUSALS_PER_TICK),
+            None,
+            "a new tick starts afresh"
+        );
+        assert_eq!(
+            throttle.pause(next + TICK / 2, 100 + 5 * REFUSALS_PER_TICK),
+            None,
+            "the burst is not carried over"
+        );
+        assert_eq!(
+            throttle.pause(next + TICK / 2, 100 + 6 * REFUSALS_PER_TICK),
+            Some(next + TICK),
+            "but a budget's worth more within it pauses"
+        );
     }
 
     #[test]

@@ -59,7 +59,7 @@ async fn handle(mut tcp: TcpStream, remote: SocketAddr, port: PortKind, rt: Arc<
     let result = match handshake(&mut tcp, remote, port, &loaded, &rt).await {
         Ok(done) => done,
         Err(error) => {
-            refusals.refuse(&rt.shared.metrics, error.reason(), &format_args!("{remote}: {error}"));
+            refuse(&rt, &refusals, &error, remote);
             return reset(&tcp);
         }
     };
@@ -198,6 +198,16 @@ fn idle_timeout(port: PortKind, rt: &Runtime) -> std::time::Duration {
     }
 }
 
+/// Counts and logs a refusal, and counts it toward the listener's accept throttle.
+fn refuse(rt: &Runtime, refusals: &Refusals, refusal: &Refusal, remote: SocketAddr) {
+    rt.gates.of(refusals.listener()).note_refusal();
+    refusals.refuse(
+        &rt.shared.metrics,
+        refusal.reason(),
+        &format_args!("{remote}: {refusal}"),
+    );
+}
+
 /// Passes a client-port connection addressed to another member on to it, unopened.
 async fn relayed(
     mut tcp: TcpStream,
@@ -211,12 +221,7 @@ async fn relayed(
     let mut target = match relay::open(&tcp, hint, preamble, loaded, rt).await {
         Ok(target) => target,
         Err(error) => {
-            let refusal = Refusal::from(error);
-            refusals.refuse(
-                &rt.shared.metrics,
-                refusal.reason(),
-                &format_args!("{remote}: {refusal}"),
-            );
+            refuse(rt, refusals, &Refusal::from(error), remote);
             return reset(&tcp);
         }
     };

@@ -74,6 +74,7 @@ pub struct Metrics {
     pub sessions_ended: Family<EndingLabels, Counter>,
     pub session_versions: Family<VersionLabels, Counter>,
     pub refused_connections: Family<PortLabel, Counter>,
+    pub accept_pauses: Family<PortLabel, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
     /// Set from the buffer budget when scraped.
     pub buffer_bytes: Gauge,
@@ -97,6 +98,7 @@ impl Default for Metrics {
         let sessions_ended = Family::<EndingLabels, Counter>::default();
         let session_versions = Family::<VersionLabels, Counter>::default();
         let refused_connections = Family::<PortLabel, Counter>::default();
+        let accept_pauses = Family::<PortLabel, Counter>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let buffer_bytes = Gauge::default();
         let buffer_budget_bytes = Gauge::default();
@@ -143,6 +145,11 @@ impl Default for Metrics {
             "Connections reset at once because the listener's connection pool was full",
             refused_connections.clone(),
         );
+        registry.register(
+            "accept_pauses",
+            "Times the listener stopped accepting until the end of a 10 ms tick, after 10 refusals within it (a reconnect flood)",
+            accept_pauses.clone(),
+        );
         registry.register("reloads", "Identity/directory reloads by result", reloads.clone());
         registry.register(
             "buffer_bytes",
@@ -172,6 +179,7 @@ impl Default for Metrics {
             sessions_ended,
             session_versions,
             refused_connections,
+            accept_pauses,
             reloads,
             buffer_bytes,
             buffer_budget_bytes,

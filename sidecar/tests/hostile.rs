@@ -126,6 +126,59 @@ async fn one_source_cannot_hold_more_than_its_share_of_the_client_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_flood_pauses_its_own_listener_and_no_other() {
+    let c = cluster_with(100, &["--max-client-pending-per-source", "1"]).await;
+    let m0 = &c.members[0];
+    let address: std::net::SocketAddr = format!("{}:{CLIENT_PORT}", m0.host).parse().unwrap();
+    let from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket
+    };
+    let _held = from("127.0.1.1").connect(address).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Four loops reconnecting as fast as they are reset: hundreds of refusals a second.
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    let tcp = from("127.0.1.1").connect(address).await;
+                    assert_connect_refused(tcp, "a connection past its source's share").await;
+                }
+            })
+        })
+        .collect();
+    // Meanwhile members still reach m0, and another client still gets in (behind the flood).
+    let (status, mut tcp) = connect_via(&c.members[1], "m0", CLUSTER_PORT).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection Established");
+    assert_eq!(line_exchange(&mut tcp, "member").await, "m0/cluster: member");
+    let ck = directory_index(&c).by_name("m0").unwrap().ck.clone();
+    let other = from("127.0.1.2").connect(address).await.unwrap();
+    let mut session = tokio::time::timeout(
+        Duration::from_secs(5),
+        xlattice_protocol::connect(other, &ck, PortKind::Client, None),
+    )
+    .await
+    .expect("another client waits behind the flood, but gets in")
+    .unwrap();
+    assert_eq!(line_exchange(&mut session, "other").await, "m0/client: other");
+    for loop_ in flood {
+        loop_.await.unwrap();
+    }
+    let paused = |port: &str| format!(r#"xlattice_sidecar_accept_pauses_total{{port="{port}"}}"#);
+    assert!(metric(&m0.host, &refused("client", "source_busy")).await >= 400);
+    assert!(
+        metric(&m0.host, &paused("client")).await >= 1,
+        "the flood paused the client port"
+    );
+    assert_eq!(
+        metric(&m0.host, &paused("cluster")).await,
+        0,
+        "and not the cluster port"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_client_pool_leaves_members_and_the_app_their_own() {
     let c = cluster_with(60, &["--max-client-connections", "20"]).await;
     let m0 = &c.members[0];

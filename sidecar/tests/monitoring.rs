@@ -68,6 +68,7 @@ fn exposed() -> Exposed {
         })
         .inc();
     sidecar.refused_connections.get_or_create(&port).inc();
+    sidecar.accept_pauses.get_or_create(&port).inc();
     sidecar.reloads.get_or_create(&ResultLabel::ok()).inc();
 
     let mut exposed = Exposed {

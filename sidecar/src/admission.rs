@@ -82,8 +82,8 @@ pub struct PerSource {
 }
 
 /// One place of `PerSource`, given back on drop.
-pub struct SourceSlot<'a> {
-    of: &'a PerSource,
+pub struct SourceSlot {
+    of: Arc<PerSource>,
     source: IpAddr,
 }
 
@@ -94,7 +94,7 @@ pub struct Gates {
     pub outbound: Gate,
     pub admin: Gate,
     /// Client-port connections in their hello, per source address.
-    pub client_sources: PerSource,
+    pub client_sources: Arc<PerSource>,
 }
 
 /// Admin requests are one small GET each: a few at once is plenty, and a flood of them
@@ -198,9 +198,14 @@ impl PerSource {
     }
 
     /// A place for a connection from `source`, or `None` when it already has `limit`.
-    pub fn enter(&self, source: IpAddr) -> Option<SourceSlot<'_>> {
+    pub fn enter(self: &Arc<Self>, source: IpAddr) -> Option<SourceSlot> {
+        // Made only once the place is taken: a slot's drop gives its place back.
+        let slot = || SourceSlot {
+            of: self.clone(),
+            source,
+        };
         if self.limit == 0 {
-            return Some(SourceSlot { of: self, source });
+            return Some(slot());
         }
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let count = counts.entry(source).or_default();
@@ -208,11 +213,11 @@ impl PerSource {
             return None;
         }
         *count += 1;
-        Some(SourceSlot { of: self, source })
+        Some(slot())
     }
 }
 
-impl Drop for SourceSlot<'_> {
+impl Drop for SourceSlot {
     fn drop(&mut self) {
         if self.of.limit == 0 {
             return;
@@ -239,7 +244,7 @@ impl Gates {
             client: Gate::new(config.max_client_connections, config.client_handshakes()),
             outbound: Gate::new(config.max_outbound_connections, config.max_outbound_connections),
             admin: Gate::new(ADMIN_CONNECTIONS, ADMIN_CONNECTIONS),
-            client_sources: PerSource::new(config.max_client_pending_per_source),
+            client_sources: Arc::new(PerSource::new(config.max_client_pending_per_source)),
         }
     }
 
@@ -269,7 +274,8 @@ impl Gates {
 }
 
 /// Accepts on `listener` until `stop`, admitting each connection through its gate and
-/// running `handle` for it as a task the runtime tracks (so a drain waits for it). A
+/// running what `handle` returns for it as a task the runtime tracks (so a drain waits for
+/// it; `None`: `handle` refused it already, and counted the refusal). A
 /// connection the gate refuses is reset and counted in `refused_connections`; past
 /// `REFUSALS_PER_TICK` refusals (here or in `handle`) accepting pauses (`Throttle`).
 pub async fn accept_loop<H, F>(
@@ -279,7 +285,7 @@ pub async fn accept_loop<H, F>(
     stop: CancellationToken,
     handle: H,
 ) where
-    H: Fn(TcpStream, SocketAddr, Arc<Runtime>) -> F,
+    H: Fn(TcpStream, SocketAddr, Arc<Runtime>) -> Option<F>,
     F: Future<Output = ()> + Send + 'static,
 {
     let gate = rt.gates.of(listener);
@@ -310,7 +316,9 @@ pub async fn accept_loop<H, F>(
             reset(&tcp);
             continue;
         };
-        let task = handle(tcp, remote, rt.clone());
+        let Some(task) = handle(tcp, remote, rt.clone()) else {
+            continue;
+        };
         rt.tasks.spawn(async move {
             let _permit = permit;
             task.await
@@ -352,11 +360,15 @@ mod tests {
 
     #[test]
     fn a_source_gets_its_limit_and_its_places_back() {
-        let per_source = PerSource::new(2);
+        let per_source = Arc::new(PerSource::new(2));
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let first = per_source.enter(a).unwrap();
         let _second = per_source.enter(a).unwrap();
         assert!(per_source.enter(a).is_none(), "a third from the same source");
+        assert!(
+            per_source.enter(a).is_none(),
+            "a refusal gives back no place it never had"
+        );
         assert!(per_source.enter(b).is_some(), "another source is not held back");
         drop(first);
         assert!(per_source.enter(a).is_some(), "a place given back serves the next");
@@ -365,7 +377,7 @@ mod tests {
             per_source.counts.lock().unwrap().is_empty(),
             "no entry outlives its connections"
         );
-        assert!(PerSource::new(0).enter(a).is_some(), "0 is off");
+        assert!(Arc::new(PerSource::new(0)).enter(a).is_some(), "0 is off");
     }
 
     #[test]

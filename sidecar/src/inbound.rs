@@ -18,7 +18,7 @@ use xlattice_protocol::{answer, read_hello, Arrived, HandshakeError, NodeId, Por
 
 use crate::{
     accounting::{Ending, Refusals, SessionGuard},
-    admission::{accept_loop, reset, Listener},
+    admission::{accept_loop, reset, Listener, SourceSlot},
     metrics::HandshakeLabels,
     proxy::{proxy, proxy_session},
     relay,
@@ -31,7 +31,20 @@ pub async fn serve(socket: TcpListener, port: PortKind, rt: Arc<Runtime>, stop: 
     let listener = listener(port);
     let refusals = Arc::new(Refusals::new(listener));
     accept_loop(socket, listener, rt, stop, move |tcp, remote, rt| {
-        handle(tcp, remote, port, rt, refusals.clone())
+        // The source's place is taken here, in the accept loop: a refusal then costs no
+        // task and counts toward the throttle before the next accept (admission.rs).
+        let source = match port {
+            PortKind::Client => match rt.gates.client_sources.enter(remote.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    refuse(&rt, &refusals, &Refusal::SourceBusy, remote);
+                    reset(&tcp);
+                    return None;
+                }
+            },
+            PortKind::Cluster => None,
+        };
+        Some(handle(tcp, remote, port, rt, refusals.clone(), source))
     })
     .await
 }
@@ -51,12 +64,19 @@ enum Handshaken<'a> {
     ForAnother { hint: [u8; 8], preamble: [u8; 12] },
 }
 
-async fn handle(mut tcp: TcpStream, remote: SocketAddr, port: PortKind, rt: Arc<Runtime>, refusals: Arc<Refusals>) {
+async fn handle(
+    mut tcp: TcpStream,
+    remote: SocketAddr,
+    port: PortKind,
+    rt: Arc<Runtime>,
+    refusals: Arc<Refusals>,
+    source: Option<SourceSlot>,
+) {
     let listener = listener(port);
     tcp.set_nodelay(true).ok();
     let loaded = rt.shared.current.borrow().clone();
     let started = Instant::now();
-    let result = match handshake(&mut tcp, remote, port, &loaded, &rt).await {
+    let result = match handshake(&mut tcp, source, port, &loaded, &rt).await {
         Ok(done) => done,
         Err(error) => {
             refuse(&rt, &refusals, &error, remote);
@@ -80,19 +100,16 @@ async fn handle(mut tcp: TcpStream, remote: SocketAddr, port: PortKind, rt: Arc<
 
 /// Reads the hello, takes a slot, answers: all before the deadline, and the slot only for
 /// the answer.
+/// `source` (client port: the source address's place) is held only while the hello arrives:
+/// one host cannot fill the pool with silent connections.
 async fn handshake<'a>(
     tcp: &'a mut TcpStream,
-    remote: SocketAddr,
+    source: Option<SourceSlot>,
     port: PortKind,
     loaded: &Loaded,
     rt: &Runtime,
 ) -> Result<Handshaken<'a>, Refusal> {
     let deadline = tokio::time::Instant::now() + rt.config.handshake_timeout;
-    // Held while the hello arrives, on the client port: one host cannot fill the pool.
-    let source = match port {
-        PortKind::Client => Some(rt.gates.client_sources.enter(remote.ip()).ok_or(Refusal::SourceBusy)?),
-        PortKind::Cluster => None,
-    };
     let ctx = ServerContext {
         port,
         identity: &loaded.identity,

@@ -51,10 +51,12 @@ pub fn parse_connect(head: &[u8]) -> Result<ConnectRequest, &'static str> {
 }
 
 pub async fn serve(socket: TcpListener, rt: Arc<Runtime>, stop: CancellationToken) {
-    accept_loop(socket, Listener::Outbound, rt, stop, |tcp, _, rt| async move {
-        if let Err(error) = handle(tcp, rt).await {
-            tracing::debug!(%error, "outbound connection ended");
-        }
+    accept_loop(socket, Listener::Outbound, rt, stop, |tcp, _, rt| {
+        Some(async move {
+            if let Err(error) = handle(tcp, rt).await {
+                tracing::debug!(%error, "outbound connection ended");
+            }
+        })
     })
     .await
 }

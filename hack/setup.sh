@@ -38,4 +38,6 @@ if ! command -v shellcheck >/dev/null 2>&1; then
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck >&2
 fi
+phase "every crate of Cargo.lock, for every platform (cargo fetch): chart-test loads the Containerfile's workspace offline, and a build fetches only this platform's"
+cargo fetch --locked >&2
 phase "setup done"

@@ -85,8 +85,14 @@ async fn match_expressions_select_members_and_their_endpoints() {
         (slices(&endpoint_slices).await == want).then_some(())
     })
     .await;
-    let status = clusters.get("sel").await.unwrap().status.unwrap();
-    assert_eq!((status.members, status.minted), (2, 2), "sel-2 (web) is no member");
+    // The slices can be written before the identities are minted (RSA keys take a while in
+    // a debug build), so the status is waited for. Had sel-2 (web) been selected, it would
+    // count 3 members from the start and never read (2, 2).
+    wait_for("2 members, both minted: sel-2 (web) is no member", WAIT, || async {
+        let status = clusters.get("sel").await.unwrap().status?;
+        ((status.members, status.minted) == (2, 2)).then_some(())
+    })
+    .await;
     let services: Api<Service> = Api::namespaced(h.admin.clone(), &h.ns);
     for name in ["sel", "sel-members"] {
         let spec = services.get(name).await.unwrap().spec.unwrap();

@@ -179,11 +179,6 @@ impl Throttle {
         }
         (refused - self.refused_before >= REFUSALS_PER_TICK).then_some(self.tick_ends)
     }
-
-    /// After a pause: a new tick starts now (so the pause is counted once per tick).
-    fn resume(&mut self, now: Instant, refused: u64) {
-        *self = Self::new(now, refused);
-    }
 }
 
 // === impl PerSource ===
@@ -275,9 +270,9 @@ impl Gates {
 
 /// Accepts on `listener` until `stop`, admitting each connection through its gate and
 /// running what `handle` returns for it as a task the runtime tracks (so a drain waits for
-/// it; `None`: `handle` refused it already, and counted the refusal). A
-/// connection the gate refuses is reset and counted in `refused_connections`; past
-/// `REFUSALS_PER_TICK` refusals (here or in `handle`) accepting pauses (`Throttle`).
+/// it; `None`: `handle` refused it already, and counted the refusal). A connection the
+/// gate refuses is reset and counted in `refused_connections`; past `REFUSALS_PER_TICK`
+/// refusals (here or in `handle`) accepting pauses (`Throttle`).
 pub async fn accept_loop<H, F>(
     socket: TcpListener,
     listener: Listener,
@@ -301,7 +296,8 @@ pub async fn accept_loop<H, F>(
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep_until(until) => {}
             }
-            throttle.resume(Instant::now(), gate.refused.load(Ordering::Relaxed));
+            // A new tick starts when the pause ends, so one pause is counted once.
+            throttle = Throttle::new(Instant::now(), gate.refused.load(Ordering::Relaxed));
         }
         let Some((tcp, remote)) = next_connection(&socket, &stop, listener).await else {
             return;

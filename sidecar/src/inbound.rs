@@ -100,6 +100,7 @@ async fn handle(
 
 /// Reads the hello, takes a slot, answers: all before the deadline, and the slot only for
 /// the answer.
+///
 /// `source` (client port: the source address's place) is held only while the hello arrives:
 /// one host cannot fill the pool with silent connections.
 async fn handshake<'a>(
